@@ -1,0 +1,128 @@
+"""The one versioned description of a DuQuant checkpoint's quantization settings.
+
+`DuQuantConfig` is written into ``config.json`` as ``quantization_config`` by the offline
+pipeline and parsed back by every reader (checkpoint validator, eval, vLLM plugin). It is the
+only code that reads raw keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+QUANT_METHOD = "duquant"
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
+# (weight bits, activation bits) pairs the pipeline and the reference kernels implement.
+SUPPORTED_BITS = ((4, 4), (4, 8), (6, 6), (8, 8))
+PERMUTATIONS = ("zigzag", "none")
+CHANNEL_SELECT = ("column", "row")
+
+
+class ConfigError(ValueError):
+    """A quantization config that cannot be honoured."""
+
+
+@dataclass(frozen=True)
+class DuQuantConfig:
+    """Settings of a DuQuant W{w_bits}A{a_bits} checkpoint.
+
+    Args:
+        w_bits / a_bits: weight / activation bits (asymmetric integer codes 0..2^bits-1).
+        block_size: configured rotation block; each linear input uses the largest power of two
+            <= this that divides its (shard) width, recorded by the shape of its rotations.
+        rotation_steps: greedy steps N of Algorithm 1 (paper: 256).
+        permutation: "zigzag" (paper) or "none" (ablation: smoothing + one rotation).
+        channel_select: how the greedy step picks the outlier channel: "column" (paper) or
+            "row" (the reference code's row-index-modulo-block quirk).
+        smooth_alpha: SmoothQuant migration strength (paper: 0.6, 0.5 with LWC).
+        act_clip_ratio: per-token min/max multiplier for activations (paper: 0.9).
+        weight_clip_ratio: per-channel min/max multiplier for weights without LWC (paper: 0.8).
+        lwc: learnable weight clipping was used (per-row clip factors are baked into scales).
+        tp_shards: row-parallel permutations stay inside this many contiguous input shards, so
+            any tensor-parallel size dividing it can serve the checkpoint.
+        modules_not_quantized: module-name suffixes kept in 16 bits.
+        seed: RNG seed of the random orthogonal factors (reproducible transforms).
+    """
+
+    w_bits: int = 4
+    a_bits: int = 4
+    block_size: int = 128
+    rotation_steps: int = 256
+    permutation: str = "zigzag"
+    channel_select: str = "column"
+    smooth_alpha: float = 0.6
+    act_clip_ratio: float = 0.9
+    weight_clip_ratio: float = 0.8
+    lwc: bool = False
+    tp_shards: int = 1
+    modules_not_quantized: tuple[str, ...] = ("lm_head",)
+    seed: int = 0
+    format_version: int = FORMAT_VERSION
+    quant_method: str = field(default=QUANT_METHOD, init=False)
+
+    def __post_init__(self) -> None:
+        if (self.w_bits, self.a_bits) not in SUPPORTED_BITS:
+            raise ConfigError(
+                f"unsupported bits W{self.w_bits}A{self.a_bits}; supported: "
+                + ", ".join(f"W{w}A{a}" for w, a in SUPPORTED_BITS)
+            )
+        b = self.block_size
+        if b < 2 or b & (b - 1):
+            raise ConfigError(f"block_size must be a power of two >= 2, got {b}")
+        if self.rotation_steps < 0:
+            raise ConfigError(f"rotation_steps must be >= 0, got {self.rotation_steps}")
+        if self.permutation not in PERMUTATIONS:
+            raise ConfigError(f"permutation must be one of {PERMUTATIONS}, got {self.permutation!r}")
+        if self.channel_select not in CHANNEL_SELECT:
+            raise ConfigError(
+                f"channel_select must be one of {CHANNEL_SELECT}, got {self.channel_select!r}"
+            )
+        if not 0.0 <= self.smooth_alpha <= 1.0:
+            raise ConfigError(f"smooth_alpha must lie in [0, 1], got {self.smooth_alpha}")
+        for name in ("act_clip_ratio", "weight_clip_ratio"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1], got {v}")
+        if self.tp_shards < 1:
+            raise ConfigError(f"tp_shards must be >= 1, got {self.tp_shards}")
+        if self.format_version not in SUPPORTED_FORMAT_VERSIONS:
+            raise ConfigError(
+                f"unknown DuQuant format_version {self.format_version}; this build reads "
+                f"{SUPPORTED_FORMAT_VERSIONS}"
+            )
+        object.__setattr__(self, "modules_not_quantized", tuple(self.modules_not_quantized))
+
+    @property
+    def packed(self) -> bool:
+        """Weights of <= 4 bits are stored two codes per byte."""
+        return self.w_bits <= 4
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["modules_not_quantized"] = list(self.modules_not_quantized)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DuQuantConfig:
+        if d.get("quant_method") != QUANT_METHOD:
+            raise ConfigError(
+                f"quantization_config.quant_method is {d.get('quant_method')!r}, expected {QUANT_METHOD!r}"
+            )
+        if "format_version" not in d:
+            raise ConfigError("quantization_config has no format_version")
+        if d["format_version"] not in SUPPORTED_FORMAT_VERSIONS:
+            raise ConfigError(
+                f"unknown DuQuant format_version {d['format_version']!r}; this build reads "
+                f"{SUPPORTED_FORMAT_VERSIONS}"
+            )
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(d) - known - {"quant_method"})
+        if unknown:
+            raise ConfigError(f"quantization_config has unknown keys {unknown}")
+        kwargs = {k: d[k] for k in known if k in d}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:  # wrong value types surface as TypeError in comparisons
+            raise ConfigError(f"malformed quantization_config: {e}") from e

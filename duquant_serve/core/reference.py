@@ -1,0 +1,146 @@
+"""Plain-torch W{w}A{a} linear: the specification every kernel is tested against.
+
+    prologue:  x [M, K] → x' = T(x) → per-token codes qx [M, K] u8, sx, zx [M] f32, Σqx [M] i32
+    GEMM:      acc [M, N] = qx · qwᵀ              (exact integer arithmetic)
+    epilogue:  y = sx·sw·(acc − zw·Σqx − zx·Σqw + K·zx·zw) + bias
+
+which equals dequant(qx) · dequant(qw)ᵀ; the expanded form is what integer kernels compute
+(cutlass_ext/EPILOGUE.md derives it). Runs on any device; exact, not fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .pack import pack_weight_codes, unpack_weight_codes
+from .quant import dequantize, quantize_per_channel, quantize_per_token
+from .transform import InputTransform
+
+
+@dataclass
+class QuantizedLinear:
+    """One quantized linear as stored in a checkpoint (shapes for N outputs, K inputs).
+
+    qweight: [N, K/2] uint8 (two 4-bit codes per byte) or [N, K] uint8 for > 4 bits
+    weight_scale, weight_zero: [N] float32 (zero holds integers)
+    transform: the input transform (R1, perm, R2, optional online smoothing)
+    bias: [N] or None
+    """
+
+    qweight: torch.Tensor
+    weight_scale: torch.Tensor
+    weight_zero: torch.Tensor
+    transform: InputTransform
+    bias: torch.Tensor | None
+    w_bits: int
+    a_bits: int
+    act_clip_ratio: float
+
+    @property
+    def out_features(self) -> int:
+        return self.weight_scale.numel()
+
+    @property
+    def in_features(self) -> int:
+        return self.transform.width
+
+    def weight_codes(self) -> torch.Tensor:
+        return unpack_weight_codes(self.qweight, self.w_bits)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """[N, K] float32 weight in the transformed basis (what the fake-quant model uses)."""
+        return dequantize(
+            self.weight_codes(), self.weight_scale.unsqueeze(1), self.weight_zero.unsqueeze(1)
+        )
+
+
+def quantize_linear(
+    w_transformed: torch.Tensor,
+    transform: InputTransform,
+    bias: torch.Tensor | None,
+    w_bits: int,
+    a_bits: int,
+    weight_clip_ratio: float,
+    act_clip_ratio: float,
+    lo_factor: torch.Tensor | None = None,
+    hi_factor: torch.Tensor | None = None,
+) -> QuantizedLinear:
+    """Weight already in the transformed basis [N, K] → stored form."""
+    q, s, z = quantize_per_channel(
+        w_transformed, w_bits, weight_clip_ratio, lo_factor=lo_factor, hi_factor=hi_factor
+    )
+    return QuantizedLinear(
+        qweight=pack_weight_codes(q, w_bits),
+        weight_scale=s,
+        weight_zero=z,
+        transform=transform,
+        bias=None if bias is None else bias.detach().clone(),
+        w_bits=w_bits,
+        a_bits=a_bits,
+        act_clip_ratio=act_clip_ratio,
+    )
+
+
+def prologue_ref(
+    x: torch.Tensor, transform: InputTransform, a_bits: int, clip_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] → (codes u8 [M, K], scale f32 [M], zero f32 [M], code_sum i32 [M])."""
+    xt = transform.apply(x.float())
+    q, s, z = quantize_per_token(xt, a_bits, clip_ratio, check_finite=False)
+    return q, s, z, q.sum(dim=-1, dtype=torch.int32)
+
+
+def gemm_epilogue_ref(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    zx: torch.Tensor,
+    sum_qx: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    zw: torch.Tensor,
+    sum_qw: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Integer GEMM + scale/zero-point epilogue. qx [M, K], qw [N, K] unpacked codes → [M, N]."""
+    k = qx.shape[-1]
+    # fp32 products of small integers are exact while every partial sum stays below 2^24.
+    bound = k * int(qx.max()) * int(qw.max()) if qx.numel() and qw.numel() else 0
+    acc_dtype = torch.float32 if bound < 2**24 else torch.float64
+    acc = qx.to(acc_dtype) @ qw.to(acc_dtype).t()
+    bracket = (
+        acc.double()
+        - zw.double().unsqueeze(0) * sum_qx.double().unsqueeze(1)
+        - zx.double().unsqueeze(1) * sum_qw.double().unsqueeze(0)
+        + k * zx.double().unsqueeze(1) * zw.double().unsqueeze(0)
+    )
+    y = (sx.unsqueeze(1) * sw.unsqueeze(0)).double() * bracket
+    if bias is not None:
+        y = y + bias.double().unsqueeze(0)
+    return y.to(out_dtype)
+
+
+def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
+    """x [..., K] → [..., N] in x's dtype through real integer codes."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    qx, sx, zx, sum_qx = prologue_ref(x2, layer.transform, layer.a_bits, layer.act_clip_ratio)
+    qw = layer.weight_codes()
+    sum_qw = qw.sum(dim=-1, dtype=torch.int32)
+    y = gemm_epilogue_ref(
+        qx, sx, zx, sum_qx, qw, layer.weight_scale, layer.weight_zero, sum_qw, layer.bias, x.dtype
+    )
+    return y.reshape(*shape[:-1], -1)
+
+
+def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
+    """Simulated W/A quantization (dequantize, then float matmul): the `duquant` eval rows."""
+    xt = layer.transform.apply(x.float())
+    q, s, z = quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, check_finite=False)
+    xq = dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1))
+    y = xq @ layer.dequantized_weight().t()
+    if layer.bias is not None:
+        y = y + layer.bias.float()
+    return y.to(x.dtype)
