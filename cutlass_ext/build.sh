@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build libduquant_ext.so: a torch-free C-ABI library (README.md says why), one translation unit
+# per architecture so each GEMM is compiled only for the -gencode it can run on.
+#   cutlass_ext/build.sh [OUT_DIR]        (default cutlass_ext/build)
+# Env: CUTLASS_INCLUDE (default: the nvidia-cutlass wheel's headers), NVCC, DUQUANT_ARCHS
+# ("80 90a" by default; a subset builds a subset).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:-$here/build}"
+mkdir -p "$out"
+nvcc="${NVCC:-nvcc}"
+if [[ -z "${CUTLASS_INCLUDE:-}" ]]; then
+  py="${PYTHON:-$here/../.venv/bin/python}"
+  [[ -x "$py" ]] || py=python3
+  src="$("$py" -c 'import cutlass_library, os; print(os.path.join(os.path.dirname(cutlass_library.__file__), "source"))')"
+  CUTLASS_INCLUDE="$src/include:$src/tools/util/include"
+fi
+inc=()
+IFS=: read -ra dirs <<<"$CUTLASS_INCLUDE"
+for d in "${dirs[@]}"; do inc+=("-I$d"); done
+# -DNDEBUG: CUTLASS's device asserts are function calls that serialize wgmma (ptxas C7510).
+common=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -Xcompiler -fPIC "${inc[@]}" "-I$here/csrc")
+archs="${DUQUANT_ARCHS:-80 90a}"
+objs=()
+defs=()
+for a in $archs; do
+  case "$a" in
+    80) "$nvcc" "${common[@]}" -gencode=arch=compute_80,code=sm_80 -c "$here/csrc/w4a4_sm80.cu" -o "$out/w4a4_sm80.o"
+        objs+=("$out/w4a4_sm80.o"); defs+=(-DDUQUANT_BUILT_SM80) ;;
+    90a) "$nvcc" "${common[@]}" -gencode=arch=compute_90a,code=sm_90a -c "$here/csrc/w4a4_sm90.cu" -o "$out/w4a4_sm90.o"
+         objs+=("$out/w4a4_sm90.o"); defs+=(-DDUQUANT_BUILT_SM90) ;;
+    *) echo "unknown arch $a (expected 80 or 90a)" >&2; exit 2 ;;
+  esac
+done
+"$nvcc" "${common[@]}" "${defs[@]}" -gencode=arch=compute_80,code=sm_80 -c "$here/csrc/entry.cu" -o "$out/entry.o"
+"$nvcc" -shared "${objs[@]}" "$out/entry.o" -o "$out/libduquant_ext.so" -lcudart
+echo "built $out/libduquant_ext.so ($archs)"

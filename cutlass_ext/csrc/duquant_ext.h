@@ -1,0 +1,25 @@
+// C ABI of libduquant_ext.so (loaded with ctypes by duquant_serve/kernels/cutlass.py).
+#pragma once
+#include <cuda_runtime.h>
+#include <cstddef>
+#include <cstdint>
+
+enum {
+  DUQUANT_OK = 0,
+  DUQUANT_ERR_SHAPE = 1,      // shape/alignment the kernel cannot implement
+  DUQUANT_ERR_WORKSPACE = 2,  // caller's workspace too small
+  DUQUANT_ERR_INIT = 3,       // CUTLASS initialize() failed
+  DUQUANT_ERR_LAUNCH = 4,     // launch or CUDA error after launch
+  DUQUANT_ERR_ARCH = 5,       // built without this architecture
+};
+
+extern "C" {
+// sm_90a: D[M,N] (int32) = A[M,K] (int8 codes) · B[N,K]ᵀ (int8 codes).
+int duquant_gemm_s8s8s32_sm90(const int8_t* a, const int8_t* b, int32_t* d, int m, int n, int k,
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream);
+// sm_80: same product with both operands packed two 4-bit codes per byte along K (low nibble =
+// even k), through native u4 mma.sync. K % 32 == 0.
+int duquant_gemm_u4u4s32_sm80(const uint8_t* a_packed, const uint8_t* b_packed, int32_t* d, int m,
+                              int n, int k, cudaStream_t stream);
+int duquant_built_archs(void);  // bit 0: sm80 path compiled, bit 1: sm90a path compiled
+}

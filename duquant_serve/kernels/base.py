@@ -1,0 +1,163 @@
+"""What a W4A4 linear kernel is: a `LayerSpec` goes in, a `LinearKernel` decides and runs.
+
+The plugin (or a benchmark) describes one linear (per tensor-parallel shard) with a frozen
+`LayerSpec`, asks `select.choose_kernel(spec)` for a kernel once, calls `kernel.prepare(...)`
+once at load to turn checkpoint tensors into the kernel's own layout, then calls
+`kernel.apply(prepared, x)` per forward. `apply` only calls `torch.ops.duquant.*` custom ops, so
+it has no Python branching on data, no printing and no I/O (torch.compile-safe).
+
+Checkpoint tensors `prepare` expects (core/reference.py::QuantizedLinear):
+    qweight      [N, K/2] uint8   two 4-bit codes per byte along K, low nibble = even k
+    weight_scale [N] float32      weight_zero [N] float32 (integers, may lie outside 0..15)
+    transform    InputTransform   r1, r2 [b, b] float32, perm [K] int64, smooth [K] float32 | None
+    bias         [N] | None
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.transform import InputTransform
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One quantized linear as a kernel sees it (shapes are per TP shard).
+
+    capability: (major, minor) of the CUDA device, or None on CPU.
+    """
+
+    in_features: int
+    out_features: int
+    block_size: int
+    w_bits: int = 4
+    a_bits: int = 4
+    has_smooth: bool = False
+    has_bias: bool = False
+    act_dtype: torch.dtype = torch.bfloat16
+    device_type: str = "cuda"
+    capability: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.in_features <= 0 or self.out_features <= 0:
+            raise ValueError(f"bad linear shape {self.out_features}x{self.in_features}")
+        b = self.block_size
+        if b < 1 or b & (b - 1) or self.in_features % b:
+            raise ValueError(
+                f"block size {b} must be a power of two dividing in_features {self.in_features}"
+            )
+
+
+@dataclass
+class PreparedLinear:
+    """Kernel-layout tensors of one linear, built once by `LinearKernel.prepare`.
+
+    Fields a kernel does not use stay None. `tensors` lists everything resident on the device
+    (for the weight-memory accounting of benchmarks).
+    """
+
+    spec: LayerSpec
+    r1: torch.Tensor  # [b, b] float32
+    r2: torch.Tensor  # [b, b] float32
+    perm: torch.Tensor  # [K] int64 gather indices (reference order)
+    inv_perm: torch.Tensor  # [K] int32 scatter indices (kernel order)
+    smooth: torch.Tensor | None  # [K] float32
+    qweight: torch.Tensor  # kernel layout: see each kernel's docstring
+    weight_scale: torch.Tensor  # [N] float32
+    weight_zero: torch.Tensor  # [N] float32
+    weight_code_sum: torch.Tensor  # [N] int32: Σ_k qw[n, k]
+    bias: torch.Tensor | None  # [N] act dtype
+    act_clip_ratio: float
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def resident_bytes(self) -> int:
+        ts = [self.r1, self.r2, self.inv_perm, self.qweight, self.weight_scale,
+              self.weight_zero, self.weight_code_sum]
+        ts += [t for t in (self.smooth, self.bias) if t is not None]
+        ts += list(self.extra.values())
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+class LinearKernel(abc.ABC):
+    """A way to run y = W4A4_linear(x). Subclasses are stateless; state lives in PreparedLinear."""
+
+    name: str = "abstract"
+
+    @classmethod
+    @abc.abstractmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
+
+    @classmethod
+    @abc.abstractmethod
+    def prepare(
+        cls,
+        spec: LayerSpec,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_zero: torch.Tensor,
+        transform: InputTransform,
+        bias: torch.Tensor | None,
+        act_clip_ratio: float,
+        device: torch.device | str | None = None,
+    ) -> PreparedLinear:
+        """Checkpoint layout (module docstring) → kernel layout, on `device`. Called once."""
+
+    @classmethod
+    @abc.abstractmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        """x [..., K] act dtype → y [..., N] act dtype. Custom ops only."""
+
+
+def prepare_common(
+    spec: LayerSpec,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    transform: InputTransform,
+    bias: torch.Tensor | None,
+    act_clip_ratio: float,
+    device: torch.device | str | None,
+    kernel_qweight: torch.Tensor,
+) -> PreparedLinear:
+    """Shared part of every kernel's prepare: checks shapes, moves tensors, builds inverse perm."""
+    from ..core.pack import unpack_weight_codes
+
+    n, k = spec.out_features, spec.in_features
+    if spec.w_bits != 4 or spec.a_bits != 4:
+        raise ValueError(f"only W4A4 is implemented, got W{spec.w_bits}A{spec.a_bits}")
+    if tuple(qweight.shape) != (n, k // 2) or qweight.dtype != torch.uint8:
+        raise ValueError(f"qweight must be uint8 [{n}, {k // 2}], got {qweight.dtype} "
+                         f"{tuple(qweight.shape)}")
+    for name, t in (("weight_scale", weight_scale), ("weight_zero", weight_zero)):
+        if tuple(t.shape) != (n,):
+            raise ValueError(f"{name} must be [{n}], got {tuple(t.shape)}")
+    if transform.width != k or transform.block_size != spec.block_size:
+        raise ValueError(f"transform (width {transform.width}, block {transform.block_size}) "
+                         f"does not match spec (K={k}, b={spec.block_size})")
+    if (transform.smooth is not None) != spec.has_smooth:
+        raise ValueError("spec.has_smooth disagrees with the transform")
+    if (bias is not None) != spec.has_bias:
+        raise ValueError("spec.has_bias disagrees with the bias tensor")
+    dev = torch.device(device) if device is not None else qweight.device
+    codes = unpack_weight_codes(qweight.cpu(), spec.w_bits)
+    perm = transform.perm.long().cpu()
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(k)
+    return PreparedLinear(
+        spec=spec,
+        r1=transform.r1.float().contiguous().to(dev),
+        r2=transform.r2.float().contiguous().to(dev),
+        perm=perm.to(dev),
+        inv_perm=inv.to(torch.int32).to(dev),
+        smooth=None if transform.smooth is None else transform.smooth.float().to(dev),
+        qweight=kernel_qweight.contiguous().to(dev),
+        weight_scale=weight_scale.float().contiguous().to(dev),
+        weight_zero=weight_zero.float().contiguous().to(dev),
+        weight_code_sum=codes.sum(dim=-1, dtype=torch.int32).to(dev),
+        bias=None if bias is None else bias.to(spec.act_dtype).contiguous().to(dev),
+        act_clip_ratio=float(act_clip_ratio),
+    )

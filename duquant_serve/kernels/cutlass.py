@@ -1,0 +1,116 @@
+"""Python face of cutlass_ext: loads libduquant_ext.so with ctypes (lazily) and calls it.
+
+The library is torch-free (raw pointers + a CUDA stream), so one build serves any torch version
+(cutlass_ext/README.md). Search order: $DUQUANT_EXT_LIB, then cutlass_ext/build/ next to the
+package. `load_error()` says why it is unavailable; nothing here raises at import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+_ERRORS = {1: "shape/alignment not implementable", 2: "workspace too small",
+           3: "CUTLASS initialize failed", 4: "launch failed", 5: "arch not built"}
+
+
+def _candidates() -> list[Path]:
+    out = []
+    env = os.environ.get("DUQUANT_EXT_LIB")
+    if env:
+        out.append(Path(env))
+    out.append(Path(__file__).resolve().parents[2] / "cutlass_ext" / "build" / "libduquant_ext.so")
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    tried = []
+    for p in _candidates():
+        if not p.is_file():
+            tried.append(f"{p} (missing)")
+            continue
+        try:
+            lib = ctypes.CDLL(str(p))
+        except OSError as e:  # e.g. no libcudart on a CPU machine
+            tried.append(f"{p} ({e})")
+            continue
+        lib.duquant_built_archs.restype = ctypes.c_int
+        vp, i = ctypes.c_void_p, ctypes.c_int
+        lib.duquant_gemm_s8s8s32_sm90.argtypes = [vp, vp, vp, i, i, i, vp, ctypes.c_size_t, vp]
+        lib.duquant_gemm_s8s8s32_sm90.restype = i
+        lib.duquant_gemm_u4u4s32_sm80.argtypes = [vp, vp, vp, i, i, i, vp]
+        lib.duquant_gemm_u4u4s32_sm80.restype = i
+        return lib, None
+    return None, "libduquant_ext.so not loadable: " + "; ".join(tried) + \
+        " (build it with cutlass_ext/build.sh)"
+
+
+def load_error() -> str | None:
+    return _load()[1]
+
+
+def built_archs() -> set[str]:
+    lib, _ = _load()
+    if lib is None:
+        return set()
+    bits = lib.duquant_built_archs()
+    return {a for bit, a in ((1, "sm80"), (2, "sm90a")) if bits & bit}
+
+
+_WORKSPACE: dict[torch.device, torch.Tensor] = {}
+
+
+def _workspace(dev: torch.device) -> torch.Tensor:
+    # The tile schedulers used need no workspace today; 1 MiB covers a future split-K without
+    # an allocation per call (the library refuses, rather than overruns, if it is too small).
+    if dev not in _WORKSPACE:
+        _WORKSPACE[dev] = torch.empty(1 << 20, dtype=torch.uint8, device=dev)
+    return _WORKSPACE[dev]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"{what}: {_ERRORS.get(rc, rc)}")
+
+
+def gemm_s8_sm90_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a int8 [M, K] · b int8 [N, K]ᵀ → int32 [M, N] (K % 16 == 0, N % 4 == 0)."""
+    lib, err = _load()
+    if lib is None:
+        raise RuntimeError(err)
+    if a.dtype != torch.int8 or b.dtype != torch.int8 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"need int8 [M,K]·[N,K], got {a.dtype}{tuple(a.shape)}, "
+                         f"{b.dtype}{tuple(b.shape)}")
+    a, b = a.contiguous(), b.contiguous()
+    m, k = a.shape
+    n = b.shape[0]
+    d = torch.empty((m, n), dtype=torch.int32, device=a.device)
+    if m == 0:
+        return d
+    ws = _workspace(a.device)
+    stream = torch.cuda.current_stream(a.device).cuda_stream
+    rc = lib.duquant_gemm_s8s8s32_sm90(a.data_ptr(), b.data_ptr(), d.data_ptr(), m, n, k,
+                                       ws.data_ptr(), ws.numel(), stream)
+    _check(rc, f"duquant_gemm_s8s8s32_sm90(M={m}, N={n}, K={k})")
+    return d
+
+
+def gemm_u4_sm80_cuda(a_packed: torch.Tensor, b_packed: torch.Tensor) -> torch.Tensor:
+    """a uint8 [M, K/2] · b uint8 [N, K/2]ᵀ (4-bit packed) → int32 [M, N] (K % 32 == 0)."""
+    lib, err = _load()
+    if lib is None:
+        raise RuntimeError(err)
+    a, b = a_packed.contiguous(), b_packed.contiguous()
+    m, n, k = a.shape[0], b.shape[0], a.shape[1] * 2
+    d = torch.empty((m, n), dtype=torch.int32, device=a.device)
+    if m == 0:
+        return d
+    stream = torch.cuda.current_stream(a.device).cuda_stream
+    rc = lib.duquant_gemm_u4u4s32_sm80(a.data_ptr(), b.data_ptr(), d.data_ptr(), m, n, k, stream)
+    _check(rc, f"duquant_gemm_u4u4s32_sm80(M={m}, N={n}, K={k})")
+    return d

@@ -1,0 +1,191 @@
+"""The three W4A4 linear kernels: CUTLASS (sm_90a / sm_80), Triton, torch reference.
+
+Each `apply` is a straight line of `torch.ops.duquant.*` calls (ops.py): no data-dependent
+Python, no printing, so torch.compile traces it and vLLM can capture it in CUDA graphs.
+Availability checks (`can_implement`) import Triton / load the extension lazily.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ..core.pack import unpack_int4
+from ..core.transform import InputTransform
+from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
+from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
+from .layout import pack_int4_grouped
+
+_ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _common_gpu_checks(spec: LayerSpec) -> str | None:
+    if spec.device_type != "cuda":
+        return f"needs a CUDA device, layer is on {spec.device_type!r}"
+    if spec.capability is None:
+        return "no CUDA capability known for the device"
+    if spec.w_bits != 4 or spec.a_bits != 4:
+        return f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+    if spec.act_dtype not in _ACT_DTYPES:
+        return f"activation dtype {spec.act_dtype} not in {_ACT_DTYPES}"
+    if spec.block_size < 16:
+        return f"rotation block {spec.block_size} < 16 (tensor-core dot minimum)"
+    return None
+
+
+def _triton_missing() -> str | None:
+    return None if importlib.util.find_spec("triton") else "triton is not installed"
+
+
+class TorchRefKernel(LinearKernel):
+    """`core.reference` as one custom op: any device, exact, slow. CPU serving and CI."""
+
+    name = "torch_ref"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        if spec.w_bits != 4 or spec.a_bits != 4:
+            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+        if spec.in_features % 2:
+            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
+                act_clip_ratio, device=None) -> PreparedLinear:
+        # Checkpoint layout is the reference layout: no repacking.
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, qweight)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.ops.duquant.linear_ref(
+            x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale, p.weight_zero,
+            p.weight_code_sum, p.bias, p.spec.a_bits, p.act_clip_ratio)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class TritonKernel(LinearKernel):
+    """Fused Triton prologue + Triton int8-tensor-core GEMM reading packed 4-bit weights
+    (grouped layout, layout.py) with the zero-point epilogue fused. sm_80 and newer."""
+
+    name = "triton"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        why = _common_gpu_checks(spec) or _triton_missing()
+        if why:
+            return False, why
+        if spec.capability < (8, 0):
+            return False, f"int8 tensor-core dot needs sm_80+, device is sm_{spec.capability}"
+        if spec.in_features % 64:
+            return False, f"in_features {spec.in_features} % 64 != 0 (grouped 4-bit layout)"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
+                act_clip_ratio, device=None) -> PreparedLinear:
+        grouped = pack_int4_grouped(unpack_int4(qweight.cpu()))
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, grouped)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s, z, qs = torch.ops.duquant.prologue(
+            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        y = torch.ops.duquant.w4a4_gemm(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
+                                        p.weight_code_sum, p.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class CutlassSm90Kernel(LinearKernel):
+    """sm_90a: Triton prologue → CUTLASS 3.x int8 wgmma GEMM (int32 out) → Triton epilogue.
+
+    Weight codes are stored one per int8 byte (prepare unpacks them): wgmma has no 4-bit type,
+    and this path has no in-kernel unpacking, so it holds 2× the bytes of the packed weights.
+    """
+
+    name = "cutlass_sm90"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        why = _common_gpu_checks(spec) or _triton_missing()
+        if why:
+            return False, why
+        if spec.capability[0] != 9:
+            return False, f"built for sm_90a (Hopper), device is sm_{spec.capability}"
+        if spec.in_features % 16 or spec.out_features % 4:
+            return False, "needs K % 16 == 0 and N % 4 == 0 (TMA alignment)"
+        from .cutlass import built_archs, load_error
+
+        if load_error():
+            return False, load_error()
+        if "sm90a" not in built_archs():
+            return False, "libduquant_ext.so was built without sm_90a"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
+                act_clip_ratio, device=None) -> PreparedLinear:
+        w8 = unpack_int4(qweight.cpu()).to(torch.int8)
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, w8)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s, z, qs = torch.ops.duquant.prologue(
+            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        acc = torch.ops.duquant.gemm_s8_sm90(q, p.qweight)
+        y = torch.ops.duquant.epilogue(acc, s, z, qs, p.weight_scale, p.weight_zero,
+                                       p.weight_code_sum, p.bias, p.spec.in_features, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class CutlassSm80Kernel(LinearKernel):
+    """sm_80/86/89: Triton prologue → pack codes → CUTLASS 2.x u4×u4 mma.sync → Triton
+    epilogue. Weights stay in the checkpoint's packed layout. Compiled here, not yet run on
+    an Ampere GPU (none was available): can_implement says so unless DUQUANT_TRUST_SM80=1."""
+
+    name = "cutlass_sm80"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        import os
+
+        why = _common_gpu_checks(spec) or _triton_missing()
+        if why:
+            return False, why
+        if not (8, 0) <= spec.capability < (9, 0):
+            return False, f"int4 mma.sync path is for sm_80..sm_89, device is sm_{spec.capability}"
+        if spec.in_features % 32 or spec.out_features % 4:
+            return False, "needs K % 32 == 0 and N % 4 == 0 (128-bit alignment of 4-bit rows)"
+        if os.environ.get("DUQUANT_TRUST_SM80") != "1":
+            return False, "sm_80 CUTLASS path is compile-tested only (set DUQUANT_TRUST_SM80=1)"
+        from .cutlass import built_archs, load_error
+
+        if load_error():
+            return False, load_error()
+        if "sm80" not in built_archs():
+            return False, "libduquant_ext.so was built without sm_80"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
+                act_clip_ratio, device=None) -> PreparedLinear:
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, qweight)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s, z, qs = torch.ops.duquant.prologue(
+            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        qp = torch.ops.duquant.pack_codes(q)
+        acc = torch.ops.duquant.gemm_u4_sm80(qp, p.qweight)
+        y = torch.ops.duquant.epilogue(acc, s, z, qs, p.weight_scale, p.weight_zero,
+                                       p.weight_code_sum, p.bias, p.spec.in_features, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])

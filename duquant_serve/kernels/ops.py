@@ -1,0 +1,253 @@
+"""`torch.library` custom ops of duquant (namespace `duquant`), each with its fake right below.
+
+Every op has a CPU implementation that *is* `duquant_serve.core.reference` (so CPU serving, CI
+and `torch.library.opcheck` work with neither Triton nor the CUDA extension) and, where a fast
+path exists, a CUDA implementation that imports Triton / the extension lazily on first call.
+Fakes only allocate outputs: the operators check their inputs themselves.
+
+Layouts (K = in_features, N = out_features, M = tokens):
+    codes      int8 [M, K]     activation codes 0..2^a_bits-1 (int8 so int8 tensor cores take
+                               them as is; values never exceed 15 for 4 bits)
+    qweight    uint8 [N, K/2]  checkpoint layout (core/pack.py): byte j = code 2j | code 2j+1 << 4
+    qweight_g  uint8 [N, K/2]  "grouped" layout (kernels/layout.py): in each 64-code group byte j
+                               holds code j (low nibble) and code 32+j (high nibble)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.pack import unpack_int4
+from ..core.reference import gemm_epilogue_ref, prologue_ref
+from ..core.transform import InputTransform
+from .layout import unpack_int4_grouped
+
+# ---------------------------------------------------------------------------------------------
+# prologue: x → transform → per-token asymmetric codes
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::prologue", mutates_args=())
+def prologue(
+    x: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    perm: torch.Tensor,
+    inv_perm: torch.Tensor,
+    smooth: torch.Tensor | None,
+    a_bits: int,
+    clip_ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] → (codes int8 [M, K], scale f32 [M], zero f32 [M], code_sum i32 [M]).
+
+    Matches `core.reference.prologue_ref` (CPU: it is that function). `perm` is the reference
+    gather order, `inv_perm` its inverse (int32), which the fused kernel scatters with.
+    """
+    t = InputTransform(r1, perm, r2, smooth)
+    q, s, z, qs = prologue_ref(x, t, a_bits, clip_ratio)
+    return q.to(torch.int8), s, z, qs
+
+
+@prologue.register_fake
+def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
+    m, k = x.shape
+    return (
+        x.new_empty((m, k), dtype=torch.int8),
+        x.new_empty((m,), dtype=torch.float32),
+        x.new_empty((m,), dtype=torch.float32),
+        x.new_empty((m,), dtype=torch.int32),
+    )
+
+
+@prologue.register_kernel("cuda")
+def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
+    from .triton_prologue import fused_prologue
+
+    return fused_prologue(x, r1, r2, inv_perm, smooth, a_bits, clip_ratio)
+
+
+# ---------------------------------------------------------------------------------------------
+# w4a4_gemm: codes × grouped-packed weight codes → scale/zero-point epilogue (Triton)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::w4a4_gemm", mutates_args=())
+def w4a4_gemm(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight_g: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    weight_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """y [M, N] = sx·sw·(acc − zw·Σqx − zx·Σqw + K·zx·zw) + bias, acc = codes · unpack(qweight_g)ᵀ.
+
+    Matches `core.reference.gemm_epilogue_ref`; qweight_g is in the grouped layout.
+    """
+    qw = unpack_int4_grouped(qweight_g)
+    return gemm_epilogue_ref(
+        codes.to(torch.uint8), scale, zero, code_sum, qw, weight_scale, weight_zero,
+        weight_code_sum, bias, out_dtype,
+    )
+
+
+@w4a4_gemm.register_fake
+def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, weight_code_sum, bias,
+      out_dtype):
+    return codes.new_empty((codes.shape[0], qweight_g.shape[0]), dtype=out_dtype)
+
+
+@w4a4_gemm.register_kernel("cuda")
+def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, weight_code_sum, bias,
+      out_dtype):
+    from .triton_gemm import w4a4_gemm_triton
+
+    return w4a4_gemm_triton(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero,
+                            weight_code_sum, bias, out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# epilogue alone: int32 accumulator (from CUTLASS) → y
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::epilogue", mutates_args=())
+def epilogue(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    weight_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """acc int32 [M, N] → sx·sw·(acc − zw·Σqx − zx·Σqw + k·zx·zw) + bias (EPILOGUE.md)."""
+    a = acc.double()
+    bracket = (
+        a
+        - weight_zero.double()[None, :] * code_sum.double()[:, None]
+        - zero.double()[:, None] * weight_code_sum.double()[None, :]
+        + k * zero.double()[:, None] * weight_zero.double()[None, :]
+    )
+    y = scale.double()[:, None] * weight_scale.double()[None, :] * bracket
+    if bias is not None:
+        y = y + bias.double()[None, :]
+    return y.to(out_dtype)
+
+
+@epilogue.register_fake
+def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bias, k, out_dtype):
+    return acc.new_empty(acc.shape, dtype=out_dtype)
+
+
+@epilogue.register_kernel("cuda")
+def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bias, k, out_dtype):
+    from .triton_gemm import epilogue_triton
+
+    return epilogue_triton(acc, scale, zero, code_sum, weight_scale, weight_zero,
+                           weight_code_sum, bias, k, out_dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUTLASS integer GEMMs (cutlass_ext/): int32 out, epilogue separate
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::gemm_s8_sm90", mutates_args=())
+def gemm_s8_sm90(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a int8 [M, K] · b int8 [N, K]ᵀ → int32 [M, N] (CUTLASS 3.x wgmma on sm_90a).
+
+    CPU: float64 matmul of the small integer codes, exact for K·127² < 2^53.
+    """
+    return (a.double() @ b.double().t()).to(torch.int32)
+
+
+@gemm_s8_sm90.register_fake
+def _(a, b):
+    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+@gemm_s8_sm90.register_kernel("cuda")
+def _(a, b):
+    from .cutlass import gemm_s8_sm90_cuda
+
+    return gemm_s8_sm90_cuda(a, b)
+
+
+@torch.library.custom_op("duquant::gemm_u4_sm80", mutates_args=())
+def gemm_u4_sm80(a_packed: torch.Tensor, b_packed: torch.Tensor) -> torch.Tensor:
+    """a uint8 [M, K/2] · b uint8 [N, K/2]ᵀ, both checkpoint-packed 4-bit → int32 [M, N]."""
+    a = unpack_int4(a_packed).double()
+    b = unpack_int4(b_packed).double()
+    return (a @ b.t()).to(torch.int32)
+
+
+@gemm_u4_sm80.register_fake
+def _(a_packed, b_packed):
+    return a_packed.new_empty((a_packed.shape[0], b_packed.shape[0]), dtype=torch.int32)
+
+
+@gemm_u4_sm80.register_kernel("cuda")
+def _(a_packed, b_packed):
+    from .cutlass import gemm_u4_sm80_cuda
+
+    return gemm_u4_sm80_cuda(a_packed, b_packed)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole reference linear as one op (the torch_ref kernel; any device)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::linear_ref", mutates_args=())
+def linear_ref(
+    x: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    perm: torch.Tensor,
+    smooth: torch.Tensor | None,
+    qweight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    weight_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    a_bits: int,
+    clip_ratio: float,
+) -> torch.Tensor:
+    """x [M, K] → y [M, N] in x's dtype: `prologue_ref` then `gemm_epilogue_ref` (exact)."""
+    t = InputTransform(r1, perm, r2, smooth)
+    qx, sx, zx, sqx = prologue_ref(x, t, a_bits, clip_ratio)
+    qw = unpack_int4(qweight)
+    return gemm_epilogue_ref(qx, sx, zx, sqx, qw, weight_scale, weight_zero, weight_code_sum,
+                             bias, x.dtype)
+
+
+@linear_ref.register_fake
+def _(x, r1, r2, perm, smooth, qweight, weight_scale, weight_zero, weight_code_sum, bias, a_bits,
+      clip_ratio):
+    return x.new_empty((x.shape[0], qweight.shape[0]))
+
+
+# ---------------------------------------------------------------------------------------------
+# pack_codes: int8 activation codes → checkpoint-packed 4-bit (operand A of the sm_80 GEMM)
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::pack_codes", mutates_args=())
+def pack_codes(codes: torch.Tensor) -> torch.Tensor:
+    """codes int8 [M, K] in 0..15 → uint8 [M, K/2], the core/pack.py layout (low nibble = even
+    k). Same bytes as `core.pack.pack_int4`, without its value check (a host sync per call)."""
+    c = codes.view(torch.uint8)
+    return c[:, 0::2] | (c[:, 1::2] << 4)
+
+
+@pack_codes.register_fake
+def _(codes):
+    return codes.new_empty((codes.shape[0], codes.shape[1] // 2), dtype=torch.uint8)

@@ -1,0 +1,63 @@
+"""The one place that decides which kernel runs a quantized linear.
+
+    choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement(spec)` agrees:
+        cutlass_sm90 > cutlass_sm80 > triton > torch_ref
+    DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
+    DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
+The choice is logged once per distinct LayerSpec; when nothing fits, the error lists every
+kernel's rejection reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .base import LayerSpec, LinearKernel
+from .linear_kernels import CutlassSm80Kernel, CutlassSm90Kernel, TorchRefKernel, TritonKernel
+
+logger = logging.getLogger(__name__)
+
+PRIORITY: tuple[type[LinearKernel], ...] = (
+    CutlassSm90Kernel,
+    CutlassSm80Kernel,
+    TritonKernel,
+    TorchRefKernel,
+)
+KERNELS: dict[str, type[LinearKernel]] = {k.name: k for k in PRIORITY}
+
+_logged: set[tuple[LayerSpec, str]] = set()
+
+
+class NoKernelError(RuntimeError):
+    """No kernel can run this layer; the message lists why, kernel by kernel."""
+
+
+def _env_list(name: str) -> list[str]:
+    return [s.strip() for s in os.environ.get(name, "").split(",") if s.strip()]
+
+
+def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[LinearKernel]:
+    """LayerSpec → kernel class (stateless; call `prepare` then `apply` on it)."""
+    forced = os.environ.get("DUQUANT_KERNEL", "").strip()
+    disabled = _env_list("DUQUANT_DISABLED_KERNELS")
+    for name in [forced, *disabled]:
+        if name and name not in KERNELS:
+            raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
+    reasons: list[str] = []
+    candidates = [KERNELS[forced]] if forced else list(PRIORITY)
+    for k in candidates:
+        if k.name in disabled:
+            reasons.append(f"{k.name}: disabled by DUQUANT_DISABLED_KERNELS")
+            continue
+        ok, why = k.can_implement(spec)
+        if ok:
+            key = (spec, k.name)
+            if key not in _logged:
+                _logged.add(key)
+                logger.info("duquant: selected kernel %s for %s (%s)", k.name,
+                            layer_name or "layer", spec)
+            return k
+        reasons.append(f"{k.name}: {why}")
+    head = f"DUQUANT_KERNEL={forced} cannot run" if forced else "no duquant kernel can run"
+    raise NoKernelError(f"{head} {layer_name or 'layer'} {spec}:\n  " + "\n  ".join(reasons))

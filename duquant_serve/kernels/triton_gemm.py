@@ -1,0 +1,193 @@
+"""W4A4 GEMM with the zero-point epilogue in Triton (int8 tensor cores, packed 4-bit weights).
+
+    acc[m, n] = Σ_k qx[m, k] · qw[n, k]                        (int32, exact)
+    y[m, n]   = sx[m]·sw[n]·(acc − zw[n]·Σqx[m] − zx[m]·(Σqw[n] − K·zw[n])) + bias[n]
+
+which is `core.reference.gemm_epilogue_ref` regrouped (cutlass_ext/EPILOGUE.md). The bracket
+is evaluated in fp32: every term is an integer, exact while below 2^24 (K·15·15 < 2^24 for
+K < 74k), so the only rounding is the final scaling, as in the reference.
+
+Weights stay packed 4-bit in memory (the decode win) in the grouped layout of `layout.py`: in a
+64-code group, the low nibbles are codes 0..31 and the high nibbles codes 32..63, so each loaded
+byte tile yields two int8 operands for two `tl.dot`s against contiguous activation columns.
+Codes are 0..15, so int8 operands are exact (Triton's int8 dot accumulates in int32).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _w4a4_gemm_kernel(
+    a_ptr, stride_am,
+    p_ptr, stride_pn,
+    sx_ptr, zx_ptr, sqx_ptr,
+    sw_ptr, zw_ptr, sqw_ptr,
+    bias_ptr,
+    out_ptr, stride_om,
+    M, N, K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    # Grouped tile order: programs that run together share weight tiles in L2.
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % width) % size_m)
+    pid_n = (pid % width) // size_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    HALF: tl.constexpr = BLOCK_K // 2
+    i = tl.arange(0, HALF)
+    # Column of the activation that the low nibble of packed byte i (of this K tile) holds.
+    lo_col = (i // 32) * 64 + (i % 32)
+    a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
+    p_cols = p_ptr + rn.to(tl.int64)[None, :] * stride_pn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        ka = k0 + lo_col
+        ka_ok = ka < K  # K % 64 == 0, so a group is either all in or all out
+        a_lo = tl.load(a_rows + ka[None, :], mask=m_ok[:, None] & ka_ok[None, :], other=0)
+        a_hi = tl.load(a_rows + (ka + 32)[None, :], mask=m_ok[:, None] & ka_ok[None, :], other=0)
+        kb = k0 // 2 + i
+        pb = tl.load(p_cols + kb[:, None], mask=(kb < K // 2)[:, None] & n_ok[None, :], other=0)
+        w_lo = (pb & 0xF).to(tl.int8)  # [HALF, BLOCK_N]
+        w_hi = (pb >> 4).to(tl.int8)
+        acc = tl.dot(a_lo, w_lo, acc)
+        acc = tl.dot(a_hi, w_hi, acc)
+
+    sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
+    zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
+    sqx = tl.load(sqx_ptr + rm, mask=m_ok, other=0).to(tl.float32)
+    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
+    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
+    sqw = tl.load(sqw_ptr + rn, mask=n_ok, other=0).to(tl.float32)
+    wcorr = sqw - K * zw  # Σqw − K·zw: folds the K·zx·zw term into the zx term
+    bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
+    y = (sx[:, None] * sw[None, :]) * bracket
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _epilogue_kernel(
+    acc_ptr, stride_am,
+    sx_ptr, zx_ptr, sqx_ptr,
+    sw_ptr, zw_ptr, sqw_ptr,
+    bias_ptr,
+    out_ptr, stride_om,
+    M, N, K,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Same epilogue on an int32 accumulator produced elsewhere (the CUTLASS GEMMs)."""
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    ok = m_ok[:, None] & n_ok[None, :]
+    acc = tl.load(acc_ptr + rm.to(tl.int64)[:, None] * stride_am + rn[None, :], mask=ok, other=0)
+    sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
+    zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
+    sqx = tl.load(sqx_ptr + rm, mask=m_ok, other=0).to(tl.float32)
+    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
+    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
+    sqw = tl.load(sqw_ptr + rn, mask=n_ok, other=0).to(tl.float32)
+    wcorr = sqw - K * zw
+    bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
+    y = (sx[:, None] * sw[None, :]) * bracket
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _gemm_config(m: int, n: int) -> dict[str, int]:
+    """Tile choice by M bucket (no autotuning: the same shapes must run the same code in tests,
+    benchmarks and serving). Small M is weight-streaming bound, so narrow N tiles put more
+    programs on the SMs; large M uses 128×128 tiles for tensor-core throughput."""
+    if m <= 16:
+        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
+    if m <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, GROUP_M=4, num_warps=4, num_stages=4)
+    if m <= 256:
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+def w4a4_gemm_triton(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight_g: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    weight_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """codes int8 [M, K], qweight_g uint8 [N, K/2] (grouped) → y [M, N] out_dtype."""
+    m, k = codes.shape
+    n = qweight_g.shape[0]
+    if k % 64 or qweight_g.shape[1] * 2 != k:
+        raise ValueError(f"need K % 64 == 0 and qweight [N, K/2]; got codes {tuple(codes.shape)}, "
+                         f"qweight {tuple(qweight_g.shape)}")
+    codes = codes.contiguous()
+    qweight_g = qweight_g.contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
+    if m == 0:
+        return out
+    cfg = dict(config or _gemm_config(m, n))
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    _w4a4_gemm_kernel[grid](
+        codes, codes.stride(0), qweight_g, qweight_g.stride(0),
+        scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
+        bias if bias is not None else weight_scale,  # never read when HAS_BIAS is False
+        out, out.stride(0), m, n, k,
+        HAS_BIAS=bias is not None, **cfg,
+    )
+    return out
+
+
+def epilogue_triton(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    weight_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """acc int32 [M, N] → y [M, N] out_dtype (EPILOGUE.md)."""
+    m, n = acc.shape
+    out = torch.empty((m, n), dtype=out_dtype, device=acc.device)
+    if m == 0:
+        return out
+    bm, bn = 32, 128
+    _epilogue_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn))](
+        acc, acc.stride(0), scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
+        bias if bias is not None else weight_scale, out, out.stride(0), m, n, k,
+        HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
+    )
+    return out
