@@ -1,0 +1,376 @@
+# ruff: noqa: B023  (the timed closures are called at once, inside the loop that binds them)
+"""One-call GPU session: check every W4A4 path against core.reference, then time them.
+
+    python benchmarks/gpu_session.py --mode quick|full [--out DIR] [--budget-s 480]
+    python benchmarks/gpu_session.py --dry            (CPU, TRITON_INTERPRET=1: logic only)
+
+Correctness: fresh random inputs per case, outputs poisoned (NaN-filled blocks handed back to
+the caching allocator right before each call), ‖out − ref‖/‖ref‖ against
+`core.reference.w4a4_linear_ref` (fp32 out), prologue code mismatches against `prologue_ref`.
+Timing: `triton.testing.do_bench` medians; weights and inputs rotated over enough copies to
+exceed L2 so decode-sized runs stream weights from HBM; CUDA graphs for M ≤ 256.
+Writes JSON lines (results.jsonl) and PNG plots to --out, prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from duquant_serve.core.pack import pack_int4  # noqa: E402
+from duquant_serve.core.quant import quantize_per_channel  # noqa: E402
+from duquant_serve.core.reference import (  # noqa: E402
+    QuantizedLinear,
+    prologue_ref,
+    w4a4_linear_ref,
+)
+from duquant_serve.core.transform import InputTransform, random_orthogonal  # noqa: E402
+from duquant_serve.kernels.base import LayerSpec  # noqa: E402
+from duquant_serve.kernels.select import KERNELS  # noqa: E402
+
+MODELS = {
+    "llama2-7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096),
+                  "down": (4096, 11008)},
+    "llama3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+                  "down": (4096, 14336)},
+    "smollm2-135m": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576),
+                     "down": (576, 1536)},
+}
+L2_BYTES = 50 << 20
+
+
+def block_for(k: int) -> int:
+    b = 128
+    while k % b:
+        b //= 2
+    return b
+
+
+def make_layer(n: int, k: int, b: int, dev: str, smooth: bool, bias: bool,
+               g: torch.Generator) -> QuantizedLinear:
+    """Random but realistic quantized linear: orthogonal R1/R2, random perm, per-channel quant."""
+    r1 = random_orthogonal(b, g).float().contiguous()
+    r2 = random_orthogonal(b, g).float().contiguous()
+    perm = torch.randperm(k, generator=g)
+    sm = (torch.rand(k, generator=g) + 0.5) if smooth else None
+    w = torch.randn(n, k, generator=g) / math.sqrt(k)
+    q, s, z = quantize_per_channel(w, 4, 1.0)
+    t = InputTransform(r1, perm, r2, sm)
+    bb = torch.randn(n, generator=g) * 0.1 if bias else None
+    return QuantizedLinear(pack_int4(q).to(dev), s.to(dev), z.to(dev), t.to(dev),
+                           None if bb is None else bb.to(dev), 4, 4, 0.95)
+
+
+def prepare(kernel, lin: QuantizedLinear, dev: str, dtype: torch.dtype, cap):
+    n, k = lin.out_features, lin.in_features
+    spec = LayerSpec(k, n, lin.transform.block_size, has_smooth=lin.transform.smooth is not None,
+                     has_bias=lin.bias is not None, act_dtype=dtype,
+                     device_type="cuda" if dev == "cuda" else "cpu", capability=cap)
+    return spec, kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero,
+                                lin.transform, lin.bias, lin.act_clip_ratio, device=dev)
+
+
+def poison(dev: str) -> None:
+    # Hand NaN-filled blocks back to the caching allocator so the next torch.empty of a similar
+    # size reuses one: an element the kernel fails to write stays NaN and fails the check.
+    if dev != "cuda":
+        return
+    junk = [torch.full((s,), float("nan"), device=dev) for s in (1 << 10, 1 << 16, 1 << 20,
+                                                                  1 << 24)]
+    del junk
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    if not torch.isfinite(a).all():
+        return float("nan")
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, log) -> list[dict]:
+    from duquant_serve.kernels.triton_prologue import fused_prologue
+
+    rows = []
+    g = torch.Generator().manual_seed(1234)
+    for (n, k) in shapes:
+        b = block_for(k) if k % 64 else 64 if k < 1024 else 128
+        lin = make_layer(n, k, b, dev, smooth=True, bias=True, g=g)
+        for m in ms:
+            x = (torch.randn(m, k, generator=g) * 2 + torch.randn(k, generator=g)).to(dev)
+            x = x.to(torch.bfloat16)
+            y_ref = w4a4_linear_ref(x.float(), lin)  # fp32 out, exact integer path
+            qr, sr, zr, qsr = prologue_ref(x, lin.transform, 4, lin.act_clip_ratio)
+            inv = torch.empty_like(lin.transform.perm)
+            inv[lin.transform.perm] = torch.arange(k, device=lin.transform.perm.device)
+            for prec in (["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]):
+                poison(dev)
+                q, s, z, qs = fused_prologue(x, lin.transform.r1, lin.transform.r2, inv,
+                                             lin.transform.smooth, 4, lin.act_clip_ratio,
+                                             precision=prec)
+                d = (q.int() - qr.int()).abs()
+                row = dict(check="prologue", precision=prec, M=m, N=n, K=k, b=b,
+                           mismatches=int((d > 0).sum()), frac=float((d > 0).float().mean()),
+                           max_code_diff=int(d.max()),
+                           scale_rel=rel(s, sr), zero_diff=float((z - zr).abs().max()),
+                           sum_diff=int((qs - qsr).abs().max()))
+                rows.append(row)
+                log(row)
+            for name in paths:
+                kern = KERNELS[name]
+                try:
+                    _, p = prepare(kern, lin, dev, torch.bfloat16, cap)
+                    poison(dev)
+                    y = kern.apply(p, x)
+                    if dev == "cuda":
+                        torch.cuda.synchronize()
+                    row = dict(check="linear", path=name, M=m, N=n, K=k, b=b,
+                               rel_err=rel(y.float(), y_ref), nan=int(torch.isnan(y).sum()))
+                except Exception as e:  # report, keep going: one broken path must not hide others
+                    row = dict(check="linear", path=name, M=m, N=n, K=k, b=b, error=repr(e)[:300])
+                rows.append(row)
+                log(row)
+    return rows
+
+
+def bench_fn(fn, graph: bool) -> float:
+    import triton.testing as tt
+
+    if graph:
+        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, log,
+                deadline: float) -> list[dict]:
+    rows = []
+    devname = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(7)
+    seen = set()
+    for model, layers in models.items():
+        for lname, (n, k) in layers.items():
+            if (n, k) in seen:
+                continue
+            seen.add((n, k))
+            b = block_for(k) if k % 128 else 128
+            bf16_bytes = n * k * 2
+            copies = max(2, min(16, math.ceil(3 * L2_BYTES / bf16_bytes)))
+            w_bf = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / math.sqrt(k)
+                    for _ in range(copies)]
+            lins = [make_layer(n, k, b, dev, smooth=False, bias=False, g=g)
+                    for _ in range(copies)]
+            prepared = {}
+            mem = {}
+            for name in paths:
+                try:
+                    prepared[name] = [prepare(KERNELS[name], li, dev, torch.bfloat16, cap)[1]
+                                      for li in lins]
+                    mem[name] = prepared[name][0].resident_bytes()
+                except Exception as e:
+                    log(dict(op="prepare", path=name, error=repr(e)[:200]))
+            w8 = [torch.randint(0, 16, (k, n), device=dev, dtype=torch.int8) for _ in range(2)]
+            w8 = [w.t().contiguous().t() for w in w8]  # column-major, as _int_mm wants
+            for m in ms:
+                if time.time() > deadline:
+                    log(dict(op="stop", reason="time budget reached"))
+                    return rows
+                graph = m <= 256
+                xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
+                res = dict(device=devname, model=model, op=lname, shape=[m, n, k], M=m, N=n,
+                           K=k, copies=copies, cuda_graph=graph,
+                           bf16_weight_bytes=bf16_bytes, w4a4_weight_bytes=mem)
+
+                def bf16():
+                    for i in range(copies):
+                        torch.nn.functional.linear(xs[i], w_bf[i])
+
+                res["bf16_ms"] = bench_fn(bf16, graph) / copies
+                for name, ps in prepared.items():
+                    kern = KERNELS[name]
+
+                    def full(kern=kern, ps=ps):
+                        for i in range(copies):
+                            kern.apply(ps[i], xs[i])
+
+                    try:
+                        res[f"{name}_ms"] = bench_fn(full, graph) / copies
+                    except Exception as e:
+                        res[f"{name}_error"] = repr(e)[:200]
+                # Pieces: prologue alone, Triton GEMM alone (codes precomputed), CUTLASS GEMM.
+                p0 = prepared.get("triton", [None])[0]
+                if p0 is not None:
+                    q, s, z, qs = torch.ops.duquant.prologue(xs[0], p0.r1, p0.r2, p0.perm,
+                                                             p0.inv_perm, None, 4, 0.95)
+                    pt = prepared["triton"]
+
+                    def prol():
+                        for i in range(copies):
+                            torch.ops.duquant.prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].perm,
+                                                       pt[i].inv_perm, None, 4, 0.95)
+
+                    def gemm_t():
+                        for i in range(copies):
+                            torch.ops.duquant.w4a4_gemm(q, s, z, qs, pt[i].qweight,
+                                                        pt[i].weight_scale, pt[i].weight_zero,
+                                                        pt[i].weight_code_sum, None,
+                                                        torch.bfloat16)
+
+                    res["prologue_ms"] = bench_fn(prol, graph) / copies
+                    res["triton_gemm_ms"] = bench_fn(gemm_t, graph) / copies
+                    if "cutlass_sm90" in prepared:
+                        pc = prepared["cutlass_sm90"]
+
+                        def gemm_c():
+                            for i in range(copies):
+                                torch.ops.duquant.gemm_s8_sm90(q, pc[i].qweight)
+
+                        try:
+                            res["cutlass_gemm_int32_ms"] = bench_fn(gemm_c, graph) / copies
+                        except Exception as e:
+                            res["cutlass_gemm_error"] = repr(e)[:200]
+                    # W8A8 int8 baseline (torch._int_mm needs M > 16 on some builds: pad).
+                    mp = max(m, 32)
+                    a8 = torch.randint(-8, 8, (mp, k), device=dev, dtype=torch.int8)
+
+                    def int8mm():
+                        for i in range(copies):
+                            torch._int_mm(a8, w8[i % 2])
+
+                    try:
+                        res["int8_intmm_ms"] = bench_fn(int8mm, graph) / copies
+                        res["int8_intmm_M_padded"] = mp
+                    except Exception as e:
+                        res["int8_intmm_error"] = repr(e)[:200]
+                best = [res[f"{p}_ms"] for p in paths if f"{p}_ms" in res]
+                if best:
+                    res["w4a4_ms"] = min(best)
+                    res["w4a4_path"] = min((res[f"{p}_ms"], p) for p in paths
+                                           if f"{p}_ms" in res)[1]
+                    res["speedup"] = res["bf16_ms"] / res["w4a4_ms"]
+                rows.append(res)
+                log(res)
+            w_bf = lins = prepared = w8 = None  # free this shape's copies before the next
+            torch.cuda.empty_cache()
+    return rows
+
+
+def plots(rows: list[dict], out: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    models = sorted({r["model"] for r in rows})
+    for model in models:
+        rs = [r for r in rows if r["model"] == model and "speedup" in r]
+        if not rs:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for op in sorted({r["op"] for r in rs}):
+            pts = sorted((r["M"], r["speedup"]) for r in rs if r["op"] == op)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=op)
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speedup over BF16 F.linear")
+        ax.set_title(f"W4A4 (prologue+GEMM) vs BF16, {model}, {rs[0]['device']}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"speedup_{model}.png", dpi=110)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=["quick", "full"], default="quick")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--budget-s", type=float, default=480)
+    ap.add_argument("--dry", action="store_true")
+    args = ap.parse_args()
+    t_start = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "results.jsonl", "a")
+
+    def log(row: dict) -> None:
+        logf.write(json.dumps(row) + "\n")
+        logf.flush()
+        print(json.dumps(row), flush=True)
+
+    dev = "cpu" if args.dry else "cuda"
+    cap = torch.cuda.get_device_capability() if dev == "cuda" else (9, 0)
+    if dev == "cuda":
+        import triton
+
+        torch.backends.cuda.matmul.allow_tf32 = False  # the reference's fp32 matmuls stay fp32
+        log(dict(info="env", torch=torch.__version__, triton=triton.__version__,
+                 device=torch.cuda.get_device_name(), capability=cap))
+        from duquant_serve.kernels.cutlass import built_archs, load_error
+
+        log(dict(info="cutlass_ext", load_error=load_error(), archs=sorted(built_archs())))
+    paths = ["triton", "cutlass_sm90"] if dev == "cuda" else ["torch_ref"]
+    for name in list(paths):
+        if dev == "cuda":
+            spec = LayerSpec(4096, 4096, 128, capability=cap)
+            ok, why = KERNELS[name].can_implement(spec)
+            log(dict(info="can_implement", path=name, ok=ok, why=why))
+            if not ok:
+                paths.remove(name)
+    if args.dry:
+        shapes, ms = [(40, 192), (72, 576)], [1, 7, 33]
+    else:
+        shapes = [(960, 576), (1000, 1472), (4096, 4096), (4096, 11008)]
+        ms = [1, 7, 128, 2048, 8192]
+    corr = check_correctness(dev, paths, ms, shapes, cap, log)
+    timing: list[dict] = []
+    if not args.dry:
+        if args.mode == "quick":
+            models = {"llama2-7b": {"o": (4096, 4096), "gate_up": (22016, 4096)},
+                      "smollm2-135m": {"qkv": (960, 576)}}
+            tms = [1, 16, 2048, 8192]
+        else:
+            models = MODELS
+            tms = [1, 4, 16, 64, 256, 1024, 2048, 4096, 8192]
+        deadline = t_start + args.budget_s
+        timing = time_shapes(dev, paths, models, tms, cap, log, deadline)
+        plots(timing, out)
+    # ---- short table, last (the tool returns the tail of the output) ----
+    print("\n== correctness (linear, rel err vs w4a4_linear_ref) ==")
+    for r in corr:
+        if r["check"] == "linear":
+            print(f"{r['path']:>13} M={r['M']:<5} N={r['N']:<5} K={r['K']:<5} "
+                  f"rel={r.get('rel_err', r.get('error'))}")
+    worst = {}
+    for r in corr:
+        if r["check"] == "prologue":
+            key = r["precision"]
+            worst[key] = max(worst.get(key, (0, 0.0, 0)), (r["max_code_diff"], r["frac"],
+                                                           r["mismatches"]))
+    print("prologue worst (max|dcode|, frac, count) by precision:", worst)
+    if timing:
+        print("\n== timing (ms, medians) ==")
+        print(f"{'model':>12} {'op':>8} {'M':>5} {'N':>6} {'K':>6} {'bf16':>8} {'w4a4':>8} "
+              f"{'x':>5} {'prol':>7} {'tgemm':>7} {'cgemm':>7} {'int8':>7} path")
+        for r in timing:
+            def f(key, r=r):
+                v = r.get(key)
+                return f"{v:8.4f}" if isinstance(v, float) else f"{'-':>8}"
+            print(f"{r['model']:>12} {r['op']:>8} {r['M']:>5} {r['N']:>6} {r['K']:>6} "
+                  f"{f('bf16_ms')}{f('w4a4_ms')} {r.get('speedup', 0):5.2f}"
+                  f"{f('prologue_ms')}{f('triton_gemm_ms')}{f('cutlass_gemm_int32_ms')}"
+                  f"{f('int8_intmm_ms')} {r.get('w4a4_path', '-')}")
+    print(f"total {time.time() - t_start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
