@@ -144,3 +144,38 @@ def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
     if layer.bias is not None:
         y = y + layer.bias.float()
     return y.to(x.dtype)
+
+
+class QuantLinearModule(torch.nn.Module):
+    """Drop-in replacement for nn.Linear running a `QuantizedLinear` in plain torch.
+
+    mode "fake": dequantize-then-matmul (the simulation the paper's tables use);
+    mode "int":  real integer codes through `w4a4_linear_ref` (how a checkpoint is evaluated).
+    """
+
+    def __init__(self, layer: QuantizedLinear, mode: str = "fake") -> None:
+        super().__init__()
+        if mode not in ("fake", "int"):
+            raise ValueError(f"mode must be 'fake' or 'int', got {mode!r}")
+        self.layer = layer
+        self.mode = mode
+        self.in_features = layer.in_features
+        self.out_features = layer.out_features
+        # Dequantized weights are cached once: fake mode is an evaluation tool, not a server.
+        self._w = layer.dequantized_weight() if mode == "fake" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int":
+            return w4a4_linear_ref(x, self.layer)
+        lay = self.layer
+        xt = lay.transform.apply(x.float())
+        q, s, z = quantize_per_token(xt, lay.a_bits, lay.act_clip_ratio, check_finite=False)
+        y = dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1)) @ self._w.t()
+        if lay.bias is not None:
+            y = y + lay.bias.float()
+        return y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        lay = self.layer
+        return (f"in={self.in_features}, out={self.out_features}, W{lay.w_bits}A{lay.a_bits}, "
+                f"block={lay.transform.block_size}, mode={self.mode}")

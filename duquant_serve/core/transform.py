@@ -246,19 +246,21 @@ class InputTransform:
         mv = (lambda t: None if t is None else t.to(device))  # noqa: E731
         return InputTransform(mv(self.r1), mv(self.perm), mv(self.r2), mv(self.smooth))
 
-    def same_as(self, other: InputTransform) -> bool:
-        """Exact equality: fused linears (qkv, gate_up) must share one transform bit for bit."""
+    def first_difference(self, other: InputTransform) -> str | None:
+        """Name of the first component that differs ("rot1", "perm", "rot2", "smooth"), or None.
+
+        Fused linears (qkv, gate_up) must share one transform bit for bit."""
+
         def eq(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
             if a is None or b is None:
                 return a is None and b is None
             return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
 
-        return (
-            eq(self.r1, other.r1)
-            and eq(self.perm, other.perm)
-            and eq(self.r2, other.r2)
-            and eq(self.smooth, other.smooth)
-        )
+        for name, a, b in (("rot1", self.r1, other.r1), ("perm", self.perm, other.perm),
+                           ("rot2", self.r2, other.r2), ("smooth", self.smooth, other.smooth)):
+            if not eq(a, b):
+                return name
+        return None
 
 
 def identity_transform(width: int, block: int) -> InputTransform:

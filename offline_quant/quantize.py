@@ -1,0 +1,102 @@
+"""`duquant quantize`: source model → DuQuant checkpoint directory (+ JSON report)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from duquant_serve.checkpoint import write_checkpoint
+from duquant_serve.core.config import DuQuantConfig
+
+from .calibration import calibration_windows
+from .models import load_config, load_model, source_description
+from .pipeline import PipelineOptions, quantize_model
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class CalibrationSpec:
+    source: str = "random"  # a text file path or "random"
+    nsamples: int = 16
+    seqlen: int = 512
+    seed: int = 2
+
+
+def _model_config_dict(model, dtype: torch.dtype) -> dict:
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    cfg.pop("_model_name_or_path", None)
+    cfg["architectures"] = cfg.get("architectures") or [type(model).__name__]
+    cfg["dtype"] = str(dtype).replace("torch.", "")
+    cfg["torch_dtype"] = cfg["dtype"]
+    return cfg
+
+
+def quantize_to_checkpoint(
+    source: str,
+    out_dir: str | Path,
+    qcfg: DuQuantConfig,
+    calib: CalibrationSpec,
+    opts: PipelineOptions | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
+) -> dict:
+    """Run the whole offline pipeline; returns the report (also written to the checkpoint)."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output directory {str(out)!r} exists (pass --overwrite to replace it)")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
+    opts = opts or PipelineOptions()
+    if qcfg.lwc:
+        opts.method = "duquant-lwc"
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    load_config(source)  # fail on an unsupported architecture before loading weights
+    model, tok = load_model(source)
+    times["load_model"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ids = calibration_windows(tok, calib.source, calib.nsamples, calib.seqlen, calib.seed,
+                              vocab_size=model.config.vocab_size)
+    times["calibration_data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    result = quantize_model(model, ids, qcfg, opts)
+    times["quantize_total"] = time.perf_counter() - t
+
+    save_dtype = DTYPES[dtype] or next(model.parameters()).dtype
+    # Quantized linears are QuantLinearModules without registered tensors: the state dict now
+    # holds exactly the 16-bit rest (embeddings, smoothing-folded norms, lm_head).
+    others = {name: p.detach().to(save_dtype) for name, p in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        others.pop("lm_head.weight", None)
+
+    def save_extras(d: Path) -> None:
+        tok.save_pretrained(d)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(d)
+
+    report = {
+        "source": source_description(source),
+        "quantization_config": result.config.to_dict(),
+        "calibration": vars(calib),
+        "method": opts.method,
+        "seconds_per_stage": {**{k: round(v, 3) for k, v in times.items()},
+                              **result.report["seconds_per_stage"]},
+        "layers": result.report["layers"],
+    }
+    t = time.perf_counter()
+    write_checkpoint(out, _model_config_dict(model, save_dtype), result.config, result.linears,
+                     others, save_extras=save_extras, report=report, overwrite=overwrite)
+    report["seconds_per_stage"]["write_and_validate"] = round(time.perf_counter() - t, 3)
+    # The report is informational (not validated): add the write time once the checkpoint is in place.
+    (out / "duquant_report.json").write_text(json.dumps(report, indent=2))
+    return report
