@@ -1,0 +1,114 @@
+"""prepare/apply of the kernels in duquant_serve/kernels/linear_kernels.py on CPU.
+
+The ops' CPU implementations are the reference, so the Triton kernel's own code is exercised
+by calling its launchers on the prepared (kernel-layout) tensors under TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from kernel_cases import make_layer, make_x
+
+from duquant_serve.core.reference import w4a4_linear_ref
+from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.linear_kernels import (
+    CutlassSm80Kernel,
+    CutlassSm90Kernel,
+    TorchRefKernel,
+    TritonKernel,
+)
+from duquant_serve.kernels.triton_gemm import epilogue_triton, w4a4_gemm_triton
+from duquant_serve.kernels.triton_prologue import fused_prologue
+
+
+def _prep(kernel, lin, dtype=torch.float32):
+    spec = LayerSpec(lin.in_features, lin.out_features, lin.transform.block_size,
+                     has_smooth=lin.transform.smooth is not None, has_bias=lin.bias is not None,
+                     act_dtype=dtype, device_type="cpu")
+    return kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero, lin.transform,
+                          lin.bias, lin.act_clip_ratio)
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("n,k,b", [(40, 576, 64), (100, 192, 64)])
+def test_torch_ref_kernel_is_the_reference(m, n, k, b):
+    g = torch.Generator().manual_seed(m + n)
+    lin = make_layer(n, k, b, smooth=True, bias=True, g=g)
+    x = make_x(m, k, g).reshape(1, m, k)  # leading dims are flattened and restored
+    y = TorchRefKernel.apply(_prep(TorchRefKernel, lin), x)
+    assert y.shape == (1, m, n)
+    assert torch.equal(y, w4a4_linear_ref(x, lin))
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("n,k,b", [(40, 576, 64), (72, 192, 64)])
+def test_triton_kernel_layout_end_to_end(m, n, k, b):
+    """prologue → grouped-layout GEMM on TritonKernel.prepare's tensors = w4a4_linear_ref."""
+    g = torch.Generator().manual_seed(7 * m + k)
+    lin = make_layer(n, k, b, smooth=(m != 7), bias=(m != 1), g=g)
+    p = _prep(TritonKernel, lin)
+    x = make_x(m, k, g)
+    q, s, z, qs = fused_prologue(x, p.r1, p.r2, p.inv_perm, p.smooth, 4, p.act_clip_ratio)
+    y = w4a4_gemm_triton(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
+                         p.weight_code_sum, p.bias, torch.float32)
+    # A code off by one at a rounding tie changes y by one quantization step of one element.
+    assert _rel(y, w4a4_linear_ref(x, lin)) < 1e-4
+
+
+def test_cutlass_kernel_layouts_end_to_end():
+    """CUTLASS paths' prepare layouts through the ops' CPU impls + the Triton epilogue."""
+    g = torch.Generator().manual_seed(3)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g)
+    x = make_x(7, 576, g)
+    ref = w4a4_linear_ref(x, lin)
+    for kern in (CutlassSm90Kernel, CutlassSm80Kernel):
+        p = _prep(kern, lin)
+        q, s, z, qs = fused_prologue(x, p.r1, p.r2, p.inv_perm, p.smooth, 4, p.act_clip_ratio)
+        if kern is CutlassSm90Kernel:
+            acc = torch.ops.duquant.gemm_s8_sm90(q, p.qweight)
+        else:
+            acc = torch.ops.duquant.gemm_u4_sm80(torch.ops.duquant.pack_codes(q), p.qweight)
+        y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero, p.weight_code_sum,
+                            p.bias, 576, torch.float32)
+        assert _rel(y, ref) < 1e-4, kern.name
+
+
+def test_prepare_rejects_mismatched_tensors():
+    g = torch.Generator().manual_seed(4)
+    lin = make_layer(40, 192, 64, smooth=False, bias=False, g=g)
+    spec = LayerSpec(192, 40, 64, has_bias=True, device_type="cpu")
+    with pytest.raises(ValueError, match="has_bias"):
+        TorchRefKernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero,
+                               lin.transform, None, 1.0)
+    spec = LayerSpec(192, 41, 64, device_type="cpu")
+    with pytest.raises(ValueError, match="qweight"):
+        TorchRefKernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero,
+                               lin.transform, None, 1.0)
+
+
+def test_apply_compiles_without_graph_breaks():
+    g = torch.Generator().manual_seed(5)
+    lin = make_layer(40, 192, 64, smooth=True, bias=True, g=g)
+    p = _prep(TorchRefKernel, lin)
+    x = make_x(7, 192, g)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: TorchRefKernel.apply(p, t), fullgraph=True, backend="aot_eager")
+    assert torch.equal(f(x), w4a4_linear_ref(x, lin))
+
+
+def test_import_duquant_serve_stays_light():
+    code = ("import sys, duquant_serve, duquant_serve.kernels.select as s, "
+            "duquant_serve.kernels.linear_kernels;"
+            "bad = [m for m in ('triton', 'vllm', 'duquant_serve.kernels.triton_prologue', "
+            "'duquant_serve.kernels.triton_gemm') if m in sys.modules];"
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

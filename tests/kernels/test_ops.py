@@ -1,0 +1,74 @@
+"""torch.library ops of duquant_serve/kernels/ops.py: schemas + fakes (opcheck), CPU = reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_cases import inverse_perm, make_layer, make_x
+
+from duquant_serve.core.pack import pack_int4, unpack_int4
+from duquant_serve.core.reference import prologue_ref, w4a4_linear_ref
+from duquant_serve.kernels import ops  # noqa: F401
+from duquant_serve.kernels.layout import pack_int4_grouped
+
+
+def _layer_args(m=7, n=40, k=192, b=64, smooth=True, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lin = make_layer(n, k, b, smooth, bias, g)
+    return lin, make_x(m, k, g)
+
+
+def test_opcheck_prologue():
+    lin, x = _layer_args()
+    t = lin.transform
+    args = (x, t.r1.contiguous(), t.r2.contiguous(), t.perm, inverse_perm(t.perm), t.smooth, 4,
+            0.9)
+    torch.library.opcheck(torch.ops.duquant.prologue.default, args)
+    q, s, z, qs = torch.ops.duquant.prologue(*args)
+    qr, sr, zr, qsr = prologue_ref(x, t, 4, 0.9)
+    assert torch.equal(q, qr.to(torch.int8)) and torch.equal(qs, qsr)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_w4a4_gemm_and_epilogue(bias):
+    lin, x = _layer_args(bias=bias)
+    t = lin.transform
+    q, s, z, qs = torch.ops.duquant.prologue(x, t.r1, t.r2, t.perm, inverse_perm(t.perm),
+                                             t.smooth, 4, 0.9)
+    qw = unpack_int4(lin.qweight)
+    sqw = qw.sum(-1, dtype=torch.int32)
+    gargs = (q, s, z, qs, pack_int4_grouped(qw), lin.weight_scale, lin.weight_zero, sqw,
+             lin.bias, torch.float32)
+    torch.library.opcheck(torch.ops.duquant.w4a4_gemm.default, gargs)
+    y = torch.ops.duquant.w4a4_gemm(*gargs)
+    torch.testing.assert_close(y, w4a4_linear_ref(x, lin), rtol=1e-5, atol=1e-5)
+    acc = torch.ops.duquant.gemm_s8_sm90(q, qw.to(torch.int8))
+    torch.library.opcheck(torch.ops.duquant.gemm_s8_sm90.default, (q, qw.to(torch.int8)))
+    eargs = (acc, s, z, qs, lin.weight_scale, lin.weight_zero, sqw, lin.bias, x.shape[1],
+             torch.float32)
+    torch.library.opcheck(torch.ops.duquant.epilogue.default, eargs)
+    torch.testing.assert_close(torch.ops.duquant.epilogue(*eargs), y, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck_sm80_gemm_and_pack_codes():
+    lin, x = _layer_args()
+    t = lin.transform
+    q, *_ = torch.ops.duquant.prologue(x, t.r1, t.r2, t.perm, inverse_perm(t.perm), t.smooth,
+                                       4, 0.9)
+    torch.library.opcheck(torch.ops.duquant.pack_codes.default, (q,))
+    qp = torch.ops.duquant.pack_codes(q)
+    assert torch.equal(qp, pack_int4(q.view(torch.uint8)))
+    torch.library.opcheck(torch.ops.duquant.gemm_u4_sm80.default, (qp, lin.qweight))
+    acc = torch.ops.duquant.gemm_u4_sm80(qp, lin.qweight)
+    ref = torch.ops.duquant.gemm_s8_sm90(q, unpack_int4(lin.qweight).to(torch.int8))
+    assert torch.equal(acc, ref)
+
+
+def test_opcheck_linear_ref():
+    lin, x = _layer_args()
+    t = lin.transform
+    sqw = unpack_int4(lin.qweight).sum(-1, dtype=torch.int32)
+    args = (x, t.r1, t.r2, t.perm, t.smooth, lin.qweight, lin.weight_scale, lin.weight_zero,
+            sqw, lin.bias, 4, 0.9)
+    torch.library.opcheck(torch.ops.duquant.linear_ref.default, args)
+    assert torch.equal(torch.ops.duquant.linear_ref(*args), w4a4_linear_ref(x, lin))

@@ -1,0 +1,96 @@
+"""duquant_serve/kernels/select.py: priority, DUQUANT_KERNEL, DUQUANT_DISABLED_KERNELS, reasons."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from duquant_serve.kernels import cutlass as cutlass_mod
+from duquant_serve.kernels import select
+from duquant_serve.kernels.base import LayerSpec
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    monkeypatch.delenv("DUQUANT_KERNEL", raising=False)
+    monkeypatch.delenv("DUQUANT_DISABLED_KERNELS", raising=False)
+    monkeypatch.delenv("DUQUANT_TRUST_SM80", raising=False)
+    select._logged.clear()
+    yield
+    cutlass_mod._load.cache_clear()
+
+
+CPU = LayerSpec(576, 960, 64, device_type="cpu")
+H100 = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(9, 0))
+A100 = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(8, 0))
+
+
+def test_cpu_gets_torch_ref_and_logs_once(caplog):
+    with caplog.at_level(logging.INFO, logger="duquant_serve.kernels.select"):
+        assert select.choose_kernel(CPU).name == "torch_ref"
+        assert select.choose_kernel(CPU).name == "torch_ref"
+    assert sum("selected kernel torch_ref" in r.message for r in caplog.records) == 1
+
+
+def test_forced_kernel_that_cannot_run_names_its_reason(monkeypatch):
+    monkeypatch.setenv("DUQUANT_KERNEL", "triton")
+    with pytest.raises(select.NoKernelError, match="triton: needs a CUDA device"):
+        select.choose_kernel(CPU)
+
+
+def test_unknown_kernel_name(monkeypatch):
+    monkeypatch.setenv("DUQUANT_KERNEL", "marlin")
+    with pytest.raises(ValueError, match="unknown kernel 'marlin'"):
+        select.choose_kernel(CPU)
+
+
+def test_all_disabled_lists_every_reason(monkeypatch):
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "torch_ref")
+    with pytest.raises(select.NoKernelError) as e:
+        select.choose_kernel(CPU)
+    msg = str(e.value)
+    for name in ("cutlass_sm90", "cutlass_sm80", "triton", "torch_ref"):
+        assert f"{name}:" in msg
+    assert "disabled by DUQUANT_DISABLED_KERNELS" in msg
+
+
+def test_hopper_without_extension_falls_back_to_triton(monkeypatch, tmp_path):
+    monkeypatch.setenv("DUQUANT_EXT_LIB", str(tmp_path / "missing.so"))
+    monkeypatch.setattr(cutlass_mod, "_candidates", lambda: [tmp_path / "missing.so"])
+    cutlass_mod._load.cache_clear()
+    assert select.choose_kernel(H100).name == "triton"
+    monkeypatch.setenv("DUQUANT_KERNEL", "cutlass_sm90")
+    with pytest.raises(select.NoKernelError, match="libduquant_ext.so not loadable"):
+        select.choose_kernel(H100)
+
+
+def test_hopper_with_built_extension_prefers_cutlass(monkeypatch):
+    cutlass_mod._load.cache_clear()
+    if cutlass_mod.load_error() or "sm90a" not in cutlass_mod.built_archs():
+        pytest.skip(f"extension not built here: {cutlass_mod.load_error()}")
+    assert select.choose_kernel(H100).name == "cutlass_sm90"
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cutlass_sm90")
+    select._logged.clear()
+    assert select.choose_kernel(H100).name == "triton"
+
+
+def test_ampere_sm80_path_is_opt_in():
+    ok, why = select.KERNELS["cutlass_sm80"].can_implement(A100)
+    assert not ok and "compile-tested only" in why
+    assert select.choose_kernel(A100).name == "triton"
+
+
+def test_spec_rejections():
+    ok, why = select.KERNELS["triton"].can_implement(
+        LayerSpec(4096 + 32, 4096, 32, device_type="cuda", capability=(9, 0)))
+    assert not ok and "% 64" in why
+    ok, why = select.KERNELS["triton"].can_implement(
+        LayerSpec(4096, 4096, 128, device_type="cuda", capability=(7, 5)))
+    assert not ok and "sm_80+" in why
+    ok, why = select.KERNELS["triton"].can_implement(
+        LayerSpec(4096, 4096, 128, act_dtype=torch.int8, device_type="cuda", capability=(9, 0)))
+    assert not ok and "dtype" in why
+    with pytest.raises(ValueError, match="power of two"):
+        LayerSpec(576, 960, 48)
