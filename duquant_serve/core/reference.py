@@ -116,7 +116,7 @@ def gemm_epilogue_ref(
         - zx.double().unsqueeze(1) * sum_qw.double().unsqueeze(0)
         + k * zx.double().unsqueeze(1) * zw.double().unsqueeze(0)
     )
-    y = (sx.unsqueeze(1) * sw.unsqueeze(0)).double() * bracket
+    y = sx.double().unsqueeze(1) * sw.double().unsqueeze(0) * bracket
     if bias is not None:
         y = y + bias.double().unsqueeze(0)
     return y.to(out_dtype)

@@ -1,0 +1,37 @@
+import os
+
+import pytest
+
+# Tests are small; more threads than cores only adds contention on 2-core CI machines.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wikitext2")
+
+
+@pytest.fixture(scope="session")
+def wikitext_valid(tmp_path_factory) -> str:
+    """A 24 KB slice of WikiText-2 validation text (tiny models use a byte-level tokenizer, so
+    the whole file would cost seconds of tokenization per use)."""
+    p = os.path.abspath(os.path.join(SHARED_DATA, "valid.tokenized.txt"))
+    if not os.path.isfile(p):
+        pytest.skip(f"WikiText-2 data not found at {p} (expected ../shared beside the checkout)")
+    out = tmp_path_factory.mktemp("data") / "valid_slice.txt"
+    with open(p, encoding="utf-8") as f:
+        out.write_text(f.read(24_000), encoding="utf-8")
+    return str(out)
+
+
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A float32 tiny Llama and its DuQuant checkpoint (tp_shards=2)."""
+    from duquant_serve.cli import main
+    from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
+    from duquant_serve.testing.tiny import make_tiny_model
+
+    d = tmp_path_factory.mktemp("tiny")
+    src = make_tiny_model(d / "llama", "llama")
+    out = d / "llama-dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUICK_QUANT]) == 0
+    return src, out

@@ -1,0 +1,116 @@
+"""End to end on tiny random models of every supported architecture, and the CLI's errors."""
+
+import json
+
+import pytest
+
+from duquant_serve.checkpoint import load_checkpoint
+from duquant_serve.cli import main
+from duquant_serve.testing.tiny import ARCHS, make_tiny_model
+from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
+from offline_quant.evaluate import evaluate
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_quantize_and_eval_each_architecture(tmp_path, arch, wikitext_valid):
+    src = make_tiny_model(tmp_path / arch, arch, hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / f"{arch}-dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), *QUICK_QUANT]) == 0
+    ck = load_checkpoint(out)
+    assert ck.model_config["model_type"] == arch
+    report = json.loads((out / "duquant_report.json").read_text())
+    assert set(report["seconds_per_stage"]) >= {"load_model", "rotation_permutation", "write_and_validate"}
+    site = report["layers"][0]["sites"]["mlp_in"]
+    assert site["after"]["max_abs"] < site["before"]["max_abs"]  # planted outliers were spread
+
+    kw = dict(dataset=wikitext_valid, seqlen=64, limit=3, progress=False)
+    fq = evaluate(str(src), methods=["fp16", "duquant"], calib_source="random",
+                  calib_nsamples=4, calib_seqlen=64, qcfg=ck.quant_config, **kw)
+    real = evaluate(str(out), methods=[], **kw)
+    assert real["results"][0]["method"] == "checkpoint"
+    ppl_fake = fq["results"][1]["ppl"]
+    ppl_real = real["results"][0]["ppl"]
+    # The checkpoint runs the same quantized model through real integer codes.
+    assert abs(ppl_real - ppl_fake) / ppl_fake < 0.005
+    assert fq["windows"] == 3 and fq["tokens"] == 192
+
+
+def test_eval_methods_and_json(tmp_path, wikitext_valid):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "r.json"
+    rc = main(["-q", "eval", str(src), "--dataset", wikitext_valid, "--seqlen", "64", "--limit", "2",
+               "--methods", "fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc", "--json", str(out),
+               "--fake-quant-attention", "--steps", "8", *QUICK_QUANT[:6]])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert [r["method"] for r in res["results"]] == ["fp16", "rtn", "smoothquant", "hadamard", "duquant",
+                                                       "duquant-lwc"]
+    assert all(r["ppl"] > 1 and r["seconds"] >= 0 for r in res["results"])
+    assert set(res) >= {"target", "dataset", "seqlen", "windows", "tokens", "results"}
+
+
+def _assert_clean_error(capsys, rc, out, fragment):
+    assert rc == 2
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.tmp-*"))
+    assert fragment in capsys.readouterr().err
+
+
+def test_unsupported_architecture(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    src = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(src)
+    out = tmp_path / "o"
+    _assert_clean_error(capsys, main(["-q", "quantize", str(src), "--out", str(out), *QUICK_QUANT]),
+                        out, "not supported")
+
+
+def test_impossible_block_size(tmp_path, capsys):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "o"
+    rc = main(["-q", "quantize", str(src), "--out", str(out), "--block-size", "96", *QUICK_QUANT])
+    _assert_clean_error(capsys, rc, out, "power of two")
+    rc = main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "3", *QUICK_QUANT])
+    _assert_clean_error(capsys, rc, out, "3 equal shards")
+
+
+def test_missing_calibration_file(tmp_path, capsys):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "o"
+    rc = main(["-q", "quantize", str(src), "--out", str(out), "--calib", str(tmp_path / "none.txt")])
+    _assert_clean_error(capsys, rc, out, "does not exist")
+
+
+@pytest.mark.parametrize("what", ["textfile", "fakegguf", "emptydir", "missing"])
+def test_not_a_model(tmp_path, capsys, what):
+    p = tmp_path / "thing"
+    if what == "textfile":
+        p = tmp_path / "notes.txt"
+        p.write_text("hello")
+    elif what == "fakegguf":
+        p = tmp_path / "m.gguf"
+        p.write_bytes(b"NOPE" + b"\0" * 64)
+    elif what == "emptydir":
+        p.mkdir()
+    out = tmp_path / "o"
+    _assert_clean_error(capsys, main(["-q", "quantize", str(p), "--out", str(out)]), out, "error:")
+
+
+def test_existing_output_is_not_overwritten(tiny_checkpoint, capsys):
+    src, ck = tiny_checkpoint
+    before = (ck / "model.safetensors").stat().st_mtime_ns
+    rc = main(["-q", "quantize", str(src), "--out", str(ck), *QUICK_QUANT])
+    assert rc == 2 and "exists" in capsys.readouterr().err
+    assert (ck / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("bits", [("4", "8"), ("8", "8")])
+def test_other_bit_widths(tmp_path, bits):
+    src = make_tiny_model(tmp_path / "m", "qwen2", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "o"
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--w-bits", bits[0], "--a-bits", bits[1],
+                 *QUICK_QUANT]) == 0
+    ck = load_checkpoint(out)
+    q = ck.linears["model.layers.0.mlp.up_proj"]
+    assert q.qweight.shape[1] == (64 if bits[0] == "4" else 128)

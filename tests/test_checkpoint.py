@@ -1,0 +1,123 @@
+"""The checkpoint contract: round trip, and every malformed case refused with a named tensor."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from duquant_serve.checkpoint import CheckpointError, load_checkpoint, read_tensors
+
+L0 = "model.layers.0"
+
+
+def _copy_with(src, dst, edit=None, cfg_edit=None):
+    shutil.copytree(src, dst)
+    if edit is not None:
+        t = read_tensors(dst)
+        edit(t)
+        save_file(t, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    if cfg_edit is not None:
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg_edit(cfg)
+        (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_round_trip(tiny_checkpoint):
+    src, ck = tiny_checkpoint
+    c = load_checkpoint(ck)
+    assert c.quant_config.w_bits == 4 and c.quant_config.tp_shards == 2
+    assert len(c.linears) == 2 * 7
+    q = c.linears[f"{L0}.self_attn.q_proj"]
+    assert q.qweight.dtype == torch.uint8 and q.qweight.shape == (256, 128)
+    assert c.linears[f"{L0}.self_attn.o_proj"].transform.smooth is not None  # GQA: online
+    assert "lm_head.weight" in c.tensors and "model.embed_tokens.weight" in c.tensors
+    for f in ("tokenizer.json", "generation_config.json", "duquant_report.json"):
+        assert (ck / f).is_file()
+    assert not list(ck.glob("*.bin"))
+
+
+def _set(name, fn):
+    def edit(t):
+        t[name] = fn(t[name])
+    return edit
+
+
+def _drop(name):
+    return lambda t: t.pop(name)
+
+
+def _nonorth(r):
+    r = r.clone()
+    r[0, 0] += 0.1
+    return r
+
+
+def _dup_perm(p):
+    p = p.clone()
+    p[1] = p[0]
+    return p
+
+
+def _cross_shard(p):
+    p = p.clone()
+    p[0], p[-1] = p[-1].item(), p[0].item()
+    return p
+
+
+CASES = [
+    ("missing", _drop(f"{L0}.self_attn.q_proj.weight_scale"), f"{L0}.self_attn.q_proj.weight_scale", "missing"),
+    ("missing_norm", _drop(f"{L0}.input_layernorm.weight"), f"{L0}.input_layernorm.weight", "missing"),
+    ("extra", lambda t: t.__setitem__("model.layers.0.mystery", torch.zeros(3)), "mystery", "unexpected"),
+    ("shape", _set(f"{L0}.mlp.up_proj.qweight", lambda x: x[:, :-1].contiguous()), "up_proj.qweight", "shape"),
+    ("dtype", _set(f"{L0}.mlp.up_proj.weight_scale", lambda x: x.half()), "up_proj.weight_scale", "dtype"),
+    ("nan_scale", _set(f"{L0}.mlp.down_proj.weight_scale", lambda x: x.index_fill(0, torch.tensor([0]), float("nan"))),
+     "down_proj.weight_scale", "non-finite"),
+    ("nonint_zero", _set(f"{L0}.mlp.down_proj.weight_zero", lambda x: x + 0.5), "down_proj.weight_zero", "integer"),
+    ("not_orthogonal", _set(f"{L0}.self_attn.o_proj.input_rot2", _nonorth), "o_proj.input_rot2", "orthogonal"),
+    ("not_permutation", _set(f"{L0}.mlp.down_proj.input_perm", _dup_perm), "down_proj.input_perm", "permutation"),
+    ("crosses_shards", _set(f"{L0}.mlp.down_proj.input_perm", _cross_shard), "down_proj.input_perm", "shards"),
+    ("fused_mismatch", _set(f"{L0}.self_attn.k_proj.input_rot1", lambda r: r.flip(0).contiguous()),
+     "k_proj.input_rot1", "fused input transform differs"),
+    ("fused_perm_mismatch", _set(f"{L0}.mlp.up_proj.input_perm", lambda p: p.flip(0).contiguous()),
+     "up_proj.input_perm", "fused"),
+]
+
+
+@pytest.mark.parametrize("case,edit,tensor,problem", CASES, ids=[c[0] for c in CASES])
+def test_malformed_tensor_is_refused_naming_it(tiny_checkpoint, tmp_path, case, edit, tensor, problem):
+    bad = _copy_with(tiny_checkpoint[1], tmp_path / case, edit=edit)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(bad)
+    assert tensor in str(e.value) and problem in str(e.value)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c["quantization_config"].__setitem__("format_version", 99), "format_version 99"),
+    (lambda c: c.pop("quantization_config"), "not a DuQuant checkpoint"),
+    (lambda c: c["quantization_config"].__setitem__("w_bits", 3), "W3A4"),
+    (lambda c: c["quantization_config"].__setitem__("surprise", 1), "unknown keys"),
+])
+def test_malformed_config_is_refused(tiny_checkpoint, tmp_path, edit, msg):
+    bad = _copy_with(tiny_checkpoint[1], tmp_path / "cfg", cfg_edit=edit)
+    with pytest.raises(CheckpointError, match=msg):
+        load_checkpoint(bad)
+
+
+def test_corrupt_weight_file_and_pickles_are_refused(tiny_checkpoint, tmp_path):
+    bad = _copy_with(tiny_checkpoint[1], tmp_path / "trunc")
+    f = bad / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(bad)
+    bad2 = _copy_with(tiny_checkpoint[1], tmp_path / "pickle")
+    (bad2 / "pytorch_model.bin").write_bytes(b"\x80\x04")
+    with pytest.raises(CheckpointError, match="pickled"):
+        load_checkpoint(bad2)
+
+
+def test_not_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_checkpoint(tmp_path / "nope")
