@@ -56,6 +56,7 @@ def _prologue_kernel(
     NBLK: tl.constexpr,
     CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    NS: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
     PRECISION: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
@@ -67,9 +68,14 @@ def _prologue_kernel(
     tok = ri // CHUNK  # token of each dot row
     blk = ri % CHUNK  # block (within the chunk) of each dot row
     c = tl.arange(0, B)
-    rr = tl.arange(0, B)
-    r1 = tl.load(r1_ptr + rr[:, None] * B + c[None, :])
-    r2 = tl.load(r2_ptr + rr[:, None] * B + c[None, :])
+    cs = tl.arange(0, NS)
+    # R is used in column slices [B, NS] loaded inside the loops: a whole [B, B] fp32 tile held
+    # across the loops pins B² floats in registers (B=128: 255 regs with spills and >227 KB of
+    # shared memory for sm_90, seen with ptxas). Slices come from L1/L2 each time.
+    # r1/r2 arrive transposed (Rᵀ row-major), so element (k, n) of R is at n·B + k: the [B, NS]
+    # tile is K-contiguous, the operand order sm_90 wgmma needs for tf32 (else Triton falls back
+    # to mma.sync with the whole operand replicated in every warp's registers).
+    r_off = cs[None, :] * B + c[:, None]  # [B, NS] offsets of slice 0
     # This program's scratch rows: [BLOCK_M, C] fp32, reused for every tile it owns.
     scr = scratch_ptr + pid.to(tl.int64) * BLOCK_M * C
     num_tiles = tl.cdiv(M, BLOCK_M)
@@ -78,29 +84,34 @@ def _prologue_kernel(
         m_ok = m < M
         # ---- phase 1: R1 per block, scatter through inv_perm --------------------------------
         for b0 in range(0, NBLK, CHUNK):
+            ok_r = m_ok & ((b0 + blk) < NBLK)  # [ROWS]
             col = (b0 + blk)[:, None] * B + c[None, :]  # [ROWS, B]
-            ok = m_ok[:, None] & ((b0 + blk) < NBLK)[:, None]
-            x = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + col, mask=ok, other=0.0)
+            x = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + col, mask=ok_r[:, None],
+                        other=0.0)
             x = x.to(tl.float32)
             if HAS_SMOOTH:
-                sm = tl.load(smooth_ptr + col, mask=ok, other=1.0)
+                sm = tl.load(smooth_ptr + col, mask=ok_r[:, None], other=1.0)
                 x = tl.math.div_rn(x, sm)
-            y = tl.dot(x, r1, input_precision=PRECISION)
-            dest = tl.load(inv_perm_ptr + col, mask=ok, other=0)
-            tl.store(scr + tok[:, None] * C + dest, y, mask=ok)
+            for j in tl.static_range(B // NS):
+                y = tl.dot(x, tl.load(r1_ptr + r_off + j * NS * B), input_precision=PRECISION)
+                scol = (b0 + blk)[:, None] * B + (j * NS + cs)[None, :]  # [ROWS, NS]
+                dest = tl.load(inv_perm_ptr + scol, mask=ok_r[:, None], other=0)
+                tl.store(scr + tok[:, None] * C + dest, y, mask=ok_r[:, None])
         tl.debug_barrier()
         # ---- phase 2: R2 per block, per-token min / max --------------------------------------
         lo = tl.full([BLOCK_M], float("inf"), tl.float32)
         hi = tl.full([BLOCK_M], float("-inf"), tl.float32)
         for b0 in range(0, NBLK, CHUNK):
+            ok_r = m_ok & ((b0 + blk) < NBLK)
             col = (b0 + blk)[:, None] * B + c[None, :]
-            ok = m_ok[:, None] & ((b0 + blk) < NBLK)[:, None]
-            z = tl.load(scr + tok[:, None] * C + col, mask=ok, other=0.0, cache_modifier=".cg")
-            w = tl.dot(z, r2, input_precision=PRECISION)
-            wlo = tl.min(tl.where(ok, w, float("inf")), axis=1)  # [ROWS]
-            whi = tl.max(tl.where(ok, w, float("-inf")), axis=1)
-            lo = tl.minimum(lo, tl.min(tl.reshape(wlo, [BLOCK_M, CHUNK]), axis=1))
-            hi = tl.maximum(hi, tl.max(tl.reshape(whi, [BLOCK_M, CHUNK]), axis=1))
+            z = tl.load(scr + tok[:, None] * C + col, mask=ok_r[:, None], other=0.0,
+                        cache_modifier=".cg")
+            for j in tl.static_range(B // NS):
+                w = tl.dot(z, tl.load(r2_ptr + r_off + j * NS * B), input_precision=PRECISION)
+                wlo = tl.min(tl.where(ok_r[:, None], w, float("inf")), axis=1)  # [ROWS]
+                whi = tl.max(tl.where(ok_r[:, None], w, float("-inf")), axis=1)
+                lo = tl.minimum(lo, tl.min(tl.reshape(wlo, [BLOCK_M, CHUNK]), axis=1))
+                hi = tl.maximum(hi, tl.max(tl.reshape(whi, [BLOCK_M, CHUNK]), axis=1))
         lo = lo * clip_ratio
         hi = hi * clip_ratio
         scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
@@ -113,16 +124,20 @@ def _prologue_kernel(
         # ---- phase 3: recompute R2, quantize, store codes and Σq ----------------------------
         qsum = tl.zeros([BLOCK_M], tl.int32)
         for b0 in range(0, NBLK, CHUNK):
+            ok_r = m_ok & ((b0 + blk) < NBLK)
             col = (b0 + blk)[:, None] * B + c[None, :]
-            ok = m_ok[:, None] & ((b0 + blk) < NBLK)[:, None]
-            z = tl.load(scr + tok[:, None] * C + col, mask=ok, other=0.0, cache_modifier=".cg")
-            w = tl.dot(z, r2, input_precision=PRECISION)
-            q = _round_half_even(tl.math.div_rn(w, scale_r[:, None]), USE_LIBDEVICE)
-            q = q + zero_r[:, None]
-            q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
-            qi = tl.where(ok, q.to(tl.int32), 0)
-            tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + col, qi.to(tl.int8), mask=ok)
-            qsum += tl.sum(tl.reshape(tl.sum(qi, axis=1), [BLOCK_M, CHUNK]), axis=1)
+            z = tl.load(scr + tok[:, None] * C + col, mask=ok_r[:, None], other=0.0,
+                        cache_modifier=".cg")
+            for j in tl.static_range(B // NS):
+                w = tl.dot(z, tl.load(r2_ptr + r_off + j * NS * B), input_precision=PRECISION)
+                q = _round_half_even(tl.math.div_rn(w, scale_r[:, None]), USE_LIBDEVICE)
+                q = q + zero_r[:, None]
+                q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
+                qi = tl.where(ok_r[:, None], q.to(tl.int32), 0)
+                scol = (b0 + blk)[:, None] * B + (j * NS + cs)[None, :]
+                tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + scol, qi.to(tl.int8),
+                         mask=ok_r[:, None])
+                qsum += tl.sum(tl.reshape(tl.sum(qi, axis=1), [BLOCK_M, CHUNK]), axis=1)
         tl.debug_barrier()  # phase 3 of this tile reads scratch that phase 1 of the next rewrites
         mt = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         mt_ok = mt < M
@@ -132,19 +147,17 @@ def _prologue_kernel(
 
 
 def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
-    """(BLOCK_M, CHUNK, num_warps): dot rows BLOCK_M·CHUNK ≥ 16 (tensor-core minimum), and few
-    tokens per program at small M so that decode still spreads over several programs."""
+    """(BLOCK_M, CHUNK, num_warps). Dot rows BLOCK_M·CHUNK = 64 where possible: a warpgroup's
+    wgmma M tile on sm_90 (Triton falls back to mma.sync below 64 rows; never below 16). One
+    token per program at decode sizes, so M tokens spread over M programs."""
     nblk = c // b
     if m <= 16:
         block_m = 1
-    elif m <= 256:
-        block_m = 4
+        chunk = max(16, min(64, triton.next_power_of_2(nblk)))
     else:
-        block_m = 16
-    chunk = max(16 // block_m, min(triton.next_power_of_2(nblk), max(1, 4096 // (block_m * b))))
-    chunk = max(chunk, 1)
-    num_warps = 4 if block_m * chunk * b <= 4096 else 8
-    return block_m, chunk, num_warps
+        block_m = 4 if m <= 256 else 16
+        chunk = 64 // block_m
+    return block_m, chunk, 4
 
 
 _scratch_cache: dict[tuple[torch.device, int], torch.Tensor] = {}
@@ -171,6 +184,7 @@ def fused_prologue(
     clip_ratio: float,
     precision: str | None = None,
     max_programs: int | None = None,
+    ns: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
@@ -185,7 +199,7 @@ def fused_prologue(
     if x.stride(1) != 1:
         x = x.contiguous()
     # The kernel indexes R row-major and perm/smooth densely (QR results are column-major).
-    r1, r2 = r1.float().contiguous(), r2.float().contiguous()
+    r1t, r2t = r1.float().t().contiguous(), r2.float().t().contiguous()
     inv_perm = inv_perm.to(torch.int32).contiguous()
     if smooth is not None:
         smooth = smooth.float().contiguous()
@@ -211,11 +225,12 @@ def fused_prologue(
     scratch = _scratch(x.device, nprog * block_m * c)
     smooth_arg = smooth if smooth is not None else r1  # never read when HAS_SMOOTH is False
     _prologue_kernel[(nprog,)](
-        x, x.stride(0), smooth_arg, r1, r2, inv_perm, scratch,
+        x, x.stride(0), smooth_arg, r1t, r2t, inv_perm, scratch,
         codes, codes.stride(0), scale, zero, qsum,
         m, c, float(clip_ratio),
-        QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, CHUNK=chunk, BLOCK_M=block_m,
+        QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, CHUNK=chunk, BLOCK_M=block_m, NS=min(b, ns),
         HAS_SMOOTH=smooth is not None, PRECISION=precision,
         USE_LIBDEVICE=not _INTERPRET, num_warps=num_warps,
+        num_stages=1,  # the loops are short and dependent; deeper pipelines only cost smem
     )
     return codes, scale, zero, qsum

@@ -1,0 +1,70 @@
+"""Compile the Triton kernels for a GPU target on a machine without one (run as a script,
+without TRITON_INTERPRET: ASTSource needs real JIT functions). Used by test_triton_aot.py.
+
+    python tests/kernels/aot_compile.py 90 > report.json
+
+Prints one JSON object per compiled kernel: which tensor-core instructions the PTX holds.
+The configs come from the launchers themselves, so what compiles here is what runs there.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
+from duquant_serve.kernels.triton_prologue import _config, _prologue_kernel
+
+GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
+            "sx_ptr": "*fp32", "zx_ptr": "*fp32", "sqx_ptr": "*i32", "sw_ptr": "*fp32",
+            "zw_ptr": "*fp32", "sqw_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16",
+            "stride_om": "i32", "M": "i32", "N": "i32", "K": "i32", "HAS_BIAS": "constexpr",
+            "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+            "GROUP_M": "constexpr"}
+EPI_SIG = {"acc_ptr": "*i32", "stride_am": "i32", "sx_ptr": "*fp32", "zx_ptr": "*fp32",
+           "sqx_ptr": "*i32", "sw_ptr": "*fp32", "zw_ptr": "*fp32", "sqw_ptr": "*i32",
+           "bias_ptr": "*bf16", "out_ptr": "*bf16", "stride_om": "i32", "M": "i32", "N": "i32",
+           "K": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+PRO_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1_ptr": "*fp32",
+           "r2_ptr": "*fp32", "inv_perm_ptr": "*i32", "scratch_ptr": "*fp32", "q_ptr": "*i8",
+           "stride_qm": "i32", "scale_ptr": "*fp32", "zero_ptr": "*fp32", "sum_ptr": "*i32",
+           "M": "i32", "C": "i32", "clip_ratio": "fp32", "QMAX": "constexpr", "B": "constexpr",
+           "NBLK": "constexpr", "CHUNK": "constexpr", "BLOCK_M": "constexpr", "NS": "constexpr",
+           "HAS_SMOOTH": "constexpr", "PRECISION": "constexpr", "USE_LIBDEVICE": "constexpr"}
+
+
+def _mma_ops(ptx: str) -> list[str]:
+    return sorted(set(re.findall(r"(?:wgmma\.mma_async\.sync|mma\.sync)\.aligned\.[a-z0-9_.]+", ptx)))
+
+
+def main(arch: int) -> None:
+    target = GPUTarget("cuda", arch, 32)
+    jobs = []
+    for m, n in ((1, 4096), (64, 4096), (256, 4096), (4096, 4096)):
+        cfg = dict(_gemm_config(m, n))
+        opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+        jobs.append((f"gemm M={m}", _w4a4_gemm_kernel, GEMM_SIG, {"HAS_BIAS": True, **cfg}, opts))
+    jobs.append(("epilogue", _epilogue_kernel, EPI_SIG,
+                 {"HAS_BIAS": True, "BLOCK_M": 32, "BLOCK_N": 128}, {"num_warps": 4}))
+    for m, c, b in ((1, 4096, 128), (64, 4096, 128), (2048, 11008, 128), (1, 576, 64),
+                    (2048, 576, 64)):
+        bm, chunk, warps = _config(m, c, b)
+        for prec in ("tf32x3", "tf32"):
+            consts = {"QMAX": 15, "B": b, "NBLK": c // b, "CHUNK": chunk, "BLOCK_M": bm, "NS": min(b, 64),
+                      "HAS_SMOOTH": True, "PRECISION": prec, "USE_LIBDEVICE": True}
+            jobs.append((f"prologue M={m} C={c} b={b} {prec}", _prologue_kernel, PRO_SIG, consts,
+                         {"num_warps": warps, "num_stages": 1}))
+    for name, fn, sig, consts, opts in jobs:
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options=opts)
+        print(json.dumps({"kernel": name, "arch": arch, "mma": _mma_ops(k.asm["ptx"]),
+                          "shared_bytes": k.metadata.shared}), flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

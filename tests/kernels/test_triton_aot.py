@@ -1,0 +1,49 @@
+"""Compile the Triton kernels for sm_90 / sm_80 here (no GPU needed) and check what they became:
+int8 tensor-core MMA in the GEMM (wgmma on sm_90 for M ≥ 64 tiles), tf32 tensor cores in the
+prologue, shared memory within the per-block limit of the target."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = Path(__file__).with_name("aot_compile.py")
+ROOT = Path(__file__).resolve().parents[2]
+SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+
+
+def _compile(arch: int) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, str(SCRIPT), str(arch)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def _check(rows: list[dict], arch: int) -> None:
+    assert rows
+    for r in rows:
+        assert r["shared_bytes"] <= SMEM_LIMIT[arch], r
+        if r["kernel"].startswith("gemm"):
+            assert any(".s32.s8.s8" in op for op in r["mma"]), r
+            if arch == 90 and r["kernel"] != "gemm M=1":
+                assert any(op.startswith("wgmma") for op in r["mma"]), r
+        elif r["kernel"].startswith("prologue"):
+            assert any("tf32" in op for op in r["mma"]), r
+
+
+def test_triton_kernels_compile_for_sm90():
+    _check(_compile(90), 90)
+
+
+@pytest.mark.slow
+def test_triton_kernels_compile_for_sm80():
+    _check(_compile(80), 80)
