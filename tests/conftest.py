@@ -35,3 +35,20 @@ def tiny_checkpoint(tmp_path_factory):
     out = d / "llama-dq"
     assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUICK_QUANT]) == 0
     return src, out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip (never silently deselect) slow tests unless DUQUANT_RUN_SLOW=1, and GPU tests where
+    there is no CUDA device; the reason shows in pytest's summary (-ra)."""
+    run_slow = os.environ.get("DUQUANT_RUN_SLOW") == "1"
+    has_cuda = None
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(pytest.mark.skip(reason="slow test: set DUQUANT_RUN_SLOW=1 to run it"))
+        if "gpu" in item.keywords:
+            if has_cuda is None:
+                import torch
+
+                has_cuda = torch.cuda.is_available()
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none on this machine)"))
