@@ -1,7 +1,7 @@
 # ruff: noqa: B023  (the timed closures are called at once, inside the loop that binds them)
 """One-call GPU session: check every W4A4 path against core.reference, then time them.
 
-    python benchmarks/gpu_session.py --mode quick|full [--out DIR] [--budget-s 480]
+    python benchmarks/gpu_session.py --mode check|quick|full [--out DIR] [--budget-s 480]
     python benchmarks/gpu_session.py --dry            (CPU, TRITON_INTERPRET=1: logic only)
 
 Correctness: fresh random inputs per case, outputs poisoned (NaN-filled blocks handed back to
@@ -224,6 +224,15 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                         torch.bfloat16)
 
                     res["prologue_ms"] = bench_fn(prol, graph) / copies
+                    from duquant_serve.kernels.triton_prologue import fused_prologue
+
+                    for prec in ("tf32x3", "tf32"):
+                        def prol_p(prec=prec):
+                            for i in range(copies):
+                                fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm, None,
+                                               4, 0.95, precision=prec)
+
+                        res[f"prologue_{prec}_ms"] = bench_fn(prol_p, graph) / copies
                     res["triton_gemm_ms"] = bench_fn(gemm_t, graph) / copies
                     if "cutlass_sm90" in prepared:
                         pc = prepared["cutlass_sm90"]
@@ -292,7 +301,7 @@ def plots(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["quick", "full"], default="quick")
+    ap.add_argument("--mode", choices=["check", "quick", "full"], default="quick")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--budget-s", type=float, default=480)
     ap.add_argument("--dry", action="store_true")
@@ -333,7 +342,7 @@ def main() -> None:
         ms = [1, 7, 128, 2048, 8192]
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
     timing: list[dict] = []
-    if not args.dry:
+    if not args.dry and args.mode != "check":
         if args.mode == "quick":
             models = {"llama2-7b": {"o": (4096, 4096), "gate_up": (22016, 4096)},
                       "smollm2-135m": {"qkv": (960, 576)}}

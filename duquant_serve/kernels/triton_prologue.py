@@ -5,7 +5,8 @@
     z = round(−lo/s);  q = clamp(round(x'/s) + z, 0, 2^a − 1);  Σq        (round: half-to-even)
 
 Must match `duquant_serve.core.reference.prologue_ref` (tests/kernels/test_triton_prologue.py):
-codes may differ only where float summation order moves x'/s across a rounding boundary (by 1).
+codes may differ only where summation order or operand precision moves x'/s across a rounding
+boundary, by 1.
 
 Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
   phase 1  for each chunk of blocks: load x, divide by smooth, one tensor-core dot with R1 that
@@ -14,10 +15,18 @@ Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
            by the number of programs, not by M, so it stays L2-resident at any M.
   barrier  (the gather crosses blocks, so every chunk must be written before any is read)
   phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max
-  phase 3  per chunk: same load + dot again (cheaper than writing x' back), quantize, store
-           codes (int8), accumulate Σq.
-R1/R2 dots use `input_precision` (default "tf32x3": three TF32 tensor-core passes ≈ fp32
-accuracy; "tf32" is faster but moves ~1e-3 of codes; "ieee" is CUDA-core fp32).
+  phase 3  per chunk: same load + dot again (one more dot instead of an L2 round trip of x',
+           8 B per element; which is cheaper was not measured), quantize, store codes (int8),
+           accumulate Σq.
+R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each on CPU):
+  "tf32x3"  three TF32 passes ≈ fp32: ~1e-6 of codes differ from the reference (by 1)
+  "tf32"    one pass, 3× cheaper: 5e-4 .. 2.5e-3 of codes differ, always by 1. Such a code sits
+            within TF32 rounding of a .5 boundary, where either neighbour is an equally good
+            quantization, so model quality does not move; only bit-exactness does.
+  "bf16"    not offered: codes move by up to 2.
+Default: tf32x3 up to 256 tokens (latency-bound, the extra passes are free), tf32 above, where
+the prologue's 3·2·M·K·b tensor-core FLOPs start to rival the GEMM's (docs/kernels.md).
+Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|ieee.
 """
 
 from __future__ import annotations
@@ -204,7 +213,10 @@ def fused_prologue(
     if smooth is not None:
         smooth = smooth.float().contiguous()
     if precision is None:
-        precision = "ieee" if _INTERPRET else "tf32x3"
+        precision = os.environ.get("DUQUANT_PROLOGUE_PRECISION") or (
+            "ieee" if _INTERPRET else "tf32x3" if m <= 256 else "tf32")
+    if precision not in ("tf32x3", "tf32", "ieee"):
+        raise ValueError(f"prologue precision {precision!r} not in tf32x3, tf32, ieee")
     block_m, chunk, num_warps = _config(m, c, b)
     tiles = triton.cdiv(max(m, 1), block_m)
     if max_programs is None:

@@ -66,3 +66,13 @@ def test_prologue_empty_batch():
     q, s, z, qs = fused_prologue(torch.empty(0, 192), t.r1, t.r2, inverse_perm(t.perm), None, 4,
                                  1.0)
     assert q.shape == (0, 192) and s.shape == z.shape == qs.shape == (0,)
+
+
+def test_prologue_precision_choice(monkeypatch):
+    g = torch.Generator().manual_seed(14)
+    t = make_transform(192, 64, False, g)
+    x = make_x(3, 192, g)
+    _compare(x, t, 1.0, precision="tf32")  # the interpreter computes in fp32 whatever is asked
+    monkeypatch.setenv("DUQUANT_PROLOGUE_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="precision"):
+        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
