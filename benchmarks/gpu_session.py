@@ -316,6 +316,8 @@ def main() -> None:
         logf.flush()
         print(json.dumps(row), flush=True)
 
+    # This script is what validates the CUTLASS paths, so it must be allowed to run them.
+    os.environ.setdefault("DUQUANT_ENABLE_UNVALIDATED", "1")
     dev = "cpu" if args.dry else "cuda"
     cap = torch.cuda.get_device_capability() if dev == "cuda" else (9, 0)
     if dev == "cuda":

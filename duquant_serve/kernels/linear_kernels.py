@@ -8,6 +8,7 @@ Availability checks (`can_implement`) import Triton / load the extension lazily.
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -32,6 +33,16 @@ def _common_gpu_checks(spec: LayerSpec) -> str | None:
     if spec.block_size < 16:
         return f"rotation block {spec.block_size} < 16 (tensor-core dot minimum)"
     return None
+
+
+def _unvalidated(kernel: type[LinearKernel]) -> str | None:
+    """Paths never executed on a GPU are opt-in (a silent wrong answer is worse than a slower
+    path). Flip `validated_on_gpu` once benchmarks/gpu_session.py passes on real hardware."""
+    if getattr(kernel, "validated_on_gpu", False) or os.environ.get(
+            "DUQUANT_ENABLE_UNVALIDATED") == "1":
+        return None
+    return ("compiled but never run on a GPU (set DUQUANT_ENABLE_UNVALIDATED=1 to use; "
+            "benchmarks/gpu_session.py --mode check validates it)")
 
 
 def _triton_missing() -> str | None:
@@ -113,6 +124,7 @@ class CutlassSm90Kernel(LinearKernel):
     """
 
     name = "cutlass_sm90"
+    validated_on_gpu = False
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
@@ -123,6 +135,9 @@ class CutlassSm90Kernel(LinearKernel):
             return False, f"built for sm_90a (Hopper), device is sm_{spec.capability}"
         if spec.in_features % 16 or spec.out_features % 4:
             return False, "needs K % 16 == 0 and N % 4 == 0 (TMA alignment)"
+        why = _unvalidated(cls)
+        if why:
+            return False, why
         from .cutlass import built_archs, load_error
 
         if load_error():
@@ -151,15 +166,14 @@ class CutlassSm90Kernel(LinearKernel):
 
 class CutlassSm80Kernel(LinearKernel):
     """sm_80/86/89: Triton prologue → pack codes → CUTLASS 2.x u4×u4 mma.sync → Triton
-    epilogue. Weights stay in the checkpoint's packed layout. Compiled here, not yet run on
-    an Ampere GPU (none was available): can_implement says so unless DUQUANT_TRUST_SM80=1."""
+    epilogue. Weights stay in the checkpoint's packed layout. Compiled (SASS: IMMA.16864.U4.U4),
+    never run: no Ampere GPU was available."""
 
     name = "cutlass_sm80"
+    validated_on_gpu = False
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        import os
-
         why = _common_gpu_checks(spec) or _triton_missing()
         if why:
             return False, why
@@ -167,8 +181,9 @@ class CutlassSm80Kernel(LinearKernel):
             return False, f"int4 mma.sync path is for sm_80..sm_89, device is sm_{spec.capability}"
         if spec.in_features % 32 or spec.out_features % 4:
             return False, "needs K % 32 == 0 and N % 4 == 0 (128-bit alignment of 4-bit rows)"
-        if os.environ.get("DUQUANT_TRUST_SM80") != "1":
-            return False, "sm_80 CUTLASS path is compile-tested only (set DUQUANT_TRUST_SM80=1)"
+        why = _unvalidated(cls)
+        if why:
+            return False, why
         from .cutlass import built_archs, load_error
 
         if load_error():

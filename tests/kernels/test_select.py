@@ -16,7 +16,7 @@ from duquant_serve.kernels.base import LayerSpec
 def _clean_env(monkeypatch):
     monkeypatch.delenv("DUQUANT_KERNEL", raising=False)
     monkeypatch.delenv("DUQUANT_DISABLED_KERNELS", raising=False)
-    monkeypatch.delenv("DUQUANT_TRUST_SM80", raising=False)
+    monkeypatch.delenv("DUQUANT_ENABLE_UNVALIDATED", raising=False)
     select._logged.clear()
     yield
     cutlass_mod._load.cache_clear()
@@ -57,6 +57,7 @@ def test_all_disabled_lists_every_reason(monkeypatch):
 
 
 def test_hopper_without_extension_falls_back_to_triton(monkeypatch, tmp_path):
+    monkeypatch.setenv("DUQUANT_ENABLE_UNVALIDATED", "1")
     monkeypatch.setenv("DUQUANT_EXT_LIB", str(tmp_path / "missing.so"))
     monkeypatch.setattr(cutlass_mod, "_candidates", lambda: [tmp_path / "missing.so"])
     cutlass_mod._load.cache_clear()
@@ -66,7 +67,14 @@ def test_hopper_without_extension_falls_back_to_triton(monkeypatch, tmp_path):
         select.choose_kernel(H100)
 
 
+def test_unvalidated_cutlass_is_opt_in():
+    ok, why = select.KERNELS["cutlass_sm90"].can_implement(H100)
+    assert not ok and "never run on a GPU" in why
+    assert select.choose_kernel(H100).name == "triton"
+
+
 def test_hopper_with_built_extension_prefers_cutlass(monkeypatch):
+    monkeypatch.setenv("DUQUANT_ENABLE_UNVALIDATED", "1")
     cutlass_mod._load.cache_clear()
     if cutlass_mod.load_error() or "sm90a" not in cutlass_mod.built_archs():
         pytest.skip(f"extension not built here: {cutlass_mod.load_error()}")
@@ -76,10 +84,13 @@ def test_hopper_with_built_extension_prefers_cutlass(monkeypatch):
     assert select.choose_kernel(H100).name == "triton"
 
 
-def test_ampere_sm80_path_is_opt_in():
+def test_ampere_sm80_path_is_opt_in(monkeypatch):
     ok, why = select.KERNELS["cutlass_sm80"].can_implement(A100)
-    assert not ok and "compile-tested only" in why
+    assert not ok and "never run on a GPU" in why
     assert select.choose_kernel(A100).name == "triton"
+    monkeypatch.setenv("DUQUANT_ENABLE_UNVALIDATED", "1")
+    if cutlass_mod.load_error() is None:
+        assert select.choose_kernel(A100).name == "cutlass_sm80"
 
 
 def test_spec_rejections():
