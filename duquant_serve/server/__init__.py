@@ -1,0 +1,1 @@
+"""`duquant serve`: vLLM's OpenAI-compatible server with the DuQuant plugin (launch.py)."""

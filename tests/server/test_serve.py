@@ -1,0 +1,210 @@
+"""`duquant serve`: refusals before vLLM starts, and the real OpenAI-compatible server on CPU
+(started as a subprocess on 127.0.0.1, queried with the `openai` client, stopped by the test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "vllm_plugin"))  # broken.py, conftest helpers
+
+from broken import MISSING, make_broken  # noqa: E402
+
+MODEL_NAME = "tiny-duquant"
+# The byte-level tiny tokenizer ships no chat template; vLLM's chat endpoint needs one.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "assistant:")
+
+
+@pytest.fixture(scope="module")
+def dq_checkpoint(tmp_path_factory) -> Path:
+    from duquant_serve.cli import main
+    from duquant_serve.testing.tiny import make_tiny_model
+
+    d = tmp_path_factory.mktemp("serve")
+    src = make_tiny_model(d / "llama", "llama")
+    out = d / "llama-dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", "--calib",
+                 "random", "--nsamples", "4", "--calib-seqlen", "64", "--steps", "32"]) == 0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Refused before anything starts (exit 2, clear message)
+# ---------------------------------------------------------------------------------------------
+
+
+def _serve(capsys, checkpoint, *rest: str) -> tuple[int, str]:
+    from duquant_serve.cli import main
+
+    rc = main(["serve", str(checkpoint), *rest])
+    return rc, capsys.readouterr().err
+
+
+def test_refuses_missing_tensor(dq_checkpoint, tmp_path, capsys):
+    bad = make_broken(dq_checkpoint, tmp_path / "bad", "missing")
+    rc, err = _serve(capsys, bad)
+    assert rc == 2
+    assert f"duquant serve: error: tensor {MISSING}: missing" in err
+
+
+def test_refuses_non_checkpoint(tmp_path, capsys):
+    rc, err = _serve(capsys, tmp_path)
+    assert rc == 2
+    assert "has no config.json" in err
+
+
+def test_refuses_tp_not_dividing_tp_shards(dq_checkpoint, capsys):
+    for opts in (["--tensor-parallel-size", "3"], ["-tp=4"]):
+        rc, err = _serve(capsys, dq_checkpoint, *opts)
+        assert rc == 2, opts
+        assert "does not divide the checkpoint's quantization_config.tp_shards=2" in err
+
+
+def test_refuses_model_option(dq_checkpoint, capsys):
+    rc, err = _serve(capsys, dq_checkpoint, "--model", "other")
+    assert rc == 2
+    assert "--model is set by `duquant serve`" in err
+
+
+def test_command_and_cpu_defaults(dq_checkpoint):
+    from duquant_serve.server.launch import build_command
+
+    argv, env = build_command(dq_checkpoint, ["--port", "9"], environ={"VLLM_PLUGINS": "x"})
+    assert argv[1:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
+    assert argv[-2:] == ["--port", "9"]
+    assert env["DUQUANT_VALIDATED_CHECKPOINT"] == str(Path(dq_checkpoint).resolve())
+    assert env["VLLM_PLUGINS"] == "x,duquant"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    _, env = build_command(dq_checkpoint, ["-tp", "2"], environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the user's setting wins
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The real server
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(dq_checkpoint, tmp_path_factory):
+    pytest.importorskip("openai")
+    d = tmp_path_factory.mktemp("server")
+    (d / "chat.jinja").write_text(CHAT_TEMPLATE)
+    port = _free_port()
+    log = open(d / "server.log", "w")  # noqa: SIM115 (closed in teardown)
+    env = dict(os.environ)
+    env.pop("DUQUANT_VALIDATED_CHECKPOINT", None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duquant_serve.cli", "serve", str(dq_checkpoint),
+         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL_NAME,
+         "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
+         "--chat-template", str(d / "chat.jinja")],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited {proc.returncode}:\n{(d / 'server.log').read_text()[-4000:]}")
+            if time.perf_counter() - t0 > 300:
+                pytest.fail(f"server not healthy after 300 s:\n{(d / 'server.log').read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(1)
+        print(f"\nserver healthy after {time.perf_counter() - t0:.1f}s")
+        yield base
+    finally:
+        # Our own process group only (start_new_session): the server and its engine process.
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused")
+
+
+pytestmark_engine = pytest.mark.engine
+
+
+@pytest.mark.engine
+def test_models_lists_the_checkpoint(client):
+    assert [m.id for m in client.models.list().data] == [MODEL_NAME]
+
+
+@pytest.mark.engine
+def test_completion_greedy_tokens_equal_offline_reference(client, dq_checkpoint):
+    import torch
+
+    from offline_quant.evaluate import load_checkpoint_model
+
+    prompt, n = "The quick brown fox", 16
+    r = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=n, temperature=0,
+                                  extra_body={"return_token_ids": True, "ignore_eos": True})
+    assert r.usage.completion_tokens == n
+    got = r.choices[0].token_ids
+    model, tok, _ = load_checkpoint_model(dq_checkpoint)
+    cur = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        for _ in range(n):
+            cur.append(int(model(torch.tensor([cur])).logits[0, -1].argmax()))
+    assert got == cur[-n:]
+
+
+@pytest.mark.engine
+def test_completion_streaming_equals_non_streaming(client):
+    kw = dict(model=MODEL_NAME, prompt="Hello world", max_tokens=12, temperature=0,
+              extra_body={"ignore_eos": True})
+    full = client.completions.create(**kw).choices[0].text
+    chunks = list(client.completions.create(stream=True, **kw))
+    assert len(chunks) > 1
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full
+
+
+@pytest.mark.engine
+def test_chat_streaming_and_not(client):
+    kw = dict(model=MODEL_NAME, messages=[{"role": "user", "content": "Say hi"}], max_tokens=12,
+              temperature=0, extra_body={"ignore_eos": True})
+    r = client.chat.completions.create(**kw)
+    full = r.choices[0].message.content
+    assert r.usage.completion_tokens == 12 and full
+    parts = [c.choices[0].delta.content or "" for c in
+             client.chat.completions.create(stream=True, **kw) if c.choices]
+    assert "".join(parts) == full
+
+
+@pytest.mark.engine
+def test_bad_request_is_an_openai_error(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL_NAME, prompt="x" * 600, max_tokens=4)

@@ -1,0 +1,58 @@
+"""A real vLLM engine (CPU) serving a tiny DuQuant checkpoint through the plugin.
+
+Each engine runs in its own process (engine_script.py); the eager engine is shared by the tests
+through the session fixture `eager_run`.
+"""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MAX_TOKENS, PROMPTS, engine_env, greedy_reference, run_engine, tail
+
+pytestmark = pytest.mark.engine
+
+
+def test_generates_through_vllm_llm(eager_run):
+    assert len(eager_run["tokens"]) == len(PROMPTS)
+    assert all(len(t) == MAX_TOKENS for t in eager_run["tokens"])
+
+
+def test_every_linear_but_lm_head_runs_duquant(eager_run):
+    layers = eager_run["layers"]
+    # 2 layers x (qkv_proj, o_proj, gate_up_proj, down_proj); lm_head is a vocab embedding.
+    assert len(layers) == 8, layers
+    for name, (method, kernel) in layers.items():
+        assert method == "DuQuantLinearMethod", name
+        assert kernel == "torch_ref", name  # choose_kernel's answer on CPU
+
+
+def test_eager_greedy_tokens_equal_offline_reference(eager_run, reference_tokens):
+    for prompt, got, want in zip(PROMPTS, eager_run["tokens"], reference_tokens, strict=True):
+        assert got == want, f"prompt {prompt!r}"
+
+
+def test_compiled_greedy_tokens_equal_offline_reference(dq_checkpoint, reference_tokens, tmp_path):
+    """The default torch.compile path (no --enforce-eager): apply() must trace."""
+    proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--compile")
+    assert res is not None, tail(proc)
+    for prompt, got, want in zip(PROMPTS, res["tokens"], reference_tokens, strict=True):
+        assert got == want, f"prompt {prompt!r}"
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_equals_sharded_reference(dq_checkpoint, eager_run, tmp_path):
+    """TP=2 (one core per worker): column-parallel layers take the whole transform, row-parallel
+    ones their slice of qweight / input_perm (rank-local) / input_smooth.
+
+    Each rank quantizes its own input slice per token, so TP=2 equals the offline reference
+    with o_proj/down_proj split in two shards — token for token — and NOT the TP=1 engine:
+    activation ranges are per shard (docs/serving.md, "Tensor parallelism")."""
+    env = engine_env(VLLM_CPU_OMP_THREADS_BIND="0|1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--tp", "2", env=env)
+    assert res is not None, tail(proc)
+    want = greedy_reference(dq_checkpoint, row_parallel_shards=2)
+    for prompt, got, w in zip(PROMPTS, res["tokens"], want, strict=True):
+        assert got == w, f"prompt {prompt!r}"
+    lead = [next((i for i, (a, b) in enumerate(zip(t2, t1, strict=True)) if a != b), len(t1))
+            for t2, t1 in zip(res["tokens"], eager_run["tokens"], strict=True)]
+    print(f"\nTP=2 vs TP=1: greedy tokens agree for the first {lead} tokens of each prompt")
