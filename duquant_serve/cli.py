@@ -65,15 +65,19 @@ def cmd_eval(args) -> int:
     from offline_quant.evaluate import evaluate
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    res = evaluate(args.target, args.dataset, args.seqlen, methods, args.limit,
-                   qcfg=_qcfg(args, False), calib_source=args.calib,
-                   calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
-                   fake_quant_attention=args.fake_quant_attention, progress=not args.quiet)
-    for r in res["results"]:
-        print(f"{r['method']:>12}  ppl {r['ppl']:.3f}  ({r['seconds']:.0f}s)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+
+    def on_result(partial: dict) -> None:
+        r = partial["results"][-1]
+        print(f"{r['method']:>12}  ppl {r['ppl']:.3f}  ({r['seconds']:.0f}s)", flush=True)
+        if args.json:  # rows so far, so a long run interrupted midway keeps what it measured
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(partial, indent=2))
+
+    evaluate(args.target, args.dataset, args.seqlen, methods, args.limit,
+             qcfg=_qcfg(args, False), calib_source=args.calib,
+             calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
+             fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
+             on_result=on_result)
     return 0
 
 

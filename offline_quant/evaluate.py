@@ -8,6 +8,7 @@ window, ppl = exp(mean over windows).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from duquant_serve.checkpoint import load_checkpoint
-from duquant_serve.core.config import DuQuantConfig
+from duquant_serve.core.config import QUANT_METHOD, DuQuantConfig
 from duquant_serve.core.reference import QuantLinearModule
 
 from .attention import enable_attention_fake_quant
@@ -51,6 +52,18 @@ def perplexity(model, windows: torch.Tensor, progress: bool = True, desc: str = 
     return math.exp(torch.stack(nlls).mean().item())
 
 
+def is_duquant_checkpoint(target: str | Path) -> bool:
+    """A directory whose config.json declares quant_method "duquant" (validity is checked on load)."""
+    cfg = Path(target) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        qc = json.loads(cfg.read_text()).get("quantization_config") or {}
+    except json.JSONDecodeError:
+        return False
+    return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
+
+
 def load_checkpoint_model(path: str | Path):
     """Checkpoint → transformers model whose linears run the stored integer codes (reference
     W4A4 linear, unpacking the codes), plus its tokenizer. Computes in float32."""
@@ -83,12 +96,26 @@ def evaluate(
     calib_seqlen: int = 512,
     fake_quant_attention: bool = False,
     progress: bool = True,
+    on_result=None,
 ) -> dict:
-    """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}."""
-    results = []
-    is_checkpoint = (Path(target) / "config.json").is_file() and "duquant" in (
-        Path(target) / "config.json").read_text()
-    if is_checkpoint:
+    """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}.
+
+    `on_result(partial_summary)` is called after each method, so long runs can persist rows."""
+    results: list[dict] = []
+    windows = None
+
+    def summary() -> dict:
+        return {
+            "target": str(target),
+            "dataset": str(dataset),
+            "seqlen": seqlen,
+            "windows": 0 if windows is None else int(windows.shape[0]),
+            "tokens": 0 if windows is None else int(windows.numel()),
+            "fake_quant_attention": fake_quant_attention,
+            "results": list(results),
+        }
+
+    if is_duquant_checkpoint(target):
         t = time.perf_counter()
         model, tok, _ = load_checkpoint_model(target)
         windows = eval_windows(tok, dataset, seqlen, limit)
@@ -97,6 +124,8 @@ def evaluate(
         ppl = perplexity(model, windows, progress, "checkpoint")
         results.append({"method": "checkpoint", "ppl": ppl,
                         "seconds": round(time.perf_counter() - t, 2)})
+        if on_result is not None:
+            on_result(summary())
     else:
         bad = [m for m in methods if m not in ALL_METHODS]
         if bad:
@@ -119,12 +148,6 @@ def evaluate(
             results.append({"method": method, "ppl": ppl,
                             "seconds": round(time.perf_counter() - t, 2)})
             del model
-    return {
-        "target": str(target),
-        "dataset": str(dataset),
-        "seqlen": seqlen,
-        "windows": int(windows.shape[0]),
-        "tokens": int(windows.numel()),
-        "fake_quant_attention": fake_quant_attention,
-        "results": results,
-    }
+            if on_result is not None:
+                on_result(summary())
+    return summary()
