@@ -63,8 +63,10 @@ class TorchRefKernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
-                act_clip_ratio, device=None) -> PreparedLinear:
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
         # Checkpoint layout is the reference layout: no repacking.
         return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
                               act_clip_ratio, device, qweight)
@@ -100,8 +102,10 @@ class TritonKernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
-                act_clip_ratio, device=None) -> PreparedLinear:
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
         grouped = pack_int4_grouped(unpack_int4(qweight.cpu()))
         return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
                               act_clip_ratio, device, grouped)
@@ -147,8 +151,10 @@ class CutlassSm90Kernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
-                act_clip_ratio, device=None) -> PreparedLinear:
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
         w8 = unpack_int4(qweight.cpu()).to(torch.int8)
         return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
                               act_clip_ratio, device, w8)
@@ -193,8 +199,10 @@ class CutlassSm80Kernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec, qweight, weight_scale, weight_zero, transform: InputTransform, bias,
-                act_clip_ratio, device=None) -> PreparedLinear:
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
         return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
                               act_clip_ratio, device, qweight)
 

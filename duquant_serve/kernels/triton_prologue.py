@@ -31,6 +31,7 @@ Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|ieee.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -169,6 +170,11 @@ def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
     return block_m, chunk, 4
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 _scratch_cache: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
@@ -221,7 +227,7 @@ def fused_prologue(
     tiles = triton.cdiv(max(m, 1), block_m)
     if max_programs is None:
         if x.is_cuda:
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            sms = _sm_count(x.device.index if x.device.index is not None else 0)
             # Bound the scratch to ~16 MiB so it stays in L2 (50 MB on H100).
             cap = max(sms, (16 << 20) // (block_m * c * 4))
             max_programs = min(cap, 8 * sms)
