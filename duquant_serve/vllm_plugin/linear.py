@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from vllm.logger import init_logger
 from vllm.model_executor.layers.linear import (
     LinearMethodBase,
     MergedColumnParallelLinear,
@@ -40,6 +41,9 @@ from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec
 from ..kernels.select import choose_kernel
 from .config import DuQuantVllmConfig
+
+# Under vLLM's logger tree so the line shows in the server log with vLLM's own format.
+logger = init_logger("vllm.duquant")
 
 WEIGHT_PARAMS = ("qweight", "weight_scale", "weight_zero")
 TRANSFORM_PARAMS = ("input_rot1", "input_perm", "input_rot2")
@@ -249,6 +253,9 @@ class DuQuantLinearMethod(LinearMethodBase):
             has_bias=bias is not None, act_dtype=layer.params_dtype,
             device_type=qweight.device.type, capability=_capability(qweight.device))
         kernel = choose_kernel(spec, layer_name=st.prefix)
+        logger.info_once("duquant: W%dA%d linears run on kernel %s", spec.w_bits, spec.a_bits,
+                         kernel.name)
+        logger.debug("duquant: %s → %s %s", st.prefix, kernel.name, spec)
         transform = InputTransform(layer.input_rot1.data, layer.input_perm.data.long(),
                                    layer.input_rot2.data, smooth)
         prepared = kernel.prepare(spec, qweight, layer.weight_scale.data, layer.weight_zero.data,

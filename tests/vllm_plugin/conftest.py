@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 HERE = Path(__file__).parent
 ENGINE_SCRIPT = HERE / "engine_script.py"
@@ -96,11 +97,12 @@ def greedy_reference(checkpoint: Path, row_parallel_shards: int = 1) -> list[lis
     return out
 
 
-class ShardedRowLinear:
+class ShardedRowLinear(torch.nn.Module):
     """A row-parallel QuantizedLinear cut into `tp` input shards the way the plugin cuts it
     (qweight columns, rank-local input_perm, input_smooth slice, bias on rank 0 only)."""
 
     def __init__(self, q, tp: int) -> None:
+        super().__init__()
         from duquant_serve.core.reference import QuantizedLinear
         from duquant_serve.core.transform import InputTransform
 
@@ -114,7 +116,7 @@ class ShardedRowLinear:
             bias=q.bias if r == 0 else None, w_bits=q.w_bits, a_bits=q.a_bits,
             act_clip_ratio=q.act_clip_ratio) for r in range(tp)]
 
-    def __call__(self, x):
+    def forward(self, x):
         from duquant_serve.core.reference import w4a4_linear_ref
 
         ys = [w4a4_linear_ref(x[..., r * self.kp:(r + 1) * self.kp], p)
