@@ -1,0 +1,153 @@
+"""Server-side perplexity: WikiText-2 windows scored through `duquant serve` (prompt logprobs of
+vLLM's OpenAI completions endpoint) vs `duquant eval` of the same checkpoint (offline
+reference, same windows, same protocol).
+
+    python benchmarks/serve_ppl.py CHECKPOINT --dataset ../shared/data/wikitext2/test.joined.txt \
+        --seqlen 2048 --limit 8 --json benchmarks/results/serve_ppl_smollm2.json
+
+Starts the server itself (`python -m duquant_serve.cli serve ...` on a free local port) unless
+--url points at a running one. Protocol of offline_quant.evaluate: the text tokenized once,
+cut into non-overlapping windows, loss = mean cross-entropy of tokens 1..seqlen-1 of a window
+given its prefix, ppl = exp(mean over windows). Windows are sent as token ids (no BOS added),
+so both sides score exactly the same tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(checkpoint: str, seqlen: int, log_path: Path, extra: list[str]):
+    port = _free_port()
+    log = open(log_path, "w")  # noqa: SIM115 (owned by the returned process' lifetime)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "duquant_serve.cli", "serve", checkpoint, "--host", "127.0.0.1",
+         "--port", str(port), "--max-model-len", str(seqlen + 8),
+         # Each window is scored once; prefix caching would only hold memory.
+         "--no-enable-prefix-caching", *extra],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - t0
+        except OSError:
+            time.sleep(1)
+
+
+def stop_server(proc) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def window_nll(client, model: str, window: list[int]) -> float:
+    """Mean NLL of window[1:] given its prefix, from the server's prompt logprobs."""
+    r = client.completions.create(model=model, prompt=window, max_tokens=1, temperature=0,
+                                  extra_body={"prompt_logprobs": 0})
+    plp = r.choices[0].prompt_logprobs  # [None, {token_id: {logprob, ...}}, ...]
+    if plp is None or len(plp) != len(window):
+        raise RuntimeError(f"server returned {None if plp is None else len(plp)} prompt "
+                           f"logprobs for a {len(window)}-token window")
+    nll = 0.0
+    for tok, entry in zip(window[1:], plp[1:], strict=True):
+        nll -= entry[str(tok)]["logprob"]
+    return nll / (len(window) - 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--limit", type=int, default=8, help="windows scored (both sides)")
+    ap.add_argument("--url", default=None, help="a running server (else one is started)")
+    ap.add_argument("--eval-json", default=None,
+                    help="reuse a `duquant eval --json` result of the same checkpoint/windows")
+    ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra option for `duquant serve` (repeatable), e.g. --server-arg=--dtype=float32")
+    args = ap.parse_args(argv)
+
+    import openai
+    from transformers import AutoTokenizer
+
+    from offline_quant.evaluate import eval_windows
+
+    ck = str(Path(args.checkpoint).resolve())
+    tok = AutoTokenizer.from_pretrained(ck)
+    windows = eval_windows(tok, args.dataset, args.seqlen, args.limit)
+    result: dict = {"checkpoint": ck, "dataset": args.dataset, "seqlen": args.seqlen,
+                    "windows": int(windows.shape[0]), "tokens": int(windows.numel()),
+                    "host": platform.node(), "cpu_count": os.cpu_count()}
+
+    proc = None
+    log_path = Path(args.json or "serve_ppl").with_suffix(".server.log")
+    try:
+        if args.url:
+            url, startup = args.url, None
+        else:
+            proc, url, startup = start_server(ck, args.seqlen, log_path, args.server_arg)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=3600)
+        model = client.models.list().data[0].id
+        t = time.perf_counter()
+        nlls = [window_nll(client, model, w.tolist()) for w in windows]
+        serve_s = time.perf_counter() - t
+    finally:
+        if proc is not None:
+            stop_server(proc)
+    serve_ppl = math.exp(sum(nlls) / len(nlls))
+    result["serve"] = {"ppl": serve_ppl, "seconds": round(serve_s, 1),
+                       "startup_seconds": None if startup is None else round(startup, 1),
+                       "server_args": args.server_arg, "window_nll": nlls}
+    print(f"server: ppl {serve_ppl:.4f} ({serve_s:.0f}s for {len(nlls)} windows)", flush=True)
+
+    if args.eval_json:
+        ev = json.loads(Path(args.eval_json).read_text())
+        if (ev["seqlen"], ev["windows"]) != (args.seqlen, result["windows"]):
+            raise SystemExit(f"{args.eval_json} scored {ev['windows']} windows of {ev['seqlen']}, "
+                             f"not {result['windows']} of {args.seqlen}")
+        eval_ppl, eval_s = ev["results"][0]["ppl"], ev["results"][0]["seconds"]
+        result["eval"] = {"ppl": eval_ppl, "seconds": eval_s, "source": args.eval_json}
+    else:
+        from offline_quant.evaluate import evaluate
+
+        ev = evaluate(ck, args.dataset, args.seqlen, ["duquant"], args.limit, progress=False)
+        eval_ppl, eval_s = ev["results"][0]["ppl"], ev["results"][0]["seconds"]
+        result["eval"] = {"ppl": eval_ppl, "seconds": eval_s, "source": "duquant eval (in-process)"}
+    rel = abs(serve_ppl - eval_ppl) / eval_ppl
+    result["relative_difference"] = rel
+    result["within_1_percent"] = rel <= 0.01
+    print(f"duquant eval: ppl {eval_ppl:.4f}; relative difference {rel:.4%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0 if result["within_1_percent"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
