@@ -55,18 +55,21 @@ def tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
     return (proc.stdout + proc.stderr)[-n:]
 
 
+def quantize_tiny(d: Path, arch: str) -> Path:
+    from duquant_serve.cli import main
+    from duquant_serve.testing.tiny import make_tiny_model
+
+    src = make_tiny_model(d / arch, arch)
+    out = d / f"{arch}-dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUANT_ARGS]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def dq_checkpoint(tmp_path_factory) -> Path:
     """A float32 tiny Llama (GQA, head_dim 64) quantized to a DuQuant W4A4 checkpoint with
     tp_shards=2 (o_proj gets online smoothing, down_proj a 64-block)."""
-    from duquant_serve.cli import main
-    from duquant_serve.testing.tiny import make_tiny_model
-
-    d = tmp_path_factory.mktemp("vllm_plugin")
-    src = make_tiny_model(d / "llama", "llama")
-    out = d / "llama-dq"
-    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUANT_ARGS]) == 0
-    return out
+    return quantize_tiny(tmp_path_factory.mktemp("vllm_plugin"), "llama")
 
 
 def greedy_reference(checkpoint: Path, row_parallel_shards: int = 1) -> list[list[int]]:

@@ -7,7 +7,15 @@ through the session fixture `eager_run`.
 from __future__ import annotations
 
 import pytest
-from conftest import MAX_TOKENS, PROMPTS, engine_env, greedy_reference, run_engine, tail
+from conftest import (
+    MAX_TOKENS,
+    PROMPTS,
+    engine_env,
+    greedy_reference,
+    quantize_tiny,
+    run_engine,
+    tail,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -36,6 +44,15 @@ def test_compiled_greedy_tokens_equal_offline_reference(dq_checkpoint, reference
     proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--compile")
     assert res is not None, tail(proc)
     for prompt, got, want in zip(PROMPTS, res["tokens"], reference_tokens, strict=True):
+        assert got == want, f"prompt {prompt!r}"
+
+
+def test_qwen2_with_qkv_bias_equals_offline_reference(tmp_path_factory):
+    """Qwen2 has a q/k/v bias: the plugin adds it in the kernel epilogue, as core.reference."""
+    ck = quantize_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2")
+    proc, res = run_engine(ck, ck.parent / "out.json")
+    assert res is not None, tail(proc)
+    for prompt, got, want in zip(PROMPTS, res["tokens"], greedy_reference(ck), strict=True):
         assert got == want, f"prompt {prompt!r}"
 
 
