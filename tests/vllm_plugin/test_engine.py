@@ -7,7 +7,7 @@ through the session fixture `eager_run`.
 from __future__ import annotations
 
 import pytest
-from conftest import (
+from engine_helpers import (
     MAX_TOKENS,
     PROMPTS,
     engine_env,

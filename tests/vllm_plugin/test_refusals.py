@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from broken import MISMATCHED, MISSING, make_broken
-from conftest import engine_env, run_engine, tail
+from engine_helpers import engine_env, run_engine, tail
 
 pytest.importorskip("vllm")
 
