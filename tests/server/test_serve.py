@@ -81,11 +81,13 @@ def test_command_and_cpu_defaults(dq_checkpoint):
 
     argv, env = build_command(dq_checkpoint, ["--port", "9"], environ={"VLLM_PLUGINS": "x"})
     assert argv[1:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
-    assert argv[-2:] == ["--port", "9"]
+    assert argv[-4:] == ["--dtype", "float32", "--port", "9"]  # float32 checkpoint on CPU
     assert env["DUQUANT_VALIDATED_CHECKPOINT"] == str(Path(dq_checkpoint).resolve())
     assert env["VLLM_PLUGINS"] == "x,duquant"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    _, env = build_command(dq_checkpoint, ["-tp", "2"], environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    argv, env = build_command(dq_checkpoint, ["-tp", "2", "--dtype=bfloat16"],
+                              environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
+    assert "float32" not in argv  # the user's --dtype wins
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the user's setting wins
     if len(os.sched_getaffinity(0)) >= 2:
         assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
