@@ -23,15 +23,24 @@ common=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -Xcompiler -fPIC "${inc
 archs="${DUQUANT_ARCHS:-80 90a}"
 objs=()
 defs=()
+pids=()
+# Translation units compile in parallel (the fused sm_90a EVT kernel alone takes ~2 min).
+compile() {  # compile SRC OBJ GENCODE
+  "$nvcc" "${common[@]}" "$3" -c "$here/csrc/$1" -o "$out/$2" &
+  pids+=($!)
+  objs+=("$out/$2")
+}
 for a in $archs; do
   case "$a" in
-    80) "$nvcc" "${common[@]}" -gencode=arch=compute_80,code=sm_80 -c "$here/csrc/w4a4_sm80.cu" -o "$out/w4a4_sm80.o"
-        objs+=("$out/w4a4_sm80.o"); defs+=(-DDUQUANT_BUILT_SM80) ;;
-    90a) "$nvcc" "${common[@]}" -gencode=arch=compute_90a,code=sm_90a -c "$here/csrc/w4a4_sm90.cu" -o "$out/w4a4_sm90.o"
-         objs+=("$out/w4a4_sm90.o"); defs+=(-DDUQUANT_BUILT_SM90) ;;
+    80) compile w4a4_sm80.cu w4a4_sm80.o -gencode=arch=compute_80,code=sm_80
+        defs+=(-DDUQUANT_BUILT_SM80) ;;
+    90a) compile w4a4_sm90.cu w4a4_sm90.o -gencode=arch=compute_90a,code=sm_90a
+         compile w4a4_sm90_evt.cu w4a4_sm90_evt.o -gencode=arch=compute_90a,code=sm_90a
+         defs+=(-DDUQUANT_BUILT_SM90) ;;
     *) echo "unknown arch $a (expected 80 or 90a)" >&2; exit 2 ;;
   esac
 done
+for p in "${pids[@]}"; do wait "$p"; done
 "$nvcc" "${common[@]}" "${defs[@]}" -gencode=arch=compute_80,code=sm_80 -c "$here/csrc/entry.cu" -o "$out/entry.o"
 "$nvcc" -shared "${objs[@]}" "$out/entry.o" -o "$out/libduquant_ext.so" -lcudart
 echo "built $out/libduquant_ext.so ($archs)"

@@ -18,6 +18,17 @@ _ERRORS = {1: "shape/alignment not implementable", 2: "workspace too small",
            3: "CUTLASS initialize failed", 4: "launch failed", 5: "arch not built"}
 
 
+class W4A4Args(ctypes.Structure):
+    """Mirror of duquant_w4a4_args in cutlass_ext/csrc/duquant_ext.h (field order matters)."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in
+                ("a", "b", "d", "sx", "zx", "sqx", "u", "v", "w", "bias")] + [
+        ("m", ctypes.c_int), ("n", ctypes.c_int), ("k", ctypes.c_int), ("out_dtype", ctypes.c_int)]
+
+
+_OUT_DTYPES = {torch.bfloat16: 0, torch.float16: 1}
+
+
 def _candidates() -> list[Path]:
     out = []
     env = os.environ.get("DUQUANT_EXT_LIB")
@@ -39,12 +50,19 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
         except OSError as e:  # e.g. no libcudart on a CPU machine
             tried.append(f"{p} ({e})")
             continue
-        lib.duquant_built_archs.restype = ctypes.c_int
-        vp, i = ctypes.c_void_p, ctypes.c_int
-        lib.duquant_gemm_s8s8s32_sm90.argtypes = [vp, vp, vp, i, i, i, vp, ctypes.c_size_t, vp]
-        lib.duquant_gemm_s8s8s32_sm90.restype = i
-        lib.duquant_gemm_u4u4s32_sm80.argtypes = [vp, vp, vp, i, i, i, vp]
-        lib.duquant_gemm_u4u4s32_sm80.restype = i
+        try:  # an older build lacks newer entry points: say so instead of crashing
+            lib.duquant_built_archs.restype = ctypes.c_int
+            vp, i = ctypes.c_void_p, ctypes.c_int
+            lib.duquant_gemm_s8s8s32_sm90.argtypes = [vp, vp, vp, i, i, i, vp, ctypes.c_size_t, vp]
+            lib.duquant_gemm_s8s8s32_sm90.restype = i
+            lib.duquant_gemm_u4u4s32_sm80.argtypes = [vp, vp, vp, i, i, i, vp]
+            lib.duquant_gemm_u4u4s32_sm80.restype = i
+            lib.duquant_w4a4_gemm_sm90.argtypes = [ctypes.POINTER(W4A4Args), vp, ctypes.c_size_t,
+                                                   vp]
+            lib.duquant_w4a4_gemm_sm90.restype = i
+        except AttributeError as e:
+            tried.append(f"{p} (stale build: {e}; rebuild with cutlass_ext/build.sh)")
+            continue
         return lib, None
     return None, "libduquant_ext.so not loadable: " + "; ".join(tried) + \
         " (build it with cutlass_ext/build.sh)"
@@ -114,3 +132,42 @@ def gemm_u4_sm80_cuda(a_packed: torch.Tensor, b_packed: torch.Tensor) -> torch.T
     rc = lib.duquant_gemm_u4u4s32_sm80(a.data_ptr(), b.data_ptr(), d.data_ptr(), m, n, k, stream)
     _check(rc, f"duquant_gemm_u4u4s32_sm80(M={m}, N={n}, K={k})")
     return d
+
+
+def w4a4_gemm_sm90_cuda(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight8: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Fused sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias (EPILOGUE.md)."""
+    lib, err = _load()
+    if lib is None:
+        raise RuntimeError(err)
+    if out_dtype not in _OUT_DTYPES:
+        raise ValueError(f"fused sm90 kernel writes bf16/fp16, not {out_dtype}")
+    m, k = codes.shape
+    n = qweight8.shape[0]
+    tensors = [codes.contiguous(), qweight8.contiguous()] + [
+        t.contiguous() for t in (scale, zero, code_sum, u, v, w)]
+    if bias is not None:
+        bias = bias.to(out_dtype).contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
+    if m == 0:
+        return out
+    a, b, sx, zx, sqx, uu, vv, ww = tensors
+    args = W4A4Args(a.data_ptr(), b.data_ptr(), out.data_ptr(), sx.data_ptr(), zx.data_ptr(),
+                    sqx.data_ptr(), uu.data_ptr(), vv.data_ptr(), ww.data_ptr(),
+                    bias.data_ptr() if bias is not None else None, m, n, k,
+                    _OUT_DTYPES[out_dtype])
+    ws = _workspace(codes.device)
+    stream = torch.cuda.current_stream(codes.device).cuda_stream
+    rc = lib.duquant_w4a4_gemm_sm90(ctypes.byref(args), ws.data_ptr(), ws.numel(), stream)
+    _check(rc, f"duquant_w4a4_gemm_sm90(M={m}, N={n}, K={k})")
+    return out

@@ -121,10 +121,12 @@ class TritonKernel(LinearKernel):
 
 
 class CutlassSm90Kernel(LinearKernel):
-    """sm_90a: Triton prologue → CUTLASS 3.x int8 wgmma GEMM (int32 out) → Triton epilogue.
+    """sm_90a: Triton prologue → one CUTLASS 3.x kernel: int8 wgmma GEMM with the zero-point /
+    scale epilogue as an epilogue visitor tree (cutlass_ext/csrc/w4a4_sm90_evt.cu).
 
-    Weight codes are stored one per int8 byte (prepare unpacks them): wgmma has no 4-bit type,
-    and this path has no in-kernel unpacking, so it holds 2× the bytes of the packed weights.
+    Weight codes are stored one per int8 byte (prepare unpacks them): wgmma has no 4-bit type
+    and this kernel does not unpack in its mainloop, so it holds 2× the bytes of packed weights.
+    Per-channel epilogue vectors u = sw, v = sw·zw, w = sw·(Σqw − K·zw) are built once here.
     """
 
     name = "cutlass_sm90"
@@ -137,8 +139,10 @@ class CutlassSm90Kernel(LinearKernel):
             return False, why
         if spec.capability[0] != 9:
             return False, f"built for sm_90a (Hopper), device is sm_{spec.capability}"
-        if spec.in_features % 16 or spec.out_features % 4:
-            return False, "needs K % 16 == 0 and N % 4 == 0 (TMA alignment)"
+        if spec.act_dtype not in (torch.bfloat16, torch.float16):
+            return False, f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
+        if spec.in_features % 16 or spec.out_features % 8:
+            return False, "needs K % 16 == 0 and N % 8 == 0 (TMA alignment)"
         why = _unvalidated(cls)
         if why:
             return False, why
@@ -155,18 +159,25 @@ class CutlassSm90Kernel(LinearKernel):
                 weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
-        w8 = unpack_int4(qweight.cpu()).to(torch.int8)
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, w8)
+        codes = unpack_int4(qweight.cpu())
+        p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                           act_clip_ratio, device, codes.to(torch.int8))
+        # float64 products, rounded once to fp32: the vectors the EVT broadcasts per channel.
+        sw, zw = weight_scale.double().cpu(), weight_zero.double().cpu()
+        sqw = codes.sum(dim=-1, dtype=torch.int64).double()
+        dev = p.qweight.device
+        p.extra["u"] = sw.float().to(dev)
+        p.extra["v"] = (sw * zw).float().to(dev)
+        p.extra["w"] = (sw * (sqw - spec.in_features * zw)).float().to(dev)
+        return p
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         q, s, z, qs = torch.ops.duquant.prologue(
             x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
-        acc = torch.ops.duquant.gemm_s8_sm90(q, p.qweight)
-        y = torch.ops.duquant.epilogue(acc, s, z, qs, p.weight_scale, p.weight_zero,
-                                       p.weight_code_sum, p.bias, p.spec.in_features, x.dtype)
+        y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"],
+                                             p.extra["w"], p.bias, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

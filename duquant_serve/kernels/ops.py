@@ -181,6 +181,47 @@ def _(a, b):
     return gemm_s8_sm90_cuda(a, b)
 
 
+@torch.library.custom_op("duquant::w4a4_gemm_sm90", mutates_args=())
+def w4a4_gemm_sm90(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight8: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Fused CUTLASS sm_90a GEMM + EVT epilogue. codes, qweight8 int8; u = sw, v = sw·zw,
+    w = sw·(Σqw − K·zw) fp32 [N]:  y = sx·(u·acc − (v·Σqx + w·zx)) + bias  (EPILOGUE.md).
+
+    CPU: the same algebra in float64 on an exact accumulator; tests hold it to
+    `core.reference.gemm_epilogue_ref`.
+    """
+    acc = codes.double() @ qweight8.double().t()
+    y = scale.double()[:, None] * (
+        u.double()[None, :] * acc
+        - (v.double()[None, :] * code_sum.double()[:, None]
+           + w.double()[None, :] * zero.double()[:, None]))
+    if bias is not None:
+        y = y + bias.double()[None, :]
+    return y.to(out_dtype)
+
+
+@w4a4_gemm_sm90.register_fake
+def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
+    return codes.new_empty((codes.shape[0], qweight8.shape[0]), dtype=out_dtype)
+
+
+@w4a4_gemm_sm90.register_kernel("cuda")
+def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
+    from .cutlass import w4a4_gemm_sm90_cuda
+
+    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype)
+
+
 @torch.library.custom_op("duquant::gemm_u4_sm80", mutates_args=())
 def gemm_u4_sm80(a_packed: torch.Tensor, b_packed: torch.Tensor) -> torch.Tensor:
     """a uint8 [M, K/2] · b uint8 [N, K/2]ᵀ, both checkpoint-packed 4-bit → int32 [M, N]."""

@@ -1,5 +1,8 @@
 """cutlass_ext builds with nvcc for sm_80 and sm_90a (compile-only: no GPU here), and the
-torch-free library loads through ctypes and reports both architectures. ~80 s on 2 cores."""
+torch-free library loads through ctypes and reports both architectures.
+
+The full build takes ~2.5 min on 2 cores (the fused sm_90a EVT kernel alone ~2 min), so it is
+marked `slow`; the sm_80-only build (~20 s) runs by default as a toolchain check."""
 
 from __future__ import annotations
 
@@ -16,12 +19,24 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "cutlass_ext" / "build.sh"
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
-def test_build_sm80_sm90a_and_load(tmp_path):
+def _build(tmp_path: Path, archs: str) -> subprocess.CompletedProcess:
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc not installed")
     pytest.importorskip("cutlass_library", reason="nvidia-cutlass wheel (CUTLASS headers) missing")
-    env = dict(os.environ, PYTHON=sys.executable, DUQUANT_ARCHS="80 90a")
-    r = subprocess.run(["bash", str(BUILD), str(tmp_path)], capture_output=True, text=True,
-                       env=env, timeout=900)
+    env = dict(os.environ, PYTHON=sys.executable, DUQUANT_ARCHS=archs)
+    return subprocess.run(["bash", str(BUILD), str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def test_build_sm80_only(tmp_path):
+    r = _build(tmp_path, "80")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert (tmp_path / "libduquant_ext.so").is_file()
+
+
+@pytest.mark.slow
+def test_build_sm80_sm90a_and_load(tmp_path):
+    r = _build(tmp_path, "80 90a")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     # -DNDEBUG keeps wgmma unserialized: ptxas warns C7510 otherwise.
     assert "C7510" not in r.stderr
@@ -32,5 +47,6 @@ def test_build_sm80_sm90a_and_load(tmp_path):
     except OSError as e:  # the CUDA runtime library is absent on some CPU machines
         pytest.skip(f"built, but cannot load without libcudart: {e}")
     assert lib.duquant_built_archs() == 3
-    for sym in ("duquant_gemm_s8s8s32_sm90", "duquant_gemm_u4u4s32_sm80"):
+    for sym in ("duquant_gemm_s8s8s32_sm90", "duquant_w4a4_gemm_sm90",
+                "duquant_gemm_u4u4s32_sm80"):
         assert hasattr(lib, sym)

@@ -79,6 +79,11 @@ def test_cutlass_kernel_layouts_end_to_end():
         y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero, p.weight_code_sum,
                             p.bias, 576, torch.float32)
         assert _rel(y, ref) < 1e-4, kern.name
+        if kern is CutlassSm90Kernel:  # the fused EVT op's algebra with prepare()'s u, v, w
+            y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"],
+                                                 p.extra["v"], p.extra["w"], p.bias,
+                                                 torch.float32)
+            assert _rel(y, ref) < 1e-4
 
 
 def test_prepare_rejects_mismatched_tensors():

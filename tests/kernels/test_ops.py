@@ -72,3 +72,20 @@ def test_opcheck_linear_ref():
             sqw, lin.bias, 4, 0.9)
     torch.library.opcheck(torch.ops.duquant.linear_ref.default, args)
     assert torch.equal(torch.ops.duquant.linear_ref(*args), w4a4_linear_ref(x, lin))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_fused_sm90_matches_reference(bias):
+    lin, x = _layer_args(bias=bias, seed=3)
+    t = lin.transform
+    q, s, z, qs = torch.ops.duquant.prologue(x, t.r1, t.r2, t.perm, inverse_perm(t.perm),
+                                             t.smooth, 4, 0.9)
+    qw = unpack_int4(lin.qweight)
+    sw, zw = lin.weight_scale.double(), lin.weight_zero.double()
+    sqw = qw.sum(-1, dtype=torch.int64).double()
+    u, v, w = sw.float(), (sw * zw).float(), (sw * (sqw - x.shape[1] * zw)).float()
+    args = (q, s, z, qs, qw.to(torch.int8), u, v, w, lin.bias, torch.float32)
+    torch.library.opcheck(torch.ops.duquant.w4a4_gemm_sm90.default, args)
+    y, ref = torch.ops.duquant.w4a4_gemm_sm90(*args).double(), w4a4_linear_ref(x, lin).double()
+    # u, v, w are rounded to fp32 and u·acc − v·Σqx cancels: ~1e-6 relative, not exact.
+    assert float((y - ref).norm() / ref.norm()) < 1e-5
