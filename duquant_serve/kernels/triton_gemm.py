@@ -35,6 +35,8 @@ def _w4a4_gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
+    """y = sx·sw·(Σ_k qx·qw − zw·Σqx − zx·(Σqw − K·zw)) + bias on one [BLOCK_M, BLOCK_N] tile,
+    weights read packed (grouped layout). Must match core.reference.gemm_epilogue_ref."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -96,7 +98,9 @@ def _epilogue_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Same epilogue on an int32 accumulator produced elsewhere (the CUTLASS GEMMs)."""
+    """Same epilogue on an int32 accumulator produced elsewhere (the CUTLASS int32 GEMMs):
+    y = sx·sw·(acc − zw·Σqx − zx·(Σqw − K·zw)) + bias. Must match
+    core.reference.gemm_epilogue_ref given acc = qx·qwᵀ."""
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = rm < M

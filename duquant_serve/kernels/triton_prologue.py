@@ -71,6 +71,8 @@ def _prologue_kernel(
     PRECISION: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
 ):
+    """Codes, scale, zero, Σq of x' = ((x/smooth)·BlockDiag(R1))[perm]·BlockDiag(R2) per token
+    (formula in the module docstring). Must match core.reference.prologue_ref."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     ROWS: tl.constexpr = BLOCK_M * CHUNK
