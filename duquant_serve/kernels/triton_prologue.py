@@ -12,7 +12,8 @@ Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
   phase 1  for each chunk of blocks: load x, divide by smooth, one tensor-core dot with R1 that
            treats (token, block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b] — then *scatter* the
            result through inv_perm into the program's own fp32 scratch rows. The scratch is sized
-           by the number of programs, not by M, so it stays L2-resident at any M.
+           by the number of programs, not by M (L2-sized for narrow inputs; at K=14336 and 16
+           tokens per program, one program per SM already needs 121 MB: see docs/kernels.md).
   barrier  (the gather crosses blocks, so every chunk must be written before any is read)
   phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max
   phase 3  per chunk: same load + dot again (one more dot instead of an L2 round trip of x',
@@ -230,7 +231,8 @@ def fused_prologue(
     if max_programs is None:
         if x.is_cuda:
             sms = _sm_count(x.device.index if x.device.index is not None else 0)
-            # Bound the scratch to ~16 MiB so it stays in L2 (50 MB on H100).
+            # At least one program per SM; more only while the scratch stays ~16 MiB (L2 is 50 MB
+            # on H100). Wide inputs exceed that at one per SM (docs/kernels.md).
             cap = max(sms, (16 << 20) // (block_m * c * 4))
             max_programs = min(cap, 8 * sms)
         else:
