@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -57,8 +58,10 @@ def start_server(checkpoint: str, seqlen: int, log_path: Path, extra: list[str])
 
 
 def stop_server(proc) -> None:
+    # SIGTERM to the API server only: it stops its engine processes itself (signalling the
+    # whole group at once kills the engine under it, and it logs an EngineDeadError).
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.terminate()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -79,6 +82,75 @@ def window_nll(client, model: str, window: list[int]) -> float:
     return nll / (len(window) - 1)
 
 
+def reference_window_nlls(checkpoint: str, windows, attention: str | None) -> list[float]:
+    """Per-window mean NLL of the offline reference model — the model and the expression of
+    `duquant eval` (offline_quant.evaluate: load_checkpoint_model + perplexity), kept per window.
+    `attention`: transformers attention implementation ("sdpa", "eager"; None = its default)."""
+    import torch
+
+    from offline_quant.evaluate import load_checkpoint_model
+
+    model, _, _ = load_checkpoint_model(checkpoint)
+    if attention is not None:
+        model.set_attn_implementation(attention)
+    out = []
+    with torch.no_grad():
+        for w in windows:
+            logits = model(input_ids=w.unsqueeze(0), use_cache=False).logits[0, :-1].float()
+            out.append(torch.nn.functional.cross_entropy(logits, w[1:]).double().item())
+    return out
+
+
+def layer_check(checkpoint: str) -> dict:
+    """In a fresh process: build a vLLM engine (in-process, eager) on the checkpoint, feed the
+    same random input to every DuQuant layer and to the checkpoint's core.reference linears."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import serve_ppl; serve_ppl._layer_check_main({checkpoint!r})")
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("LAYER_CHECK ")]
+    if proc.returncode or not line:
+        raise RuntimeError(f"layer check failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(line[-1].split(" ", 1)[1])
+
+
+def _layer_diffs(model) -> dict[str, float]:
+    import torch
+
+    from duquant_serve.checkpoint import load_checkpoint
+    from duquant_serve.core.reference import w4a4_linear_ref
+
+    ck = load_checkpoint(_CHECK_PATH)
+    fused = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for name, m in model.named_modules():
+        if getattr(m, "duquant_kernel", None) is None:
+            continue
+        parent, _, child = name.rpartition(".")
+        qs = [ck.linears[f"{parent}.{c}"] for c in fused.get(child, [child])]
+        x = torch.randn(7, qs[0].in_features, generator=gen) * 3  # x: [7, K] float32
+        got = m.duquant_kernel.apply(m.duquant_prepared, x)
+        want = torch.cat([w4a4_linear_ref(x, q) for q in qs], dim=-1)
+        out[name] = float((got - want).abs().max())
+    return out
+
+
+_CHECK_PATH = ""
+
+
+def _layer_check_main(checkpoint: str) -> None:
+    global _CHECK_PATH
+    _CHECK_PATH = checkpoint
+    from vllm import LLM
+
+    llm = LLM(model=checkpoint, dtype="float32", enforce_eager=True, max_model_len=256)
+    diffs = llm.apply_model(_layer_diffs)[0]
+    print("LAYER_CHECK " + json.dumps({"layers": len(diffs),
+                                        "max_abs_diff": max(diffs.values(), default=None)}))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -89,6 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-json", default=None,
                     help="reuse a `duquant eval --json` result of the same checkpoint/windows")
     ap.add_argument("--json", default=None, help="write the result here")
+    ap.add_argument("--server-log", default=None, help="server output (default: a temp file)")
+    ap.add_argument("--eager-attention-too", action="store_true",
+                    help="also score the reference with transformers' eager attention: how much "
+                         "a float-level implementation change alone moves the W4A4 perplexity")
+    ap.add_argument("--layer-check", action="store_true",
+                    help="also compare every DuQuant layer inside a vLLM engine with "
+                         "core.reference on identical inputs")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra option for `duquant serve` (repeatable), e.g. --server-arg=--dtype=float32")
     args = ap.parse_args(argv)
@@ -101,12 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     ck = str(Path(args.checkpoint).resolve())
     tok = AutoTokenizer.from_pretrained(ck)
     windows = eval_windows(tok, args.dataset, args.seqlen, args.limit)
-    result: dict = {"checkpoint": ck, "dataset": args.dataset, "seqlen": args.seqlen,
+    from duquant_serve.checkpoint import read_config
+
+    model_cfg, qcfg = read_config(ck)
+    result: dict = {"checkpoint": ck, "quantization_config": qcfg.to_dict(),
+                    "model_type": model_cfg.get("model_type"), "dataset": args.dataset,
+                    "seqlen": args.seqlen,
                     "windows": int(windows.shape[0]), "tokens": int(windows.numel()),
                     "host": platform.node(), "cpu_count": os.cpu_count()}
 
     proc = None
-    log_path = Path(args.json or "serve_ppl").with_suffix(".server.log")
+    log_path = Path(args.server_log or tempfile.mkstemp(prefix="serve_ppl-", suffix=".log")[1])
     try:
         if args.url:
             url, startup = args.url, None
@@ -134,11 +218,18 @@ def main(argv: list[str] | None = None) -> int:
         eval_ppl, eval_s = ev["results"][0]["ppl"], ev["results"][0]["seconds"]
         result["eval"] = {"ppl": eval_ppl, "seconds": eval_s, "source": args.eval_json}
     else:
-        from offline_quant.evaluate import evaluate
-
-        ev = evaluate(ck, args.dataset, args.seqlen, ["duquant"], args.limit, progress=False)
-        eval_ppl, eval_s = ev["results"][0]["ppl"], ev["results"][0]["seconds"]
-        result["eval"] = {"ppl": eval_ppl, "seconds": eval_s, "source": "duquant eval (in-process)"}
+        t = time.perf_counter()
+        nll = reference_window_nlls(ck, windows, None)
+        eval_ppl, eval_s = math.exp(sum(nll) / len(nll)), round(time.perf_counter() - t, 1)
+        result["eval"] = {"ppl": eval_ppl, "seconds": eval_s, "window_nll": nll,
+                          "source": "offline reference model of `duquant eval`, per window"}
+    if args.eager_attention_too:
+        nll = reference_window_nlls(ck, windows, "eager")
+        result["eval_eager_attention"] = {"ppl": math.exp(sum(nll) / len(nll)), "window_nll": nll}
+        print(f"reference with eager attention: ppl {result['eval_eager_attention']['ppl']:.4f}")
+    if args.layer_check:
+        result["layer_check"] = layer_check(ck)
+        print(f"layer check: {result['layer_check']}")
     rel = abs(serve_ppl - eval_ppl) / eval_ppl
     result["relative_difference"] = rel
     result["within_1_percent"] = rel <= 0.01
