@@ -257,7 +257,7 @@ def quantize_model(
             else:
                 tr = identity_transform(width, block)
                 if online:
-                    tr = InputTransform(tr.r1, tr.perm, tr.r2, sv)
+                    tr = InputTransform(tr.r1, tr.perm, tr.r2, sv, is_identity=True)
             timings["rotation_permutation"] += time.perf_counter() - t
             with torch.no_grad():
                 site_reports[s.name] = {

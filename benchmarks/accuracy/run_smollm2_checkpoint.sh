@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-LIMIT=${LIMIT:-32}
+LIMIT=${LIMIT:-8}
 DATA=${DATA:-../shared/data/wikitext2/test.joined.txt}
 CALIB=${CALIB:-../shared/data/wikitext2/valid.tokenized.txt}
 OUT=benchmarks/accuracy

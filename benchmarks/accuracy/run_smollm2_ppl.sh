@@ -4,11 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
-LIMIT=${LIMIT:-32}
+LIMIT=${LIMIT:-8}
 DATA=${DATA:-../shared/data/wikitext2/test.joined.txt}
 CALIB=${CALIB:-../shared/data/wikitext2/valid.tokenized.txt}
 OUT=benchmarks/accuracy
 $PY -m duquant_serve.cli -q eval smollm2 --dataset "$DATA" --seqlen 2048 --limit "$LIMIT" \
-  --methods fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc --calib "$CALIB" \
+  --methods hadamard,duquant,duquant-lwc,fp16,rtn,smoothquant --calib "$CALIB" \
   --json "$OUT/smollm2_methods.json"
 # The real checkpoint: run_smollm2_checkpoint.sh

@@ -219,6 +219,9 @@ class InputTransform:
     perm: torch.Tensor
     r2: torch.Tensor
     smooth: torch.Tensor | None = None
+    # Set by identity_transform (the rtn/smoothquant baselines): rotations are I, perm is arange,
+    # so apply() skips them. Never set for checkpoint transforms.
+    is_identity: bool = False
 
     @property
     def width(self) -> int:
@@ -234,17 +237,21 @@ class InputTransform:
             raise TransformError(f"input width {x.shape[-1]} != transform width {self.width}")
         if self.smooth is not None:
             x = x / self.smooth.to(x)
+        if self.is_identity:
+            return x
         return rotate_permute_rotate(x, self.r1, self.perm, self.r2)
 
     def apply_to_weight(self, w: torch.Tensor) -> torch.Tensor:
         """w [N, C] → w' with x'·w'ᵀ = x·wᵀ (smoothing multiplies where activations divide)."""
         if self.smooth is not None:
             w = w * self.smooth.to(w)
+        if self.is_identity:
+            return w
         return rotate_permute_rotate(w, self.r1, self.perm, self.r2)
 
     def to(self, device: torch.device | str) -> InputTransform:
         mv = (lambda t: None if t is None else t.to(device))  # noqa: E731
-        return InputTransform(mv(self.r1), mv(self.perm), mv(self.r2), mv(self.smooth))
+        return InputTransform(mv(self.r1), mv(self.perm), mv(self.r2), mv(self.smooth), self.is_identity)
 
     def first_difference(self, other: InputTransform) -> str | None:
         """Name of the first component that differs ("rot1", "perm", "rot2", "smooth"), or None.
@@ -265,7 +272,7 @@ class InputTransform:
 
 def identity_transform(width: int, block: int) -> InputTransform:
     eye = torch.eye(block)
-    return InputTransform(eye, torch.arange(width), eye.clone())
+    return InputTransform(eye, torch.arange(width), eye.clone(), is_identity=True)
 
 
 def hadamard_transform(width: int, block: int) -> InputTransform:
