@@ -137,14 +137,16 @@ def server(dq_checkpoint, tmp_path_factory):
         print(f"\nserver healthy after {time.perf_counter() - t0:.1f}s")
         yield base
     finally:
-        # Our own process group only (start_new_session): the server and its engine process.
+        # SIGTERM to the API server (what a supervisor sends): vLLM stops its engine processes
+        # itself. Only if it hangs, kill our own process group (start_new_session).
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            proc.terminate()
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        assert "EngineDeadError" not in (d / "server.log").read_text()
         log.close()
 
 
