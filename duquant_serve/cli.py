@@ -18,7 +18,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=128,
                    help="rotation block; per layer the largest power of two <= this dividing the width")
     g.add_argument("--steps", type=int, default=256, help="greedy rotation steps N")
-    g.add_argument("--alpha", type=float, default=None, help="smoothing alpha (0.6; 0.5 with --lwc)")
+    g.add_argument("--alpha", type=float, default=0.6, help="smoothing alpha (paper: 0.6; 0.5 with LWC)")
     g.add_argument("--act-clip", type=float, default=0.9)
     g.add_argument("--weight-clip", type=float, default=0.8)
     g.add_argument("--permutation", choices=("zigzag", "none"), default="zigzag")
@@ -37,11 +37,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
 def _qcfg(args, lwc: bool):
     from duquant_serve.core.config import DuQuantConfig
 
-    alpha = args.alpha if args.alpha is not None else (0.5 if lwc else 0.6)
     return DuQuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
         rotation_steps=args.steps, permutation=args.permutation,
-        channel_select=args.channel_select, smooth_alpha=alpha, act_clip_ratio=args.act_clip,
+        channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=lwc, tp_shards=args.tp_shards, seed=args.seed)
 
 

@@ -35,7 +35,7 @@ def learn_clip_factors(
     init_ratio: float,
     epochs: int = 20,
     lr: float = 1e-2,
-    batch: int = 512,
+    batch: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """w_t [N, K] weight in the transformed basis; x_q [S, K] quantized transformed activations;
     target [S, N] 16-bit outputs (without bias) → (lo_factor, hi_factor) [N] in (0, 1).
