@@ -49,6 +49,17 @@ def _triton_missing() -> str | None:
     return None if importlib.util.find_spec("triton") else "triton is not installed"
 
 
+def _cutlass_missing(arch: str) -> str | None:
+    """Why libduquant_ext.so cannot serve `arch` ("sm90a", "sm80"), or None."""
+    from .cutlass import built_archs, load_error
+
+    if load_error():
+        return load_error()
+    if arch not in built_archs():
+        return f"libduquant_ext.so was built without {arch}"
+    return None
+
+
 class TorchRefKernel(LinearKernel):
     """`core.reference` as one custom op: any device, exact, slow. CPU serving and CI."""
 
@@ -143,16 +154,8 @@ class CutlassSm90Kernel(LinearKernel):
             return False, f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
         if spec.in_features % 16 or spec.out_features % 8:
             return False, "needs K % 16 == 0 and N % 8 == 0 (TMA alignment)"
-        why = _unvalidated(cls)
-        if why:
-            return False, why
-        from .cutlass import built_archs, load_error
-
-        if load_error():
-            return False, load_error()
-        if "sm90a" not in built_archs():
-            return False, "libduquant_ext.so was built without sm_90a"
-        return True, None
+        why = _unvalidated(cls) or _cutlass_missing("sm90a")
+        return (False, why) if why else (True, None)
 
     @classmethod
     def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
@@ -198,16 +201,8 @@ class CutlassSm80Kernel(LinearKernel):
             return False, f"int4 mma.sync path is for sm_80..sm_89, device is sm_{spec.capability}"
         if spec.in_features % 32 or spec.out_features % 4:
             return False, "needs K % 32 == 0 and N % 4 == 0 (128-bit alignment of 4-bit rows)"
-        why = _unvalidated(cls)
-        if why:
-            return False, why
-        from .cutlass import built_archs, load_error
-
-        if load_error():
-            return False, load_error()
-        if "sm80" not in built_archs():
-            return False, "libduquant_ext.so was built without sm_80"
-        return True, None
+        why = _unvalidated(cls) or _cutlass_missing("sm80")
+        return (False, why) if why else (True, None)
 
     @classmethod
     def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
