@@ -25,6 +25,7 @@ COPY cutlass_ext ./cutlass_ext
 COPY deploy/install.sh ./deploy/install.sh
 RUN PYTHON=python3 bash deploy/install.sh package
 COPY --from=kernels /opt/duquant/lib/libduquant_ext.so /opt/duquant/lib/libduquant_ext.so
+COPY deploy/entrypoint.sh /usr/local/bin/duquant-entrypoint
 RUN useradd --create-home --uid 1000 duquant
 ENV DUQUANT_EXT_LIB=/opt/duquant/lib/libduquant_ext.so \
     HF_HOME=/home/duquant/.cache/huggingface \
@@ -35,5 +36,5 @@ WORKDIR /home/duquant
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
-ENTRYPOINT ["duquant", "serve"]
+ENTRYPOINT ["/usr/local/bin/duquant-entrypoint"]
 CMD ["/model"]

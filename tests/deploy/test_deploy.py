@@ -38,7 +38,9 @@ def test_dockerfile_builds_on_the_pinned_vllm_image_and_runs_unprivileged():
     user = re.findall(r"^USER (\S+)", DOCKERFILE, re.M)
     assert user and user[-1] not in ("root", "0")
     assert "HEALTHCHECK" in DOCKERFILE and "/health" in DOCKERFILE
-    assert 'ENTRYPOINT ["duquant", "serve"]' in DOCKERFILE
+    assert 'ENTRYPOINT ["/usr/local/bin/duquant-entrypoint"]' in DOCKERFILE
+    entry = (ROOT / "deploy/entrypoint.sh").read_text()
+    assert 'exec duquant serve "$model" --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" "$@"' in entry
     assert "deploy/install.sh kernels" in DOCKERFILE and "deploy/install.sh package" in DOCKERFILE
 
 
@@ -65,3 +67,16 @@ def test_install_script_compiles_the_kernels(tmp_path):
                        capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/local/bin:/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "libduquant_ext.so").stat().st_size > 0
+
+
+def test_entrypoint_defaults_and_user_overrides(tmp_path):
+    stub = tmp_path / "duquant"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    run = lambda *a: subprocess.run(["sh", str(ROOT / "deploy/entrypoint.sh"), *a], env=env,  # noqa: E731
+                                    capture_output=True, text=True, check=True).stdout.split()
+    assert run() == ["serve", "/model", "--host", "0.0.0.0", "--port", "8000"]
+    # User options come last, so vLLM's argparse keeps them over the defaults.
+    assert run("/ckpt", "--port", "9000")[-2:] == ["--port", "9000"]
+    assert run("/ckpt")[1] == "/ckpt"
