@@ -92,7 +92,6 @@ class LinearKernel(abc.ABC):
         """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
 
     @classmethod
-    @abc.abstractmethod
     def prepare(
         cls,
         spec: LayerSpec,
@@ -104,7 +103,12 @@ class LinearKernel(abc.ABC):
         act_clip_ratio: float,
         device: torch.device | str | None = None,
     ) -> PreparedLinear:
-        """Checkpoint layout (module docstring) → kernel layout, on `device`. Called once."""
+        """Checkpoint layout (module docstring) → kernel layout, on `device`. Called once.
+
+        Default: the weights stay in the checkpoint's packed layout; kernels that want another
+        layout override this."""
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, qweight)
 
     @classmethod
     @abc.abstractmethod

@@ -78,9 +78,9 @@ class TorchRefKernel(LinearKernel):
                 weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
-        # Checkpoint layout is the reference layout: no repacking.
+        # Unpacked once here: CPU serving runs this kernel on every forward.
         return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, qweight)
+                              act_clip_ratio, device, unpack_int4(qweight.cpu()))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -204,13 +204,7 @@ class CutlassSm80Kernel(LinearKernel):
         why = _unvalidated(cls) or _cutlass_missing("sm80")
         return (False, why) if why else (True, None)
 
-    @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, qweight)
+    # prepare: the base class's (weights stay in the checkpoint's packed layout).
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:

@@ -254,7 +254,7 @@ def linear_ref(
     r2: torch.Tensor,
     perm: torch.Tensor,
     smooth: torch.Tensor | None,
-    qweight: torch.Tensor,
+    weight_codes: torch.Tensor,
     weight_scale: torch.Tensor,
     weight_zero: torch.Tensor,
     weight_code_sum: torch.Tensor,
@@ -262,18 +262,19 @@ def linear_ref(
     a_bits: int,
     clip_ratio: float,
 ) -> torch.Tensor:
-    """x [M, K] → y [M, N] in x's dtype: `prologue_ref` then `gemm_epilogue_ref` (exact)."""
+    """x [M, K] → y [M, N] in x's dtype: `prologue_ref` then `gemm_epilogue_ref` (exact).
+
+    weight_codes: uint8 [N, K], unpacked once by the kernel's prepare (not per call)."""
     t = InputTransform(r1, perm, r2, smooth)
     qx, sx, zx, sqx = prologue_ref(x, t, a_bits, clip_ratio)
-    qw = unpack_int4(qweight)
-    return gemm_epilogue_ref(qx, sx, zx, sqx, qw, weight_scale, weight_zero, weight_code_sum,
+    return gemm_epilogue_ref(qx, sx, zx, sqx, weight_codes, weight_scale, weight_zero, weight_code_sum,
                              bias, x.dtype)
 
 
 @linear_ref.register_fake
-def _(x, r1, r2, perm, smooth, qweight, weight_scale, weight_zero, weight_code_sum, bias, a_bits,
-      clip_ratio):
-    return x.new_empty((x.shape[0], qweight.shape[0]))
+def _(x, r1, r2, perm, smooth, weight_codes, weight_scale, weight_zero, weight_code_sum, bias,
+      a_bits, clip_ratio):
+    return x.new_empty((x.shape[0], weight_codes.shape[0]))
 
 
 # ---------------------------------------------------------------------------------------------

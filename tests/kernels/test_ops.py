@@ -67,8 +67,9 @@ def test_opcheck_sm80_gemm_and_pack_codes():
 def test_opcheck_linear_ref():
     lin, x = _layer_args()
     t = lin.transform
-    sqw = unpack_int4(lin.qweight).sum(-1, dtype=torch.int32)
-    args = (x, t.r1, t.r2, t.perm, t.smooth, lin.qweight, lin.weight_scale, lin.weight_zero,
+    codes = unpack_int4(lin.qweight)
+    sqw = codes.sum(-1, dtype=torch.int32)
+    args = (x, t.r1, t.r2, t.perm, t.smooth, codes, lin.weight_scale, lin.weight_zero,
             sqw, lin.bias, 4, 0.9)
     torch.library.opcheck(torch.ops.duquant.linear_ref.default, args)
     assert torch.equal(torch.ops.duquant.linear_ref(*args), w4a4_linear_ref(x, lin))
