@@ -244,16 +244,20 @@ def _is_quantized(module: str, qcfg: DuQuantConfig) -> bool:
     return not any(module == s or module.endswith("." + s) for s in qcfg.modules_not_quantized)
 
 
-def _err(tensor: str, problem: str) -> CheckpointError:
-    return CheckpointError(f"tensor {tensor}: {problem}")
+def tensor_error(tensor: str, problem: str, prefix: str = "") -> CheckpointError:
+    """The one shape of a refusal: "<prefix>tensor <name>: <problem>"."""
+    return CheckpointError(f"{prefix}tensor {tensor}: {problem}")
 
 
-def _check(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 prefix: str = "") -> None:
+    """Refuse a tensor of the wrong dtype or shape, naming it (checkpoint loader and plugin)."""
     if t.dtype != dtype:
-        raise _err(name, f"dtype {str(t.dtype).replace('torch.', '')}, expected "
-                         f"{str(dtype).replace('torch.', '')}")
+        raise tensor_error(name, f"dtype {str(t.dtype).replace('torch.', '')}, expected "
+                                 f"{str(dtype).replace('torch.', '')}", prefix)
     if tuple(t.shape) != tuple(shape):
-        raise _err(name, f"shape {list(t.shape)}, expected {list(shape)}")
+        raise tensor_error(name, f"shape {list(t.shape)}, expected {list(shape)}", prefix)
+
 
 
 def _linear_from_tensors(
@@ -261,46 +265,46 @@ def _linear_from_tensors(
 ) -> QuantizedLinear:
     for suf in QUANT_SUFFIXES:
         if f"{m}.{suf}" not in tensors:
-            raise _err(f"{m}.{suf}", "missing")
+            raise tensor_error(f"{m}.{suf}", "missing")
     qw = tensors[f"{m}.qweight"]
-    _check(qw, f"{m}.qweight", (n, packed_in_features(k, qcfg.w_bits)), torch.uint8)
+    check_tensor(qw, f"{m}.qweight", (n, packed_in_features(k, qcfg.w_bits)), torch.uint8)
     if qcfg.w_bits <= 4 and k % 2:
-        raise _err(f"{m}.qweight", f"input dim {k} is odd and cannot hold packed 4-bit pairs")
+        raise tensor_error(f"{m}.qweight", f"input dim {k} is odd and cannot hold packed 4-bit pairs")
     if 4 < qcfg.w_bits < 8 and qw.numel() and int(qw.max()) >= 1 << qcfg.w_bits:
-        raise _err(f"{m}.qweight", f"code {int(qw.max())} exceeds {qcfg.w_bits} bits")
+        raise tensor_error(f"{m}.qweight", f"code {int(qw.max())} exceeds {qcfg.w_bits} bits")
     scale, zero = tensors[f"{m}.weight_scale"], tensors[f"{m}.weight_zero"]
-    _check(scale, f"{m}.weight_scale", (n,), torch.float32)
-    _check(zero, f"{m}.weight_zero", (n,), torch.float32)
+    check_tensor(scale, f"{m}.weight_scale", (n,), torch.float32)
+    check_tensor(zero, f"{m}.weight_zero", (n,), torch.float32)
     if not torch.isfinite(scale).all() or (scale <= 0).any():
-        raise _err(f"{m}.weight_scale", "non-finite or non-positive scales")
+        raise tensor_error(f"{m}.weight_scale", "non-finite or non-positive scales")
     if not torch.isfinite(zero).all() or not torch.equal(zero, zero.round()):
-        raise _err(f"{m}.weight_zero", "zero points must be finite integers")
+        raise tensor_error(f"{m}.weight_zero", "zero points must be finite integers")
     r1, r2 = tensors[f"{m}.input_rot1"], tensors[f"{m}.input_rot2"]
     b = r1.shape[0] if r1.dim() == 2 else -1
     if b < 1 or b & (b - 1):
-        raise _err(f"{m}.input_rot1", f"shape {list(r1.shape)} is not a square power-of-two block")
+        raise tensor_error(f"{m}.input_rot1", f"shape {list(r1.shape)} is not a square power-of-two block")
     shards = qcfg.tp_shards if row_parallel else 1
     if k % (b * shards):
-        raise _err(f"{m}.input_rot1", f"block {b} does not divide the input width {k}"
+        raise tensor_error(f"{m}.input_rot1", f"block {b} does not divide the input width {k}"
                                       + (f" in {shards} shards" if shards > 1 else ""))
     for nm, r in ((f"{m}.input_rot1", r1), (f"{m}.input_rot2", r2)):
-        _check(r, nm, (b, b), torch.float32)
+        check_tensor(r, nm, (b, b), torch.float32)
         if not torch.isfinite(r).all():
-            raise _err(nm, "non-finite values")
+            raise tensor_error(nm, "non-finite values")
         e = orthogonality_error(r)
         if e > ORTHO_TOL:
-            raise _err(nm, f"rotation is not orthogonal (max |R·Rᵀ − I| = {e:.2e})")
+            raise tensor_error(nm, f"rotation is not orthogonal (max |R·Rᵀ − I| = {e:.2e})")
     perm = tensors[f"{m}.input_perm"]
-    _check(perm, f"{m}.input_perm", (k,), torch.int32)
+    check_tensor(perm, f"{m}.input_perm", (k,), torch.int32)
     if not is_permutation(perm, k):
-        raise _err(f"{m}.input_perm", f"not a permutation of 0..{k - 1}")
+        raise tensor_error(f"{m}.input_perm", f"not a permutation of 0..{k - 1}")
     if shards > 1 and not permutation_respects_shards(perm, shards):
-        raise _err(f"{m}.input_perm", f"moves channels across the {shards} tensor-parallel shards")
+        raise tensor_error(f"{m}.input_perm", f"moves channels across the {shards} tensor-parallel shards")
     smooth = tensors.get(f"{m}.input_smooth")
     if smooth is not None:
-        _check(smooth, f"{m}.input_smooth", (k,), torch.float32)
+        check_tensor(smooth, f"{m}.input_smooth", (k,), torch.float32)
         if not torch.isfinite(smooth).all() or (smooth <= 0).any():
-            raise _err(f"{m}.input_smooth", "smoothing factors must be finite and positive")
+            raise tensor_error(f"{m}.input_smooth", "smoothing factors must be finite and positive")
     bias = tensors.get(f"{m}.bias")
     return QuantizedLinear(
         qweight=qw, weight_scale=scale, weight_zero=zero,
@@ -329,26 +333,27 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             bias_shape = expected.get(f"{mod}.bias", (None, False))[0]
             if bias_shape is not None:
                 if q.bias is None:
-                    raise _err(f"{mod}.bias", "missing")
+                    raise tensor_error(f"{mod}.bias", "missing")
                 if tuple(q.bias.shape) != bias_shape:
-                    raise _err(f"{mod}.bias", f"shape {list(q.bias.shape)}, expected {list(bias_shape)}")
+                    raise tensor_error(f"{mod}.bias",
+                                       f"shape {list(q.bias.shape)}, expected {list(bias_shape)}")
             linears[mod] = q
             consumed.update(f"{mod}.{s}" for s in QUANT_SUFFIXES + OPTIONAL_SUFFIXES + ("bias",))
             continue
         if pname in consumed:
             continue
         if pname not in tensors:
-            raise _err(pname, "missing")
+            raise tensor_error(pname, "missing")
         t = tensors[pname]
         if tuple(t.shape) != shape:
-            raise _err(pname, f"shape {list(t.shape)}, expected {list(shape)}")
+            raise tensor_error(pname, f"shape {list(t.shape)}, expected {list(shape)}")
         if not t.is_floating_point():
-            raise _err(pname, f"dtype {t.dtype} is not floating point")
+            raise tensor_error(pname, f"dtype {t.dtype} is not floating point")
         others[pname] = t
         consumed.add(pname)
     extra = sorted(set(tensors) - consumed)
     if extra:
-        raise _err(extra[0], "unexpected (not a parameter of this model)"
+        raise tensor_error(extra[0], "unexpected (not a parameter of this model)"
                    + (f"; {len(extra) - 1} more" if len(extra) > 1 else ""))
     layer_prefixes = sorted({m.rsplit(".", 2)[0] for m in linears if ".layers." in m})
     for prefix in layer_prefixes:
@@ -357,7 +362,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             for other in names[1:]:
                 diff = linears[other].transform.first_difference(linears[names[0]].transform)
                 if diff is not None:
-                    raise _err(f"{other}.input_{diff}",
+                    raise tensor_error(f"{other}.input_{diff}",
                                f"fused input transform differs from {names[0]} (vLLM fuses these "
                                "linears, so they must share one transform)")
     return Checkpoint(p, model_config, qcfg, linears, others)

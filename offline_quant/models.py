@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -72,10 +71,6 @@ def check_supported(config) -> None:
         )
     if getattr(config, "num_experts", 0) or getattr(config, "num_local_experts", 0):
         raise ModelLoadError(f"mixture-of-experts {mt} models are not supported")
-
-
-def get_submodule(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    return root.get_submodule(path)
 
 
 def find_default_gguf(install: bool = True) -> Path:
@@ -154,7 +149,3 @@ def load_model(source: str, dtype: torch.dtype = torch.float32):
 def source_description(source: str) -> str:
     directory, gguf = resolve_source(source)
     return str(directory / gguf) if gguf else str(directory)
-
-
-def num_threads_hint() -> int:
-    return max(1, len(os.sched_getaffinity(0)))

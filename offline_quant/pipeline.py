@@ -118,8 +118,8 @@ class _SiteStats:
         self.count += x.shape[0]
         if self.sample_tokens < self.max_tokens:
             flat = x.reshape(-1, x.shape[-1])
+            # The first max_tokens tokens in calibration order (windows are random already).
             take = flat[: self.max_tokens - self.sample_tokens]
-            # Spread the sample over samples: take every other row of the first batches.
             self.sample.append(take.clone())
             self.sample_tokens += take.shape[0]
 

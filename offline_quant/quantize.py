@@ -14,7 +14,7 @@ from duquant_serve.checkpoint import write_checkpoint
 from duquant_serve.core.config import DuQuantConfig
 
 from .calibration import calibration_windows
-from .models import load_config, load_model, source_description
+from .models import load_model, source_description
 from .pipeline import PipelineOptions, quantize_model
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def quantize_to_checkpoint(
         opts.method = "duquant-lwc"
     times: dict[str, float] = {}
     t = time.perf_counter()
-    load_config(source)  # fail on an unsupported architecture before loading weights
-    model, tok = load_model(source)
+    model, tok = load_model(source)  # checks the architecture before loading weights
     times["load_model"] = time.perf_counter() - t
     t = time.perf_counter()
     ids = calibration_windows(tok, calib.source, calib.nsamples, calib.seqlen, calib.seed,

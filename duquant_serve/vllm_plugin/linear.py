@@ -22,6 +22,7 @@ process_weights_after_loading checks every tensor arrived, picks the kernel with
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ from vllm.model_executor.layers.linear import (
 )
 from vllm.model_executor.utils import set_weight_attrs
 
-from ..checkpoint import CheckpointError
+from ..checkpoint import CheckpointError, check_tensor, tensor_error
 from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec
 from ..kernels.select import choose_kernel
@@ -75,16 +76,9 @@ class _LayerState:
         return f"{self.shard_modules[shard]}.{param}"
 
 
-def _err(tensor: str, problem: str) -> CheckpointError:
-    return CheckpointError(f"duquant: tensor {tensor}: {problem}")
-
-
-def _check(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
-    if t.dtype != dtype:
-        raise _err(name, f"dtype {str(t.dtype).removeprefix('torch.')}, expected "
-                         f"{str(dtype).removeprefix('torch.')}")
-    if tuple(t.shape) != tuple(shape):
-        raise _err(name, f"shape {list(t.shape)}, expected {list(shape)}")
+# Same refusal shape as the offline loader, marked as coming from the plugin.
+_err = functools.partial(tensor_error, prefix="duquant: ")
+_check = functools.partial(check_tensor, prefix="duquant: ")
 
 
 class DuQuantLinearMethod(LinearMethodBase):
