@@ -3,15 +3,7 @@
 # it, and evaluate the real checkpoint (integer reference path) on the same windows as
 # run_smollm2_ppl.sh.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-.venv/bin/python}
-# One thread per process: the greedy rotation search is hundreds of small matmuls whose OpenMP
-# barriers spin badly when other jobs share the cores; set OMP_NUM_THREADS higher on a quiet box.
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-LIMIT=${LIMIT:-8}
-DATA=${DATA:-../shared/data/wikitext2/test.joined.txt}
-CALIB=${CALIB:-../shared/data/wikitext2/valid.tokenized.txt}
-OUT=benchmarks/accuracy
+source "$(dirname "$0")/_env.sh"
 rm -rf artifacts/smollm2-w4a4
 /usr/bin/time -v $PY -m duquant_serve.cli -q quantize smollm2 --out artifacts/smollm2-w4a4 --calib "$CALIB" \
   2> "$OUT/smollm2_quantize_time.txt"
