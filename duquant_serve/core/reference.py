@@ -92,6 +92,33 @@ def prologue_ref(
     return q, s, z, q.sum(dim=-1, dtype=torch.int32)
 
 
+def epilogue_ref(
+    acc: torch.Tensor,
+    sx: torch.Tensor,
+    zx: torch.Tensor,
+    sum_qx: torch.Tensor,
+    sw: torch.Tensor,
+    zw: torch.Tensor,
+    sum_qw: torch.Tensor,
+    bias: torch.Tensor | None,
+    k: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Integer accumulator acc [M, N] → sx·sw·(acc − zw·Σqx − zx·Σqw + k·zx·zw) + bias.
+
+    Every term is an integer until the scales multiply in, so float64 keeps it exact."""
+    bracket = (
+        acc.double()
+        - zw.double().unsqueeze(0) * sum_qx.double().unsqueeze(1)
+        - zx.double().unsqueeze(1) * sum_qw.double().unsqueeze(0)
+        + k * zx.double().unsqueeze(1) * zw.double().unsqueeze(0)
+    )
+    y = sx.double().unsqueeze(1) * sw.double().unsqueeze(0) * bracket
+    if bias is not None:
+        y = y + bias.double().unsqueeze(0)
+    return y.to(out_dtype)
+
+
 def gemm_epilogue_ref(
     qx: torch.Tensor,
     sx: torch.Tensor,
@@ -105,21 +132,11 @@ def gemm_epilogue_ref(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """Integer GEMM + scale/zero-point epilogue. qx [M, K], qw [N, K] unpacked codes → [M, N]."""
-    k = qx.shape[-1]
     # fp32 products of small integers are exact while every partial sum stays below 2^24.
-    bound = k * int(qx.max()) * int(qw.max()) if qx.numel() and qw.numel() else 0
+    bound = qx.shape[-1] * int(qx.max()) * int(qw.max()) if qx.numel() and qw.numel() else 0
     acc_dtype = torch.float32 if bound < 2**24 else torch.float64
     acc = qx.to(acc_dtype) @ qw.to(acc_dtype).t()
-    bracket = (
-        acc.double()
-        - zw.double().unsqueeze(0) * sum_qx.double().unsqueeze(1)
-        - zx.double().unsqueeze(1) * sum_qw.double().unsqueeze(0)
-        + k * zx.double().unsqueeze(1) * zw.double().unsqueeze(0)
-    )
-    y = sx.double().unsqueeze(1) * sw.double().unsqueeze(0) * bracket
-    if bias is not None:
-        y = y + bias.double().unsqueeze(0)
-    return y.to(out_dtype)
+    return epilogue_ref(acc, sx, zx, sum_qx, sw, zw, sum_qw, bias, qx.shape[-1], out_dtype)
 
 
 def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:

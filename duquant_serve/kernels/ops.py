@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..core.pack import unpack_int4
-from ..core.reference import gemm_epilogue_ref, prologue_ref
+from ..core.reference import epilogue_ref, gemm_epilogue_ref, prologue_ref
 from ..core.transform import InputTransform
 from .layout import unpack_int4_grouped
 
@@ -129,17 +129,8 @@ def epilogue(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """acc int32 [M, N] → sx·sw·(acc − zw·Σqx − zx·Σqw + k·zx·zw) + bias (EPILOGUE.md)."""
-    a = acc.double()
-    bracket = (
-        a
-        - weight_zero.double()[None, :] * code_sum.double()[:, None]
-        - zero.double()[:, None] * weight_code_sum.double()[None, :]
-        + k * zero.double()[:, None] * weight_zero.double()[None, :]
-    )
-    y = scale.double()[:, None] * weight_scale.double()[None, :] * bracket
-    if bias is not None:
-        y = y + bias.double()[None, :]
-    return y.to(out_dtype)
+    return epilogue_ref(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
+                        bias, k, out_dtype)
 
 
 @epilogue.register_fake
