@@ -146,8 +146,12 @@ def server(dq_checkpoint, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        assert "EngineDeadError" not in (d / "server.log").read_text()
         log.close()
+        # The engine must not have died while serving. After SIGTERM, vLLM's default shutdown
+        # (mode=abort, timeout 0) force-kills the engine and may log EngineDeadError in the race:
+        # that is vLLM's shutdown ordering, not a failure of ours.
+        served = (d / "server.log").read_text().split("[shutdown] API server: shutdown triggered")[0]
+        assert "EngineDeadError" not in served
 
 
 @pytest.fixture(scope="module")
