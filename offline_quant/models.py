@@ -149,3 +149,44 @@ def load_model(source: str, dtype: torch.dtype = torch.float32):
 def source_description(source: str) -> str:
     directory, gguf = resolve_source(source)
     return str(directory / gguf) if gguf else str(directory)
+
+
+EXPORT_MARKER = "duquant_export.json"
+
+
+def export_hf_model(source: str, out_dir: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Write `source` (`smollm2`, a `.gguf` file or an HF directory) as a plain HF directory
+    (safetensors, tokenizer, generation config) that vLLM serves as an unquantized model: the
+    16-bit baseline of a DuQuant checkpoint. A GGUF is dequantized exactly as `load_model` does
+    for `duquant quantize`/`duquant eval`, so all three see the same weights.
+
+    A cache: if `out_dir` already holds an export of the same source and dtype it is returned
+    as is; a directory that holds anything else is refused, never overwritten. The directory
+    appears complete or not at all (written beside it, then renamed)."""
+    import json
+    import shutil
+    import tempfile
+
+    out = Path(out_dir).resolve()
+    want = {"source": source_description(source), "dtype": str(dtype).removeprefix("torch.")}
+    marker = out / EXPORT_MARKER
+    if out.exists():
+        if marker.is_file() and json.loads(marker.read_text()) == want:
+            return out
+        raise FileExistsError(f"{str(out)!r} exists and is not an export of {want}; remove it")
+    model, tok = load_model(source, dtype=dtype)
+    # A GGUF load leaves transformers' GGUF quantizer attached although every tensor is
+    # already a plain dequantized float; it would refuse save_pretrained.
+    model.hf_quantizer = None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        marker_tmp = tmp / EXPORT_MARKER
+        marker_tmp.write_text(json.dumps(want, indent=2))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
