@@ -1,6 +1,6 @@
 """The DuQuant checkpoint: write atomically, read, and refuse anything that cannot be trusted.
 
-Layout (format_version 1) — a Hugging Face model directory:
+Layout (format_version 2) — a Hugging Face model directory:
   config.json            the model's config + quantization_config (DuQuantConfig.to_dict())
   model.safetensors      (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
   tokenizer files, generation_config.json, duquant_report.json (offline pipeline report)
@@ -16,6 +16,8 @@ Per quantized linear <m> (Hugging Face module name), N outputs, K inputs, block 
   <m>.bias           model dtype [N]  where the model has one
 Fused inputs (q/k/v, gate/up) must carry identical transforms. Every other tensor is the 16-bit
 model's own (embeddings, norms with smoothing folded in, lm_head unless tied).
+Row-parallel linears (o_proj, down_proj) quantize activations per token within each of the
+tp_shards input shards (core/reference.py); the tensors are the same as for one shard.
 """
 
 from __future__ import annotations
@@ -309,7 +311,8 @@ def _linear_from_tensors(
     return QuantizedLinear(
         qweight=qw, weight_scale=scale, weight_zero=zero,
         transform=InputTransform(r1, perm.long(), r2, smooth), bias=bias,
-        w_bits=qcfg.w_bits, a_bits=qcfg.a_bits, act_clip_ratio=qcfg.act_clip_ratio)
+        w_bits=qcfg.w_bits, a_bits=qcfg.a_bits, act_clip_ratio=qcfg.act_clip_ratio,
+        act_groups=shards)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -25,7 +25,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--channel-select", choices=("column", "row"), default="column",
                    help="greedy outlier channel: paper ('column') or reference-code quirk ('row')")
     g.add_argument("--tp-shards", type=int, default=1,
-                   help="row-parallel permutations stay within this many shards (serve TP | N)")
+                   help="row-parallel permutations and activation ranges stay within this many "
+                        "input shards: any tensor-parallel size dividing N serves it identically")
     g.add_argument("--seed", type=int, default=0)
     c = p.add_argument_group("calibration")
     c.add_argument("--calib", default="random",

@@ -277,7 +277,7 @@ def quantize_model(
                     t = time.perf_counter()
                     with torch.no_grad():
                         x_t = tr.apply(arriving)
-                        x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio)
+                        x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
                         target = arriving @ lin.weight.float().t()
                     with torch.enable_grad():
                         lo_f, hi_f = learn_clip_factors(
@@ -287,7 +287,7 @@ def quantize_model(
                 t = time.perf_counter()
                 q = quantize_linear(
                     w_t, tr, lin.bias, cfg.w_bits, cfg.a_bits, cfg.weight_clip_ratio,
-                    cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f)
+                    cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=shards)
                 linears[full] = q
                 parent_name, _, child = name.rpartition(".")
                 setattr(layer.get_submodule(parent_name), child, QuantLinearModule(q, "fake"))

@@ -33,6 +33,11 @@ def test_round_trip(tiny_checkpoint):
     q = c.linears[f"{L0}.self_attn.q_proj"]
     assert q.qweight.dtype == torch.uint8 and q.qweight.shape == (256, 128)
     assert c.linears[f"{L0}.self_attn.o_proj"].transform.smooth is not None  # GQA: online
+    # Row-parallel inputs are quantized per tp_shards group, column-parallel ones per whole row.
+    assert c.linears[f"{L0}.self_attn.o_proj"].act_groups == 2
+    assert c.linears[f"{L0}.mlp.down_proj"].act_groups == 2
+    assert q.act_groups == 1 and c.linears[f"{L0}.mlp.up_proj"].act_groups == 1
+    assert c.quant_config.format_version == 2
     assert "lm_head.weight" in c.tensors and "model.embed_tokens.weight" in c.tensors
     for f in ("tokenizer.json", "generation_config.json", "duquant_report.json"):
         assert (ck / f).is_file()
@@ -96,6 +101,8 @@ def test_malformed_tensor_is_refused_naming_it(tiny_checkpoint, tmp_path, case, 
 
 @pytest.mark.parametrize("edit,msg", [
     (lambda c: c["quantization_config"].__setitem__("format_version", 99), "format_version 99"),
+    # Version 1 quantized row-parallel activations over whole rows: only tp_shards=1 means the same.
+    (lambda c: c["quantization_config"].__setitem__("format_version", 1), "re-quantize"),
     (lambda c: c.pop("quantization_config"), "not a DuQuant checkpoint"),
     (lambda c: c["quantization_config"].__setitem__("w_bits", 3), "W3A4"),
     (lambda c: c["quantization_config"].__setitem__("surprise", 1), "unknown keys"),

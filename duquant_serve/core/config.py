@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 QUANT_METHOD = "duquant"
-FORMAT_VERSION = 1
-SUPPORTED_FORMAT_VERSIONS = (1,)
+# 2: row-parallel activations are quantized per tp_shards group (core/reference.py). A version-1
+# checkpoint means the same as version 2 when tp_shards == 1, and is refused otherwise.
+FORMAT_VERSION = 2
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 # (weight bits, activation bits) pairs the pipeline and the reference kernels implement.
 SUPPORTED_BITS = ((4, 4), (4, 8), (6, 6), (8, 8))
 PERMUTATIONS = ("zigzag", "none")
@@ -40,8 +42,10 @@ class DuQuantConfig:
         act_clip_ratio: per-token min/max multiplier for activations (paper: 0.9).
         weight_clip_ratio: per-channel min/max multiplier for weights without LWC (paper: 0.8).
         lwc: learnable weight clipping was used (per-row clip factors are baked into scales).
-        tp_shards: row-parallel permutations stay inside this many contiguous input shards, so
-            any tensor-parallel size dividing it can serve the checkpoint.
+        tp_shards: row-parallel (o_proj, down_proj) inputs are cut into this many contiguous
+            shards: permutations stay inside a shard and each shard has its own per-token
+            activation range, so any tensor-parallel size dividing it serves the checkpoint
+            with the same numbers as one GPU.
         modules_not_quantized: module-name suffixes kept in 16 bits.
         seed: RNG seed of the random orthogonal factors (reproducible transforms).
     """
@@ -91,6 +95,12 @@ class DuQuantConfig:
             raise ConfigError(
                 f"unknown DuQuant format_version {self.format_version}; this build reads "
                 f"{SUPPORTED_FORMAT_VERSIONS}"
+            )
+        if self.format_version == 1 and self.tp_shards > 1:
+            raise ConfigError(
+                f"format_version 1 checkpoint with tp_shards={self.tp_shards}: version 1 quantized "
+                "row-parallel activations over whole rows, which tensor parallelism cannot "
+                "reproduce; re-quantize with this build (format_version 2)"
             )
         object.__setattr__(self, "modules_not_quantized", tuple(self.modules_not_quantized))
 

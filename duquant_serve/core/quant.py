@@ -92,7 +92,17 @@ def quantize_per_channel(
     return q, scale, zero
 
 
-def fake_quantize_per_token(x: torch.Tensor, bits: int, clip_ratio: float = 1.0) -> torch.Tensor:
-    """Quantize-dequantize per token (simulation path of `duquant eval`)."""
+def fake_quantize_per_token(
+    x: torch.Tensor, bits: int, clip_ratio: float = 1.0, groups: int = 1
+) -> torch.Tensor:
+    """Quantize-dequantize per token (simulation path of `duquant eval`).
+
+    groups > 1: each token's K channels are cut into that many contiguous groups, each with its
+    own range (row-parallel inputs: what one tensor-parallel shard of the row quantizes)."""
+    shape = x.shape
+    if groups > 1:
+        if shape[-1] % groups:
+            raise ValueError(f"width {shape[-1]} does not split into {groups} activation groups")
+        x = x.reshape(*shape[:-1], groups, shape[-1] // groups)
     q, s, z = quantize_per_token(x, bits, clip_ratio, check_finite=False)
-    return dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1)).to(x.dtype)
+    return dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1)).to(x.dtype).reshape(shape)

@@ -6,6 +6,12 @@
 
 which equals dequant(qx) · dequant(qw)ᵀ; the expanded form is what integer kernels compute
 (cutlass_ext/EPILOGUE.md derives it). Runs on any device; exact, not fast.
+
+Row-parallel linears of a checkpoint with tp_shards = G > 1 quantize activations per token
+*per group* of K/G contiguous channels: the layer is G independent group linears (input slice,
+qweight columns, shard-local transform; bias in group 0) whose outputs are summed in the output
+dtype, in group order. A tensor-parallel rank holding some of the groups computes exactly its
+part of that sum, so any TP size dividing G gives the same numbers as TP = 1.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .pack import pack_weight_codes, unpack_weight_codes
-from .quant import dequantize, quantize_per_channel, quantize_per_token
+from .quant import dequantize, fake_quantize_per_token, quantize_per_channel, quantize_per_token
 from .transform import InputTransform
 
 
@@ -37,6 +43,7 @@ class QuantizedLinear:
     w_bits: int
     a_bits: int
     act_clip_ratio: float
+    act_groups: int = 1  # per-token activation ranges per contiguous K/act_groups channels
 
     @property
     def out_features(self) -> int:
@@ -45,6 +52,22 @@ class QuantizedLinear:
     @property
     def in_features(self) -> int:
         return self.transform.width
+
+    def groups(self) -> list[QuantizedLinear]:
+        """The act_groups independent group linears (module docstring); [self] when 1."""
+        g = self.act_groups
+        if g == 1:
+            return [self]
+        if self.in_features % g:
+            raise ValueError(f"input width {self.in_features} does not split into {g} activation groups")
+        kg = self.in_features // g
+        per_byte = 2 if self.w_bits <= 4 else 1  # core.pack: two 4-bit codes per byte
+        return [QuantizedLinear(
+            qweight=self.qweight[:, i * kg // per_byte:(i + 1) * kg // per_byte],
+            weight_scale=self.weight_scale, weight_zero=self.weight_zero,
+            transform=self.transform.slice(i * kg, (i + 1) * kg),
+            bias=self.bias if i == 0 else None, w_bits=self.w_bits, a_bits=self.a_bits,
+            act_clip_ratio=self.act_clip_ratio) for i in range(g)]
 
     def weight_codes(self) -> torch.Tensor:
         return unpack_weight_codes(self.qweight, self.w_bits)
@@ -66,6 +89,7 @@ def quantize_linear(
     act_clip_ratio: float,
     lo_factor: torch.Tensor | None = None,
     hi_factor: torch.Tensor | None = None,
+    act_groups: int = 1,
 ) -> QuantizedLinear:
     """Weight already in the transformed basis [N, K] → stored form."""
     q, s, z = quantize_per_channel(
@@ -80,6 +104,7 @@ def quantize_linear(
         w_bits=w_bits,
         a_bits=a_bits,
         act_clip_ratio=act_clip_ratio,
+        act_groups=act_groups,
     )
 
 
@@ -139,8 +164,22 @@ def gemm_epilogue_ref(
     return epilogue_ref(acc, sx, zx, sum_qx, sw, zw, sum_qw, bias, qx.shape[-1], out_dtype)
 
 
+def tree_sum(ys: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ys as a balanced binary tree, the order every runtime sums group outputs in: a rank
+    holding the first half of the groups computes the left subtree, so TP = 2 (and TP = 1)
+    reproduce the same floating-point sum for any power-of-two number of groups."""
+    if len(ys) == 1:
+        return ys[0]
+    h = len(ys) // 2
+    return tree_sum(ys[:h]) + tree_sum(ys[h:])
+
+
 def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
     """x [..., K] → [..., N] in x's dtype through real integer codes."""
+    if layer.act_groups > 1:
+        kg = layer.in_features // layer.act_groups
+        return tree_sum([w4a4_linear_ref(x[..., i * kg:(i + 1) * kg], g)
+                         for i, g in enumerate(layer.groups())])
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
     qx, sx, zx, sum_qx = prologue_ref(x2, layer.transform, layer.a_bits, layer.act_clip_ratio)
@@ -155,8 +194,7 @@ def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
 def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
     """Simulated W/A quantization (dequantize, then float matmul): the `duquant` eval rows."""
     xt = layer.transform.apply(x.float())
-    q, s, z = quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, check_finite=False)
-    xq = dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1))
+    xq = fake_quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, layer.act_groups)
     y = xq @ layer.dequantized_weight().t()
     if layer.bias is not None:
         y = y + layer.bias.float()
@@ -186,8 +224,7 @@ class QuantLinearModule(torch.nn.Module):
             return w4a4_linear_ref(x, self.layer)
         lay = self.layer
         xt = lay.transform.apply(x.float())
-        q, s, z = quantize_per_token(xt, lay.a_bits, lay.act_clip_ratio, check_finite=False)
-        y = dequantize(q, s.unsqueeze(-1), z.unsqueeze(-1)) @ self._w.t()
+        y = fake_quantize_per_token(xt, lay.a_bits, lay.act_clip_ratio, lay.act_groups) @ self._w.t()
         if lay.bias is not None:
             y = y + lay.bias.float()
         return y.to(x.dtype)
@@ -195,4 +232,4 @@ class QuantLinearModule(torch.nn.Module):
     def extra_repr(self) -> str:
         lay = self.layer
         return (f"in={self.in_features}, out={self.out_features}, W{lay.w_bits}A{lay.a_bits}, "
-                f"block={lay.transform.block_size}, mode={self.mode}")
+                f"block={lay.transform.block_size}, act_groups={lay.act_groups}, mode={self.mode}")

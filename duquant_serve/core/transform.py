@@ -249,6 +249,19 @@ class InputTransform:
             return w
         return rotate_permute_rotate(w, self.r1, self.perm, self.r2)
 
+    def slice(self, lo: int, hi: int) -> InputTransform:
+        """The transform of input channels [lo, hi) alone: valid when the permutation keeps them
+        inside the range and blocks do not straddle its ends (tensor-parallel shards and
+        activation groups of row-parallel layers are built that way)."""
+        b = self.block_size
+        if not 0 <= lo < hi <= self.width or lo % b or hi % b:
+            raise TransformError(f"channels [{lo}, {hi}) are not whole {b}-blocks of width {self.width}")
+        perm = self.perm[lo:hi] - lo
+        if perm.numel() and (int(perm.min()) < 0 or int(perm.max()) >= hi - lo):
+            raise TransformError(f"the permutation moves channels into [{lo}, {hi}) from outside")
+        smooth = None if self.smooth is None else self.smooth[lo:hi]
+        return InputTransform(self.r1, perm, self.r2, smooth, self.is_identity)
+
     def to(self, device: torch.device | str) -> InputTransform:
         mv = (lambda t: None if t is None else t.to(device))  # noqa: E731
         return InputTransform(mv(self.r1), mv(self.perm), mv(self.r2), mv(self.smooth), self.is_identity)

@@ -16,10 +16,12 @@ Checkpoint tensors `prepare` expects (core/reference.py::QuantizedLinear):
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
+from ..core.reference import tree_sum
 from ..core.transform import InputTransform
 
 
@@ -114,6 +116,43 @@ class LinearKernel(abc.ABC):
     @abc.abstractmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         """x [..., K] act dtype → y [..., N] act dtype. Custom ops only."""
+
+    @classmethod
+    def prepare_groups(
+        cls,
+        spec: LayerSpec,
+        groups: int,
+        qweight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        weight_zero: torch.Tensor,
+        transform: InputTransform,
+        bias: torch.Tensor | None,
+        act_clip_ratio: float,
+        device: torch.device | str | None = None,
+    ) -> list[PreparedLinear]:
+        """A linear of `groups` activation groups (core/reference.py: row-parallel inputs of a
+        tp_shards > 1 checkpoint) as that many independent kernel linears. `spec` describes one
+        group (in_features = K / groups); the other arguments are the whole linear's."""
+        kg = spec.in_features
+        if qweight.shape[-1] * 2 != kg * groups:
+            raise ValueError(f"qweight {tuple(qweight.shape)} does not hold {groups} groups of "
+                             f"{kg} inputs")
+        no_bias = dataclasses.replace(spec, has_bias=False)  # the bias goes into group 0 only
+        return [cls.prepare(spec if i == 0 else no_bias,
+                            qweight[:, i * kg // 2:(i + 1) * kg // 2].contiguous(),
+                            weight_scale, weight_zero, transform.slice(i * kg, (i + 1) * kg),
+                            bias if i == 0 else None, act_clip_ratio, device)
+                for i in range(groups)]
+
+    @classmethod
+    def apply_groups(cls, ps: list[PreparedLinear], x: torch.Tensor) -> torch.Tensor:
+        """Σ over groups of `apply` on each group's input slice, in core.reference.tree_sum
+        order (what TP ranks and their all-reduce compute). One group: plain `apply`."""
+        if len(ps) == 1:
+            return cls.apply(ps[0], x)
+        kg = ps[0].spec.in_features
+        return tree_sum([cls.apply(p, x[..., i * kg:(i + 1) * kg].contiguous())
+                         for i, p in enumerate(ps)])
 
 
 def prepare_common(

@@ -14,7 +14,9 @@ The input transform has no output dim: a fused layer (qkv_proj, gate_up_proj) re
 per shard, and our loader checks every copy against the first instead of letting the last win.
 Row-parallel layers (o_proj, down_proj) take this rank's slice of input_perm — the checkpoint
 keeps each of its tp_shards shards' permutation inside the shard, so subtracting the rank's
-offset gives local indices — and of input_smooth.
+offset gives local indices — and of input_smooth. Each of those shards is also an activation
+quantization group (core/reference.py), so a rank runs its tp_shards / tp groups as separate
+kernel linears whose outputs vLLM's all-reduce sums: the same numbers at every TP size.
 
 process_weights_after_loading checks every tensor arrived, picks the kernel with
 `kernels.select.choose_kernel` and prepares it once; apply() is one `kernel.apply` call.
@@ -67,6 +69,7 @@ class _LayerState:
     in_features: int  # full K (checkpoint)
     in_per_rank: int  # K_p
     tp_rank: int
+    act_groups: int  # activation groups on this rank: tp_shards / tp (row-parallel), else 1
     block: int
     full_out: dict[Any, int]  # shard id → checkpoint N of that module
     loaded: set[tuple[str, Any]] = field(default_factory=set)
@@ -160,9 +163,11 @@ class DuQuantLinearMethod(LinearMethodBase):
             block = choose_block_size(k, self.qcfg.block_size, shards)
         except ValueError as e:
             raise CheckpointError(f"duquant: {prefix}: {e}") from e
+        # k / k_p is the TP size for row-parallel layers (check_tp_size made it divide shards).
+        groups = shards * k_p // k if row_parallel else 1
         return _LayerState(prefix=prefix, shard_modules=shard_modules, row_parallel=row_parallel,
                            in_features=k, in_per_rank=k_p, tp_rank=getattr(layer, "tp_rank", 0),
-                           block=block, full_out=full_out)
+                           act_groups=max(groups, 1), block=block, full_out=full_out)
 
     # -- weight loaders ------------------------------------------------------------------------
 
@@ -241,8 +246,9 @@ class DuQuantLinearMethod(LinearMethodBase):
         qweight = layer.qweight.data
         bias = self._fused_bias(layer)
         smooth = layer.input_smooth.data if have_smooth else None
-        spec = LayerSpec(
-            in_features=st.in_per_rank, out_features=qweight.shape[0], block_size=st.block,
+        spec = LayerSpec(  # what the kernel sees: one activation group
+            in_features=st.in_per_rank // st.act_groups, out_features=qweight.shape[0],
+            block_size=st.block,
             w_bits=self.qcfg.w_bits, a_bits=self.qcfg.a_bits, has_smooth=smooth is not None,
             has_bias=bias is not None, act_dtype=layer.params_dtype,
             device_type=qweight.device.type, capability=_capability(qweight.device))
@@ -252,13 +258,15 @@ class DuQuantLinearMethod(LinearMethodBase):
         logger.debug("duquant: %s → %s %s", st.prefix, kernel.name, spec)
         transform = InputTransform(layer.input_rot1.data, layer.input_perm.data.long(),
                                    layer.input_rot2.data, smooth)
-        prepared = kernel.prepare(spec, qweight, layer.weight_scale.data, layer.weight_zero.data,
-                                  transform, bias, self.qcfg.act_clip_ratio, device=qweight.device)
+        prepared = kernel.prepare_groups(spec, st.act_groups, qweight, layer.weight_scale.data,
+                                         layer.weight_zero.data, transform, bias,
+                                         self.qcfg.act_clip_ratio, device=qweight.device)
         # The checkpoint-layout parameters are replaced by the kernel's own tensors.
         for name in WEIGHT_PARAMS + TRANSFORM_PARAMS + OPTIONAL_PARAMS:
             delattr(layer, name)
-        for name, t in _prepared_tensors(prepared).items():
-            layer.register_buffer(_BUF + name, t, persistent=False)
+        for g, p in enumerate(prepared):
+            for name, t in _prepared_tensors(p).items():
+                layer.register_buffer(f"{_BUF}g{g}_{name}", t, persistent=False)
         layer.duquant_kernel = kernel
         layer.duquant_prepared = prepared
         del layer.duquant_state
@@ -278,9 +286,9 @@ class DuQuantLinearMethod(LinearMethodBase):
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
-        # `bias` is already inside the prepared kernel (_fused_bias); one custom-op call, no
-        # Python branching, so torch.compile traces it.
-        return layer.duquant_kernel.apply(layer.duquant_prepared, x)
+        # `bias` is already inside the prepared kernel (_fused_bias). Custom-op calls only (one
+        # per activation group, a fixed list), so torch.compile traces it.
+        return layer.duquant_kernel.apply_groups(layer.duquant_prepared, x)
 
 
 DEFAULT_QKV = ["q_proj", "k_proj", "v_proj"]

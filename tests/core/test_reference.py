@@ -2,14 +2,16 @@ import pytest
 import torch
 
 from duquant_serve.core.reference import (
+    QuantizedLinear,
     QuantLinearModule,
     fake_quant_linear,
     gemm_epilogue_ref,
     prologue_ref,
     quantize_linear,
+    tree_sum,
     w4a4_linear_ref,
 )
-from duquant_serve.core.transform import build_input_transform
+from duquant_serve.core.transform import InputTransform, TransformError, build_input_transform
 
 
 def _layer(k=192, n=80, bias=True, bits=(4, 4), seed=0):
@@ -60,3 +62,63 @@ def test_module_modes_and_batch_shape():
     assert a.shape == (2, 3, 80) and torch.allclose(a, b, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError):
         QuantLinearModule(lay, "other")
+
+
+def _grouped_layer(groups=2, k=256, n=48, seed=1):
+    """A row-parallel-style layer: shard-local transform (tp_shards = groups), bias, smoothing."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, k, generator=g)
+    x[:, 3] *= 40  # an outlier in group 0 only: per-group ranges must differ from whole-row ones
+    t = build_input_transform(x, 32, 8, g, shards=groups,
+                              smooth=torch.rand(k, generator=g) + 0.5)
+    w = torch.randn(n, k, generator=g)
+    lay = quantize_linear(t.apply_to_weight(w), t, torch.randn(n, generator=g), 4, 4, 0.8, 0.9,
+                          act_groups=groups)
+    return lay, x
+
+
+def _split_by_hand(lay, x, shards):
+    """What tensor-parallel ranks compute, built from the stored tensors directly (the way the
+    plugin slices them: qweight columns, rank-local perm, smooth slice, bias on rank 0)."""
+    kp = lay.in_features // shards
+    t = lay.transform
+    ys = []
+    for r in range(shards):
+        part = QuantizedLinear(
+            qweight=lay.qweight[:, r * kp // 2:(r + 1) * kp // 2], weight_scale=lay.weight_scale,
+            weight_zero=lay.weight_zero,
+            transform=InputTransform(t.r1, t.perm[r * kp:(r + 1) * kp] - r * kp, t.r2,
+                                     t.smooth[r * kp:(r + 1) * kp]),
+            bias=lay.bias if r == 0 else None, w_bits=4, a_bits=4, act_clip_ratio=lay.act_clip_ratio)
+        ys.append(w4a4_linear_ref(x[:, r * kp:(r + 1) * kp], part))
+    return ys
+
+
+@pytest.mark.parametrize("groups", [2, 4])
+def test_grouped_layer_is_the_sum_of_its_tensor_parallel_shards(groups):
+    lay, x = _grouped_layer(groups)
+    y = w4a4_linear_ref(x, lay)
+    ys = _split_by_hand(lay, x, groups)
+    assert torch.equal(y, tree_sum(ys))  # TP = groups: every rank one group, then all-reduce
+    if groups == 4:  # TP = 2: each rank sums its two groups, the all-reduce adds the halves
+        assert torch.equal(y, (ys[0] + ys[1]) + (ys[2] + ys[3]))
+    # Per-group ranges are really used: quantizing whole rows gives other numbers.
+    whole = QuantizedLinear(lay.qweight, lay.weight_scale, lay.weight_zero, lay.transform, lay.bias,
+                            4, 4, lay.act_clip_ratio, act_groups=1)
+    assert not torch.allclose(w4a4_linear_ref(x, whole), y, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_fake_quant_matches_integer_path():
+    lay, x = _grouped_layer(2)
+    y_int = w4a4_linear_ref(x, lay)
+    assert (fake_quant_linear(x, lay) - y_int).norm() / y_int.norm() < 1e-5
+    assert torch.allclose(QuantLinearModule(lay, "fake")(x), y_int, rtol=1e-4, atol=1e-3)
+
+
+def test_groups_must_respect_the_transform():
+    lay, _ = _grouped_layer(2)
+    bad = QuantizedLinear(lay.qweight, lay.weight_scale, lay.weight_zero,
+                          InputTransform(lay.transform.r1, lay.transform.perm.flip(0), lay.transform.r2),
+                          None, 4, 4, 0.9, act_groups=2)
+    with pytest.raises(TransformError, match="moves channels"):
+        bad.groups()

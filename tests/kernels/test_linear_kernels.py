@@ -109,6 +109,35 @@ def test_apply_compiles_without_graph_breaks():
     assert torch.equal(f(x), w4a4_linear_ref(x, lin))
 
 
+@pytest.mark.parametrize("groups", [2, 3])
+def test_grouped_apply_equals_grouped_reference(groups):
+    """Row-parallel layers of tp_shards > 1 checkpoints: one kernel linear per activation group,
+    summed as core.reference sums them (bit for bit, and through torch.compile)."""
+    import dataclasses
+
+    g = torch.Generator().manual_seed(groups)
+    k, n = 128 * groups, 40
+    lin = make_layer(n, k, 64, smooth=True, bias=True, g=g)
+    local = torch.cat([torch.randperm(128, generator=g) + 128 * i for i in range(groups)])
+    lin = dataclasses.replace(lin, act_groups=groups,
+                              transform=dataclasses.replace(lin.transform, perm=local))
+    spec = LayerSpec(k // groups, n, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
+                     device_type="cpu")
+    ps = TorchRefKernel.prepare_groups(spec, groups, lin.qweight, lin.weight_scale,
+                                       lin.weight_zero, lin.transform, lin.bias, lin.act_clip_ratio)
+    assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
+    x = make_x(9, k, g)
+    want = w4a4_linear_ref(x, lin)
+    assert torch.equal(TorchRefKernel.apply_groups(ps, x), want)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: TorchRefKernel.apply_groups(ps, t), fullgraph=True,
+                      backend="aot_eager")
+    assert torch.equal(f(x), want)
+    with pytest.raises(ValueError, match="groups"):
+        TorchRefKernel.prepare_groups(spec, groups + 1, lin.qweight, lin.weight_scale,
+                                      lin.weight_zero, lin.transform, lin.bias, 0.9)
+
+
 def test_import_duquant_serve_stays_light():
     code = ("import sys, duquant_serve, duquant_serve.kernels.select as s, "
             "duquant_serve.kernels.linear_kernels;"

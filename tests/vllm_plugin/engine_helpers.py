@@ -1,6 +1,5 @@
 """Helpers of the vLLM plugin tests: tiny DuQuant checkpoints, the offline reference's greedy
-tokens (optionally with row-parallel layers split like tensor parallelism), and a runner for
-engines in their own processes (engine_script.py)."""
+tokens, and a runner for engines in their own processes (engine_script.py)."""
 
 from __future__ import annotations
 
@@ -63,56 +62,25 @@ def quantize_tiny(d: Path, arch: str) -> Path:
     return out
 
 
-def greedy_reference(checkpoint: Path, row_parallel_shards: int = 1) -> list[list[int]]:
+def greedy_reference(checkpoint: Path) -> list[list[int]]:
     """Greedy tokens of the offline reference model (transformers + the stored integer codes,
-    core.reference), recomputing the whole sequence each step.
+    core.reference, row-parallel activations quantized per tp_shards group).
 
-    row_parallel_shards > 1: o_proj / down_proj run as that many input shards, each with its own
-    per-token activation quantization, summed — what tensor parallelism computes."""
-    import torch
-
-    from duquant_serve.checkpoint import ROW_PARALLEL
+    Decoded the way vLLM computes: the prompt in one forward, then one token per step against
+    the KV cache. (Recomputing the whole sequence each step changes the row count of every
+    matmul; float results then differ in the last bits, enough to flip a 4-bit activation code
+    and, once in a while, a near-tie token: seen on tiny Qwen2 at token 32.)"""
     from offline_quant.evaluate import load_checkpoint_model
 
-    model, tok, ck = load_checkpoint_model(checkpoint)
-    if row_parallel_shards > 1:
-        for name, q in ck.linears.items():
-            if name.endswith(ROW_PARALLEL):
-                parent, _, child = name.rpartition(".")
-                setattr(model.get_submodule(parent), child, ShardedRowLinear(q, row_parallel_shards))
+    model, tok, _ = load_checkpoint_model(checkpoint)
     out = []
     with torch.no_grad():
         for p in PROMPTS:
-            ids = tok(p)["input_ids"]
-            cur = list(ids)
-            for _ in range(MAX_TOKENS):
-                cur.append(int(model(torch.tensor([cur])).logits[0, -1].argmax()))
-            out.append(cur[len(ids):])
+            step = model(torch.tensor([tok(p)["input_ids"]]), use_cache=True)
+            toks = [int(step.logits[0, -1].argmax())]
+            while len(toks) < MAX_TOKENS:
+                step = model(torch.tensor([[toks[-1]]]), past_key_values=step.past_key_values,
+                             use_cache=True)
+                toks.append(int(step.logits[0, -1].argmax()))
+            out.append(toks)
     return out
-
-
-class ShardedRowLinear(torch.nn.Module):
-    """A row-parallel QuantizedLinear cut into `tp` input shards the way the plugin cuts it
-    (qweight columns, rank-local input_perm, input_smooth slice, bias on rank 0 only)."""
-
-    def __init__(self, q, tp: int) -> None:
-        super().__init__()
-        from duquant_serve.core.reference import QuantizedLinear
-        from duquant_serve.core.transform import InputTransform
-
-        self.kp = kp = q.in_features // tp
-        t = q.transform
-        self.parts = [QuantizedLinear(
-            qweight=q.qweight[:, r * kp // 2:(r + 1) * kp // 2], weight_scale=q.weight_scale,
-            weight_zero=q.weight_zero,
-            transform=InputTransform(t.r1, t.perm[r * kp:(r + 1) * kp] - r * kp, t.r2,
-                                     None if t.smooth is None else t.smooth[r * kp:(r + 1) * kp]),
-            bias=q.bias if r == 0 else None, w_bits=q.w_bits, a_bits=q.a_bits,
-            act_clip_ratio=q.act_clip_ratio) for r in range(tp)]
-
-    def forward(self, x):
-        from duquant_serve.core.reference import w4a4_linear_ref
-
-        ys = [w4a4_linear_ref(x[..., r * self.kp:(r + 1) * self.kp], p)
-              for r, p in enumerate(self.parts)]
-        return sum(ys[1:], ys[0])
