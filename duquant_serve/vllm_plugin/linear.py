@@ -43,6 +43,7 @@ from ..checkpoint import CheckpointError, check_tensor, tensor_error
 from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec
 from ..kernels.select import choose_kernel
+from . import runtime_info
 from .config import DuQuantVllmConfig
 
 # Under vLLM's logger tree so the line shows in the server log with vLLM's own format.
@@ -269,6 +270,7 @@ class DuQuantLinearMethod(LinearMethodBase):
                 layer.register_buffer(f"{_BUF}g{g}_{name}", t, persistent=False)
         layer.duquant_kernel = kernel
         layer.duquant_prepared = prepared
+        runtime_info.record_layer(st.prefix, kernel.name, spec, prepared)  # for GET /v1/duquant
         del layer.duquant_state
 
     @staticmethod

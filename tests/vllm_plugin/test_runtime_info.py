@@ -1,0 +1,75 @@
+"""runtime_info: the engine-side record of each layer's kernel and its merge on the server side."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from duquant_serve.vllm_plugin import runtime_info as ri
+
+
+def _spec(k: int = 256, n: int = 512, b: int = 128):
+    return SimpleNamespace(in_features=k, out_features=n, block_size=b)
+
+
+def _prepared(nbytes: int):
+    return SimpleNamespace(resident_bytes=lambda: nbytes)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_records(monkeypatch):
+    monkeypatch.setattr(ri, "_layers", {})
+
+
+def test_no_directory_records_nothing(monkeypatch, tmp_path):
+    monkeypatch.delenv(ri.RUNTIME_DIR_ENV, raising=False)
+    ri.record_layer("a", "torch_ref", _spec(), _prepared(10))
+    assert ri._layers == {}
+
+
+def test_record_writes_one_complete_file_per_process(monkeypatch, tmp_path):
+    monkeypatch.setenv(ri.RUNTIME_DIR_ENV, str(tmp_path))
+    ri.record_layer("m.qkv_proj", "torch_ref", _spec(), _prepared(100))
+    ri.record_layer("m.o_proj", "torch_ref", _spec(128, 256, 64), [_prepared(30), _prepared(40)])
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("layers-") and files[0].suffix == ".json"
+    doc = json.loads(files[0].read_text())
+    assert doc["rank"] == 0
+    assert doc["layers"]["m.qkv_proj"] == {"kernel": "torch_ref", "in_features": 256,
+                                           "out_features": 512, "block_size": 128, "groups": 1,
+                                           "weight_bytes": 100}
+    # two activation groups: the rank's width is both groups together
+    assert doc["layers"]["m.o_proj"]["in_features"] == 256
+    assert doc["layers"]["m.o_proj"]["weight_bytes"] == 70
+
+
+def test_report_merges_ranks(tmp_path):
+    def write(pid, rank, layers):
+        (tmp_path / f"layers-{pid}.json").write_text(
+            json.dumps({"pid": pid, "rank": rank, "layers": layers}))
+
+    def entry(kernel, nbytes):
+        return {"kernel": kernel, "in_features": 8, "out_features": 8, "block_size": 8,
+                "groups": 1, "weight_bytes": nbytes}
+
+    write(11, 1, {"l0": entry("triton", 5), "l1": entry("triton", 7)})
+    write(10, 0, {"l0": entry("cutlass", 5), "l1": entry("triton", 7)})
+    (tmp_path / "layers-12.json").write_text("{half a fi")  # a torn file is skipped
+    r = ri.read_kernel_report(tmp_path)
+    assert r["layers"] == {"l0": "cutlass", "l1": "triton"}  # rank 0 wins
+    assert r["counts"] == {"cutlass": 1, "triton": 1}
+    assert r["weight_bytes"] == {"cutlass": 5, "triton": 19}  # summed over ranks
+    assert set(r["ranks"]) == {"0", "1"}
+    assert r["ranks"]["1"]["l0"]["kernel"] == "triton"
+
+
+def test_remove_records_keeps_other_files(tmp_path):
+    (tmp_path / "layers-1.json").write_text("{}")
+    (tmp_path / "mine.txt").write_text("x")
+    ri.remove_records(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    (tmp_path / "mine.txt").unlink()
+    ri.remove_records(tmp_path)
+    assert not tmp_path.exists()
