@@ -11,17 +11,32 @@ vLLM's, untouched):
      worker (VLLM_CPU_OMP_THREADS_BIND, without which TP > 1 refuses to start on CPU), and
      `--dtype float32` for a float32 checkpoint: vLLM's "auto" would downcast it to bfloat16,
      which these AVX2 CPUs do not compute natively and which departs from `duquant eval`
-     (float32).
+     (float32);
+  4. on CPU and GPU alike: a drain on SIGTERM (`--shutdown-timeout`, vLLM's default 0 aborts
+     in-flight requests), the DuQuant middleware (OpenAI-shaped errors, 503 to requests that
+     arrive while draining, the API key on the model routes vLLM leaves open: middleware.py),
+     and the endpoint plugin (GET /v1/duquant and the duquant_* metrics: endpoint.py) with the
+     directory where the engine records each layer's kernel (DUQUANT_RUNTIME_DIR,
+     vllm_plugin/runtime_info.py).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 EXIT_USAGE = 2
 CPU_KVCACHE_GIB = "1"  # default VLLM_CPU_KVCACHE_SPACE when neither it nor a memory fraction is set
+# Seconds in-flight requests may take to finish after SIGTERM. Teardown adds ~8 s on CPU, so
+# this fits Kubernetes' default 30 s grace period; longer generations are aborted at the limit.
+DRAIN_TIMEOUT_S = "20"
+MIDDLEWARE = "duquant_serve.server.middleware.DuQuantMiddleware"
+PLUGIN = "duquant"  # our name in vllm.general_plugins and vllm.endpoint_plugins
+# Plugin groups that VLLM_PLUGINS filters; endpoint plugins load only when named in it.
+_PLUGIN_GROUPS = ("vllm.general_plugins", "vllm.platform_plugins", "vllm.io_processor_plugins",
+                  "vllm.stat_logger_plugins")
 
 
 class ServeError(ValueError):
@@ -74,6 +89,19 @@ def _cpu_binding(tp: int) -> str:
     return "|".join(",".join(map(str, b)) for b in blocks)
 
 
+def _plugin_allowlist(current: str | None) -> str:
+    """VLLM_PLUGINS naming our plugins. Unset means "all" to vLLM, except for endpoint plugins,
+    which load only when named: then name every installed plugin of the other groups, so
+    setting the list changes nothing else."""
+    if current is not None:
+        names = [p for p in current.split(",") if p]
+    else:
+        from importlib.metadata import entry_points
+
+        names = sorted({ep.name for g in _PLUGIN_GROUPS for ep in entry_points(group=g)})
+    return ",".join(names if PLUGIN in names else [*names, PLUGIN])
+
+
 def build_command(checkpoint: str | Path, rest: list[str],
                   environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """Validate, then → (argv, env) of the vLLM server process. Raises CheckpointError or
@@ -92,16 +120,16 @@ def build_command(checkpoint: str | Path, rest: list[str],
 
     env = dict(os.environ if environ is None else environ)
     env[VALIDATED_ENV] = str(path)  # the plugin need not read every tensor again
-    plugins = env.get("VLLM_PLUGINS")
-    if plugins is not None and "duquant" not in plugins.split(","):
-        env["VLLM_PLUGINS"] = ",".join(p for p in (plugins, "duquant") if p)
+    env["VLLM_PLUGINS"] = _plugin_allowlist(env.get("VLLM_PLUGINS"))
     cpu = _is_cpu_platform()
     if cpu:
         if "VLLM_CPU_KVCACHE_SPACE" not in env and _option(rest, "--gpu-memory-utilization") is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
         if tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
             env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(tp)
-    defaults: list[str] = []
+    defaults = ["--middleware", MIDDLEWARE]
+    if _option(rest, "--shutdown-timeout") is None:
+        defaults += ["--shutdown-timeout", DRAIN_TIMEOUT_S]
     if cpu:
         stored = ck.model_config.get("torch_dtype") or ck.model_config.get("dtype")
         if stored == "float32" and _option(rest, "--dtype") is None:
@@ -115,12 +143,17 @@ def serve(checkpoint: str, rest: list[str]) -> int:
     """Validate, then become vLLM's OpenAI server (exec: vLLM's own signal handling and exit
     code, no process in between). Returns only when refused before starting: 2."""
     from ..checkpoint import CheckpointError
+    from ..vllm_plugin.runtime_info import RUNTIME_DIR_ENV
 
     try:
         argv, env = build_command(checkpoint, rest)
     except (CheckpointError, ServeError) as e:
         print(f"duquant serve: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if not env.get(RUNTIME_DIR_ENV):
+        # Fresh per launch, so no record of an earlier server is read back; the API server
+        # removes its files at exit (endpoint.py).
+        env[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="duquant-serve-")
     print("duquant serve: " + " ".join(argv[1:]), file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)

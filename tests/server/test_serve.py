@@ -93,6 +93,26 @@ def test_command_and_cpu_defaults(dq_checkpoint):
         assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
 
 
+def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
+    """On any device: drain on SIGTERM, the DuQuant middleware, and VLLM_PLUGINS naming every
+    installed plugin plus ours (endpoint plugins load only when named). GPU: no CPU settings."""
+    from importlib.metadata import entry_points
+
+    from duquant_serve.server import launch
+
+    argv, env = launch.build_command(dq_checkpoint, [], environ={})
+    assert argv[argv.index("--middleware") + 1] == launch.MIDDLEWARE
+    assert argv[argv.index("--shutdown-timeout") + 1] == launch.DRAIN_TIMEOUT_S
+    installed = {ep.name for ep in entry_points(group="vllm.general_plugins")}
+    assert set(env["VLLM_PLUGINS"].split(",")) == installed | {"duquant"}
+    argv, _ = launch.build_command(dq_checkpoint, ["--shutdown-timeout=0"], environ={})
+    assert "--shutdown-timeout" not in argv  # the user's value (abort) wins
+    monkeypatch.setattr(launch, "_is_cpu_platform", lambda: False)
+    argv, env = launch.build_command(dq_checkpoint, [], environ={})
+    assert "VLLM_CPU_KVCACHE_SPACE" not in env and "--dtype" not in argv
+    assert "--middleware" in argv and "--shutdown-timeout" in argv
+
+
 # ---------------------------------------------------------------------------------------------
 # The real server
 # ---------------------------------------------------------------------------------------------
