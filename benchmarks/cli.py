@@ -13,6 +13,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SUITES = {
     "kernels": ("gpu_session.py", "W4A4 kernels vs BF16/int8 on model shapes, correctness first (GPU)"),
+    "serve": ("serve/bench_serve.py", "TTFT/TPOT/ITL/throughput: 16-bit vs W4A4 behind vLLM servers"),
     "serve-ppl": ("serve_ppl.py", "perplexity through `duquant serve` vs `duquant eval`"),
     "accuracy": ("accuracy/run_smollm2_ppl.sh", "SmolLM2 WikiText-2 perplexity, every method"),
 }

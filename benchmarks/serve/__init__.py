@@ -1,0 +1,1 @@
+"""`duquant bench serve`: latency/throughput of a DuQuant checkpoint vs its 16-bit model."""
