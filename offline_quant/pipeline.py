@@ -48,6 +48,7 @@ class PipelineOptions:
     lwc_epochs: int = 20
     lwc_lr: float = 1e-2
     lwc_tokens: int = 512  # token sample per site: LWC training set and outlier report
+    lwc_batch: int = 64  # tokens per LWC step
     batch_size: int = 4
     progress: bool = True
 
@@ -101,7 +102,8 @@ def _run_layer(layer, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Ten
 class _SiteStats:
     """Running statistics of one site's input."""
 
-    def __init__(self, max_tokens: int) -> None:
+    def __init__(self, max_tokens: int, stride: int = 1) -> None:
+        self.stride = stride
         self.absmax: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
         self.count = 0
@@ -117,8 +119,9 @@ class _SiteStats:
         self.sum = s if self.sum is None else self.sum + s
         self.count += x.shape[0]
         if self.sample_tokens < self.max_tokens:
-            flat = x.reshape(-1, x.shape[-1])
-            # The first max_tokens tokens in calibration order (windows are random already).
+            # Every stride-th token, so the sample spans all calibration sequences rather than
+            # the first one only.
+            flat = x.reshape(-1, x.shape[-1])[:: self.stride]
             take = flat[: self.max_tokens - self.sample_tokens]
             self.sample.append(take.clone())
             self.sample_tokens += take.shape[0]
@@ -133,7 +136,9 @@ class _SiteStats:
 
 
 def _collect_stats(layer, sites, inps, kwargs, batch, max_tokens) -> dict[str, _SiteStats]:
-    stats = {s.name: _SiteStats(max_tokens) for s in sites}
+    """Statistics of every site's input while `layer` runs on `inps`."""
+    stride = max(1, inps.shape[0] * inps.shape[1] // max_tokens)
+    stats = {s.name: _SiteStats(max_tokens, stride) for s in sites}
     hooks = []
     for s in sites:
         mod = layer.get_submodule(s.stats_from)
@@ -278,11 +283,14 @@ def quantize_model(
                     with torch.no_grad():
                         x_t = tr.apply(arriving)
                         x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
+                        # The 16-bit linear on the quantized model's inputs. (Targets from the
+                        # 16-bit model's own activations, OmniQuant-style, measured worse here:
+                        # benchmarks/accuracy/README.md.)
                         target = arriving @ lin.weight.float().t()
                     with torch.enable_grad():
                         lo_f, hi_f = learn_clip_factors(
                             w_t, x_q, target, cfg.w_bits, cfg.weight_clip_ratio,
-                            opts.lwc_epochs, opts.lwc_lr)
+                            opts.lwc_epochs, opts.lwc_lr, opts.lwc_batch)
                     timings["lwc"] += time.perf_counter() - t
                 t = time.perf_counter()
                 q = quantize_linear(
