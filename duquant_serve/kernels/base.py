@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.reference import tree_sum
+from ..core.reference import QuantizedLinear, tree_sum
 from ..core.transform import InputTransform
 
 
@@ -118,31 +118,19 @@ class LinearKernel(abc.ABC):
         """x [..., K] act dtype → y [..., N] act dtype. Custom ops only."""
 
     @classmethod
-    def prepare_groups(
-        cls,
-        spec: LayerSpec,
-        groups: int,
-        qweight: torch.Tensor,
-        weight_scale: torch.Tensor,
-        weight_zero: torch.Tensor,
-        transform: InputTransform,
-        bias: torch.Tensor | None,
-        act_clip_ratio: float,
-        device: torch.device | str | None = None,
-    ) -> list[PreparedLinear]:
-        """A linear of `groups` activation groups (core/reference.py: row-parallel inputs of a
-        tp_shards > 1 checkpoint) as that many independent kernel linears. `spec` describes one
-        group (in_features = K / groups); the other arguments are the whole linear's."""
-        kg = spec.in_features
-        if qweight.shape[-1] * 2 != kg * groups:
-            raise ValueError(f"qweight {tuple(qweight.shape)} does not hold {groups} groups of "
-                             f"{kg} inputs")
-        no_bias = dataclasses.replace(spec, has_bias=False)  # the bias goes into group 0 only
-        return [cls.prepare(spec if i == 0 else no_bias,
-                            qweight[:, i * kg // 2:(i + 1) * kg // 2].contiguous(),
-                            weight_scale, weight_zero, transform.slice(i * kg, (i + 1) * kg),
-                            bias if i == 0 else None, act_clip_ratio, device)
-                for i in range(groups)]
+    def prepare_groups(cls, spec: LayerSpec, layer: QuantizedLinear,
+                       device: torch.device | str | None = None) -> list[PreparedLinear]:
+        """A checkpoint linear → one prepared kernel linear per activation group
+        (`QuantizedLinear.groups`: row-parallel inputs of a tp_shards > 1 checkpoint; one group
+        otherwise). `spec` describes one group; the bias goes into group 0 only."""
+        parts = layer.groups()
+        if spec.in_features * len(parts) != layer.in_features:
+            raise ValueError(f"spec in_features {spec.in_features} × {len(parts)} groups != the "
+                             f"layer's {layer.in_features} inputs")
+        return [cls.prepare(dataclasses.replace(spec, has_bias=g.bias is not None),
+                            g.qweight.contiguous(), g.weight_scale, g.weight_zero, g.transform,
+                            g.bias, g.act_clip_ratio, device)
+                for g in parts]
 
     @classmethod
     def apply_groups(cls, ps: list[PreparedLinear], x: torch.Tensor) -> torch.Tensor:

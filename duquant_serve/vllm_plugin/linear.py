@@ -40,6 +40,7 @@ from vllm.model_executor.layers.linear import (
 from vllm.model_executor.utils import set_weight_attrs
 
 from ..checkpoint import CheckpointError, check_tensor, tensor_error
+from ..core.reference import QuantizedLinear
 from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec
 from ..kernels.select import choose_kernel
@@ -164,11 +165,12 @@ class DuQuantLinearMethod(LinearMethodBase):
             block = choose_block_size(k, self.qcfg.block_size, shards)
         except ValueError as e:
             raise CheckpointError(f"duquant: {prefix}: {e}") from e
-        # k / k_p is the TP size for row-parallel layers (check_tp_size made it divide shards).
+        # k / k_p is the TP size for row-parallel layers; get_quant_method already refused a TP
+        # size that does not divide tp_shards, so this is a whole number >= 1.
         groups = shards * k_p // k if row_parallel else 1
         return _LayerState(prefix=prefix, shard_modules=shard_modules, row_parallel=row_parallel,
                            in_features=k, in_per_rank=k_p, tp_rank=getattr(layer, "tp_rank", 0),
-                           act_groups=max(groups, 1), block=block, full_out=full_out)
+                           act_groups=groups, block=block, full_out=full_out)
 
     # -- weight loaders ------------------------------------------------------------------------
 
@@ -259,9 +261,10 @@ class DuQuantLinearMethod(LinearMethodBase):
         logger.debug("duquant: %s → %s %s", st.prefix, kernel.name, spec)
         transform = InputTransform(layer.input_rot1.data, layer.input_perm.data.long(),
                                    layer.input_rot2.data, smooth)
-        prepared = kernel.prepare_groups(spec, st.act_groups, qweight, layer.weight_scale.data,
-                                         layer.weight_zero.data, transform, bias,
-                                         self.qcfg.act_clip_ratio, device=qweight.device)
+        rank_linear = QuantizedLinear(qweight, layer.weight_scale.data, layer.weight_zero.data,
+                                      transform, bias, self.qcfg.w_bits, self.qcfg.a_bits,
+                                      self.qcfg.act_clip_ratio, act_groups=st.act_groups)
+        prepared = kernel.prepare_groups(spec, rank_linear, device=qweight.device)
         # The checkpoint-layout parameters are replaced by the kernel's own tensors.
         for name in WEIGHT_PARAMS + TRANSFORM_PARAMS + OPTIONAL_PARAMS:
             delattr(layer, name)

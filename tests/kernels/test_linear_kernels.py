@@ -123,8 +123,7 @@ def test_grouped_apply_equals_grouped_reference(groups):
                               transform=dataclasses.replace(lin.transform, perm=local))
     spec = LayerSpec(k // groups, n, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
                      device_type="cpu")
-    ps = TorchRefKernel.prepare_groups(spec, groups, lin.qweight, lin.weight_scale,
-                                       lin.weight_zero, lin.transform, lin.bias, lin.act_clip_ratio)
+    ps = TorchRefKernel.prepare_groups(spec, lin)
     assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
     x = make_x(9, k, g)
     want = w4a4_linear_ref(x, lin)
@@ -134,8 +133,7 @@ def test_grouped_apply_equals_grouped_reference(groups):
                       backend="aot_eager")
     assert torch.equal(f(x), want)
     with pytest.raises(ValueError, match="groups"):
-        TorchRefKernel.prepare_groups(spec, groups + 1, lin.qweight, lin.weight_scale,
-                                      lin.weight_zero, lin.transform, lin.bias, 0.9)
+        TorchRefKernel.prepare_groups(dataclasses.replace(spec, in_features=64), lin)
 
 
 def test_import_duquant_serve_stays_light():
