@@ -191,11 +191,14 @@ def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
     return y.reshape(*shape[:-1], -1)
 
 
-def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
-    """Simulated W/A quantization (dequantize, then float matmul): the `duquant` eval rows."""
+def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Simulated W/A quantization (dequantize, then float matmul): the `duquant` eval rows.
+    `weight`: layer.dequantized_weight(), when the caller keeps it."""
     xt = layer.transform.apply(x.float())
     xq = fake_quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, layer.act_groups)
-    y = xq @ layer.dequantized_weight().t()
+    w = layer.dequantized_weight() if weight is None else weight
+    y = xq @ w.t()
     if layer.bias is not None:
         y = y + layer.bias.float()
     return y.to(x.dtype)
@@ -222,12 +225,7 @@ class QuantLinearModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "int":
             return w4a4_linear_ref(x, self.layer)
-        lay = self.layer
-        xt = lay.transform.apply(x.float())
-        y = fake_quantize_per_token(xt, lay.a_bits, lay.act_clip_ratio, lay.act_groups) @ self._w.t()
-        if lay.bias is not None:
-            y = y + lay.bias.float()
-        return y.to(x.dtype)
+        return fake_quant_linear(x, self.layer, self._w)
 
     def extra_repr(self) -> str:
         lay = self.layer
