@@ -2,16 +2,16 @@
 
 In vLLM V1 the model is built and `process_weights_after_loading` picks each layer's kernel in
 the engine-core / worker processes, while HTTP is served by the API-server process. The plugin
-records its choices here (`record_layer`), one JSON file per process in the directory named by
-``DUQUANT_RUNTIME_DIR`` (set by `duquant serve`); the API server reads them back
+records its choices here (`record_layer`), one JSON-lines file per process in the directory
+named by ``DUQUANT_RUNTIME_DIR`` (set by `duquant serve`); the API server reads them back
 (`read_kernel_report`). Without that variable nothing is recorded (e.g. `vllm.LLM(...)`).
 
-File ``layers-<pid>.json`` (rewritten atomically after every layer, so a reader never sees half
-a file)::
+File ``layers-<pid>.jsonl``, one line appended per layer as it is prepared (a reader skips a
+line still being written)::
 
-    {"pid": 123, "rank": 0, "layers": {"model.layers.0.self_attn.qkv_proj":
-        {"kernel": "torch_ref", "in_features": 256, "out_features": 512, "block_size": 128,
-         "groups": 1, "weight_bytes": 70144}, ...}}
+    {"pid": 123, "rank": 0, "name": "model.layers.0.self_attn.qkv_proj", "kernel": "torch_ref",
+     "in_features": 256, "out_features": 512, "block_size": 128, "groups": 1,
+     "weight_bytes": 70144}
 
 in_features is this rank's input width (per-group width × groups), weight_bytes what the
 prepared tensors hold on the device.
@@ -28,9 +28,7 @@ from typing import Any
 
 RUNTIME_DIR_ENV = "DUQUANT_RUNTIME_DIR"
 _PREFIX = "layers-"
-
-# This process's records, layer name → entry (a process loads one model).
-_layers: dict[str, dict[str, Any]] = {}
+_SUFFIX = ".jsonl"
 
 
 def record_layer(name: str, kernel: str, spec: Any, prepared: Any) -> None:
@@ -41,15 +39,13 @@ def record_layer(name: str, kernel: str, spec: Any, prepared: Any) -> None:
     if not directory:
         return
     parts = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
-    _layers[name] = {"kernel": kernel, "in_features": spec.in_features * len(parts),
-                     "out_features": spec.out_features, "block_size": spec.block_size,
-                     "groups": len(parts),
-                     "weight_bytes": sum(int(p.resident_bytes()) for p in parts)}
-    doc = {"pid": os.getpid(), "rank": _rank(), "layers": _layers}
-    path = Path(directory) / f"{_PREFIX}{os.getpid()}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    entry = {"pid": os.getpid(), "rank": _rank(), "name": name, "kernel": kernel,
+             "in_features": spec.in_features * len(parts), "out_features": spec.out_features,
+             "block_size": spec.block_size, "groups": len(parts),
+             "weight_bytes": sum(int(p.resident_bytes()) for p in parts)}
+    # One short append per layer (O(layers) I/O in all while the model loads).
+    with open(Path(directory) / f"{_PREFIX}{os.getpid()}{_SUFFIX}", "a") as f:
+        f.write(json.dumps(entry) + "\n")
 
 
 def _rank() -> int:
@@ -68,21 +64,26 @@ def read_kernel_report(directory: str | Path) -> dict[str, Any]:
     weight_bytes  kernel → bytes of the prepared tensors, summed over all ranks
     ranks         rank → {layer name → entry} (every detail, per rank)
     """
-    docs = []
-    for p in sorted(Path(directory).glob(f"{_PREFIX}*.json")):
+    entries = []
+    for p in sorted(Path(directory).glob(f"{_PREFIX}*{_SUFFIX}")):
         try:
-            docs.append(json.loads(p.read_text()))
-        except (OSError, ValueError):
-            continue  # vanished (process gone) or not ours: skip, the others still count
-    docs.sort(key=lambda d: (d.get("rank", 0), d.get("pid", 0)))
+            lines = p.read_text().splitlines()
+        except OSError:
+            continue  # vanished with its process: the others still count
+        for line in lines:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue  # a line still being appended
+    entries.sort(key=lambda e: (e["rank"], e["pid"]))
     layers: dict[str, str] = {}
     weight_bytes: dict[str, int] = {}
     ranks: dict[str, dict[str, Any]] = {}
-    for d in docs:
-        ranks.setdefault(str(d.get("rank", 0)), {}).update(d.get("layers", {}))
-        for name, entry in d.get("layers", {}).items():
-            layers.setdefault(name, entry["kernel"])
-            weight_bytes[entry["kernel"]] = weight_bytes.get(entry["kernel"], 0) + entry["weight_bytes"]
+    for e in entries:
+        detail = {k: v for k, v in e.items() if k not in ("pid", "rank", "name")}
+        ranks.setdefault(str(e["rank"]), {})[e["name"]] = detail
+        layers.setdefault(e["name"], e["kernel"])
+        weight_bytes[e["kernel"]] = weight_bytes.get(e["kernel"], 0) + e["weight_bytes"]
     counts: dict[str, int] = {}
     for kernel in layers.values():
         counts[kernel] = counts.get(kernel, 0) + 1
@@ -93,7 +94,7 @@ def read_kernel_report(directory: str | Path) -> dict[str, Any]:
 def remove_records(directory: str | Path) -> None:
     """Delete the record files (only ours) and the directory if that leaves it empty."""
     d = Path(directory)
-    for p in list(d.glob(f"{_PREFIX}*.json")) + list(d.glob(f"{_PREFIX}*.tmp")):
+    for p in d.glob(f"{_PREFIX}*{_SUFFIX}"):
         p.unlink(missing_ok=True)
     try:
         d.rmdir()

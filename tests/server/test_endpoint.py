@@ -29,8 +29,8 @@ def test_kernel_report_says_why_it_is_unavailable(monkeypatch, tmp_path):
     assert not r["available"] and RUNTIME_DIR_ENV in r["reason"]
     monkeypatch.setenv(RUNTIME_DIR_ENV, str(tmp_path))
     assert "no DuQuant layer recorded" in endpoint.kernel_report()["reason"]
-    (tmp_path / "layers-1.json").write_text(json.dumps({"pid": 1, "rank": 0, "layers": {"l": {
-        "kernel": "torch_ref", "in_features": 8, "out_features": 8, "block_size": 8, "groups": 1,
-        "weight_bytes": 3}}}))
+    (tmp_path / "layers-1.jsonl").write_text(json.dumps({
+        "pid": 1, "rank": 0, "name": "l", "kernel": "torch_ref", "in_features": 8,
+        "out_features": 8, "block_size": 8, "groups": 1, "weight_bytes": 3}) + "\n")
     r = endpoint.kernel_report()
     assert r["available"] and r["counts"] == {"torch_ref": 1}

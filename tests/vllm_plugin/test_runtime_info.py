@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
-
-import pytest
 
 from duquant_serve.vllm_plugin import runtime_info as ri
 
@@ -18,37 +17,33 @@ def _prepared(nbytes: int):
     return SimpleNamespace(resident_bytes=lambda: nbytes)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_records(monkeypatch):
-    monkeypatch.setattr(ri, "_layers", {})
-
-
 def test_no_directory_records_nothing(monkeypatch, tmp_path):
     monkeypatch.delenv(ri.RUNTIME_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
     ri.record_layer("a", "torch_ref", _spec(), _prepared(10))
-    assert ri._layers == {}
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_record_writes_one_complete_file_per_process(monkeypatch, tmp_path):
+def test_record_appends_one_line_per_layer(monkeypatch, tmp_path):
     monkeypatch.setenv(ri.RUNTIME_DIR_ENV, str(tmp_path))
     ri.record_layer("m.qkv_proj", "torch_ref", _spec(), _prepared(100))
     ri.record_layer("m.o_proj", "torch_ref", _spec(128, 256, 64), [_prepared(30), _prepared(40)])
     files = list(tmp_path.iterdir())
-    assert len(files) == 1 and files[0].name.startswith("layers-") and files[0].suffix == ".json"
-    doc = json.loads(files[0].read_text())
-    assert doc["rank"] == 0
-    assert doc["layers"]["m.qkv_proj"] == {"kernel": "torch_ref", "in_features": 256,
-                                           "out_features": 512, "block_size": 128, "groups": 1,
-                                           "weight_bytes": 100}
+    assert len(files) == 1 and files[0].name.startswith("layers-") and files[0].suffix == ".jsonl"
+    first, second = (json.loads(line) for line in files[0].read_text().splitlines())
+    assert first == {"pid": os.getpid(), "rank": 0, "name": "m.qkv_proj", "kernel": "torch_ref",
+                     "in_features": 256, "out_features": 512, "block_size": 128, "groups": 1,
+                     "weight_bytes": 100}
     # two activation groups: the rank's width is both groups together
-    assert doc["layers"]["m.o_proj"]["in_features"] == 256
-    assert doc["layers"]["m.o_proj"]["weight_bytes"] == 70
+    assert second["in_features"] == 256 and second["groups"] == 2
+    assert second["weight_bytes"] == 70
 
 
 def test_report_merges_ranks(tmp_path):
     def write(pid, rank, layers):
-        (tmp_path / f"layers-{pid}.json").write_text(
-            json.dumps({"pid": pid, "rank": rank, "layers": layers}))
+        (tmp_path / f"layers-{pid}.jsonl").write_text("".join(
+            json.dumps({"pid": pid, "rank": rank, "name": name, **e}) + "\n"
+            for name, e in layers.items()))
 
     def entry(kernel, nbytes):
         return {"kernel": kernel, "in_features": 8, "out_features": 8, "block_size": 8,
@@ -56,17 +51,18 @@ def test_report_merges_ranks(tmp_path):
 
     write(11, 1, {"l0": entry("triton", 5), "l1": entry("triton", 7)})
     write(10, 0, {"l0": entry("cutlass", 5), "l1": entry("triton", 7)})
-    (tmp_path / "layers-12.json").write_text("{half a fi")  # a torn file is skipped
+    with open(tmp_path / "layers-10.jsonl", "a") as f:
+        f.write('{"pid": 10, "rank": 0, "na')  # a line still being appended is skipped
     r = ri.read_kernel_report(tmp_path)
     assert r["layers"] == {"l0": "cutlass", "l1": "triton"}  # rank 0 wins
     assert r["counts"] == {"cutlass": 1, "triton": 1}
     assert r["weight_bytes"] == {"cutlass": 5, "triton": 19}  # summed over ranks
     assert set(r["ranks"]) == {"0", "1"}
-    assert r["ranks"]["1"]["l0"]["kernel"] == "triton"
+    assert r["ranks"]["1"]["l0"] == entry("triton", 5)
 
 
 def test_remove_records_keeps_other_files(tmp_path):
-    (tmp_path / "layers-1.json").write_text("{}")
+    (tmp_path / "layers-1.jsonl").write_text("{}\n")
     (tmp_path / "mine.txt").write_text("x")
     ri.remove_records(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
