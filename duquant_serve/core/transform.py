@@ -195,10 +195,15 @@ def permutation_respects_shards(perm: torch.Tensor, shards: int) -> bool:
 
 
 def block_rotate(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """x [..., C] · BlockDiag(r) with r [b, b] shared by all C/b blocks."""
+    """x [..., C] · BlockDiag(r) with r [b, b] shared by all C/b blocks.
+
+    Both operands are made contiguous first: BLAS picks its kernel by memory layout, and a
+    strided slice or a column-major rotation rounds differently in the last bit, so callers
+    holding the same values (reference, kernels, a TP rank's input slice) get the same result."""
     b = r.shape[0]
     shape = x.shape
-    return (x.reshape(*shape[:-1], shape[-1] // b, b) @ r.to(x.dtype)).reshape(shape)
+    xb = x.contiguous().reshape(*shape[:-1], shape[-1] // b, b)
+    return (xb @ r.to(x.dtype).contiguous()).reshape(shape)
 
 
 def rotate_permute_rotate(

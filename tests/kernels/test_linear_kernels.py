@@ -116,18 +116,24 @@ def test_grouped_apply_equals_grouped_reference(groups):
     import dataclasses
 
     g = torch.Generator().manual_seed(groups)
-    k, n = 128 * groups, 40
+    kg, n = 192, 40  # SmolLM2-like 3 blocks per group: strided slices would round differently
+    k = kg * groups
     lin = make_layer(n, k, 64, smooth=True, bias=True, g=g)
-    local = torch.cat([torch.randperm(128, generator=g) + 128 * i for i in range(groups)])
+    local = torch.cat([torch.randperm(kg, generator=g) + kg * i for i in range(groups)])
     lin = dataclasses.replace(lin, act_groups=groups,
                               transform=dataclasses.replace(lin.transform, perm=local))
     spec = LayerSpec(k // groups, n, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
                      device_type="cpu")
     ps = TorchRefKernel.prepare_groups(spec, lin)
     assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
+    # Several inputs and row counts: a last-bit difference shows on a few of them only (seen
+    # when the reference rotated strided group slices: 3-4 of these 20 differed).
+    for m in (1, 7, 9, 33, 64):
+        for _ in range(4):
+            x = make_x(m, k, g)
+            assert torch.equal(TorchRefKernel.apply_groups(ps, x), w4a4_linear_ref(x, lin)), m
     x = make_x(9, k, g)
     want = w4a4_linear_ref(x, lin)
-    assert torch.equal(TorchRefKernel.apply_groups(ps, x), want)
     torch._dynamo.reset()
     f = torch.compile(lambda t: TorchRefKernel.apply_groups(ps, t), fullgraph=True,
                       backend="aot_eager")
