@@ -19,53 +19,24 @@ import json
 import math
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.serve.servers import free_port, start_server, stop_server
 
 
-def start_server(checkpoint: str, seqlen: int, log_path: Path, extra: list[str]):
-    port = _free_port()
-    log = open(log_path, "w")  # noqa: SIM115 (owned by the returned process' lifetime)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "duquant_serve.cli", "serve", checkpoint, "--host", "127.0.0.1",
-         "--port", str(port), "--max-model-len", str(seqlen + 8),
-         # Each window is scored once; prefix caching would only hold memory.
-         "--no-enable-prefix-caching", *extra],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.perf_counter()
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.perf_counter() - t0
-        except OSError:
-            time.sleep(1)
-
-
-def stop_server(proc) -> None:
-    # SIGTERM to the API server only: it stops its engine processes itself (signalling the
-    # whole group at once kills the engine under it, and it logs an EngineDeadError).
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def start_duquant_server(checkpoint: str, seqlen: int, log_path: Path, extra: list[str]):
+    """`duquant serve` on a free local port → (process, base url, seconds to healthy)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "duquant_serve.cli", "serve", checkpoint, "--host", "127.0.0.1",
+            "--port", str(port), "--max-model-len", str(seqlen + 8),
+            # Each window is scored once; prefix caching would only hold memory.
+            "--no-enable-prefix-caching", *extra]
+    proc, startup = start_server(argv, dict(os.environ), log_path)
+    return proc, f"http://127.0.0.1:{port}", startup
 
 
 def window_nll(client, model: str, window: list[int]) -> float:
@@ -84,21 +55,14 @@ def window_nll(client, model: str, window: list[int]) -> float:
 
 def reference_window_nlls(checkpoint: str, windows, attention: str | None) -> list[float]:
     """Per-window mean NLL of the offline reference model — the model and the expression of
-    `duquant eval` (offline_quant.evaluate: load_checkpoint_model + perplexity), kept per window.
+    `duquant eval` (offline_quant.evaluate: load_checkpoint_model + window_nlls).
     `attention`: transformers attention implementation ("sdpa", "eager"; None = its default)."""
-    import torch
-
-    from offline_quant.evaluate import load_checkpoint_model
+    from offline_quant.evaluate import load_checkpoint_model, window_nlls
 
     model, _, _ = load_checkpoint_model(checkpoint)
     if attention is not None:
         model.set_attn_implementation(attention)
-    out = []
-    with torch.no_grad():
-        for w in windows:
-            logits = model(input_ids=w.unsqueeze(0), use_cache=False).logits[0, :-1].float()
-            out.append(torch.nn.functional.cross_entropy(logits, w[1:]).double().item())
-    return out
+    return window_nlls(model, windows)
 
 
 def layer_check(checkpoint: str) -> dict:
@@ -131,7 +95,7 @@ def _layer_diffs(model) -> dict[str, float]:
         parent, _, child = name.rpartition(".")
         qs = [ck.linears[f"{parent}.{c}"] for c in fused.get(child, [child])]
         x = torch.randn(7, qs[0].in_features, generator=gen) * 3  # x: [7, K] float32
-        got = m.duquant_kernel.apply(m.duquant_prepared, x)
+        got = m.duquant_kernel.apply_groups(m.duquant_prepared, x)
         want = torch.cat([w4a4_linear_ref(x, q) for q in qs], dim=-1)
         out[name] = float((got - want).abs().max())
     return out
@@ -195,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url, startup = args.url, None
         else:
-            proc, url, startup = start_server(ck, args.seqlen, log_path, args.server_arg)
+            proc, url, startup = start_duquant_server(ck, args.seqlen, log_path, args.server_arg)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=3600)
         model = client.models.list().data[0].id
         t = time.perf_counter()

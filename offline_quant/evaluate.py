@@ -44,12 +44,19 @@ def eval_windows(tokenizer, dataset: str | Path, seqlen: int, limit: int | None)
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, progress: bool = True, desc: str = "ppl") -> float:
+def window_nlls(model, windows: torch.Tensor, progress: bool = False, desc: str = "ppl") -> list[float]:
+    """Mean NLL of tokens 1.. of each window given its prefix (the paper's protocol)."""
     nlls = []
     for w in tqdm(windows, desc=desc, disable=not progress):
         logits = model(input_ids=w.unsqueeze(0), use_cache=False).logits[0, :-1].float()
-        nlls.append(torch.nn.functional.cross_entropy(logits, w[1:]).double())
-    return math.exp(torch.stack(nlls).mean().item())
+        nlls.append(torch.nn.functional.cross_entropy(logits, w[1:]).double().item())
+    return nlls
+
+
+def perplexity(model, windows: torch.Tensor, progress: bool = True, desc: str = "ppl") -> float:
+    """exp of the mean window NLL."""
+    nlls = window_nlls(model, windows, progress, desc)
+    return math.exp(sum(nlls) / len(nlls))
 
 
 def is_duquant_checkpoint(target: str | Path) -> bool:

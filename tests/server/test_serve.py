@@ -107,7 +107,7 @@ def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
     assert set(env["VLLM_PLUGINS"].split(",")) == installed | {"duquant"}
     argv, _ = launch.build_command(dq_checkpoint, ["--shutdown-timeout=0"], environ={})
     assert "--shutdown-timeout" not in argv  # the user's value (abort) wins
-    monkeypatch.setattr(launch, "_is_cpu_platform", lambda: False)
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: False)
     argv, env = launch.build_command(dq_checkpoint, [], environ={})
     assert "VLLM_CPU_KVCACHE_SPACE" not in env and "--dtype" not in argv
     assert "--middleware" in argv and "--shutdown-timeout" in argv
