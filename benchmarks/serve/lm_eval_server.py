@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     for row in result["comparison"]:
+        ratio = "–" if row["ratio"] is None else f"{row['ratio']:.3f}"  # None: 16-bit value is 0
         print(f"{row['task']:<20} {row['metric']:<16} 16-bit {row['16-bit']:.4f}  "
-              f"W4A4 {row['DuQuant W4A4']:.4f}  ratio {row['ratio']:.3f}")
+              f"W4A4 {row['DuQuant W4A4']:.4f}  ratio {ratio}")
     print(f"wrote {args.json}")
     return 0
 
