@@ -178,11 +178,7 @@ def plot(result: dict, out_prefix: str | Path) -> list[Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{title}\ndecode-heavy: {_workload_text(result, 'decode')}", fontsize=10)
-    fig.tight_layout()
-    path = out_prefix.with_name(out_prefix.name + "_decode.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, out_prefix, "decode"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     labels = [m["label"] for m in models]
@@ -202,12 +198,16 @@ def plot(result: dict, out_prefix: str | Path) -> list[Path]:
     for ax in axes:
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{title}\nprefill-heavy: {_workload_text(result, 'prefill')}", fontsize=10)
+    written.append(_save(plt, fig, out_prefix, "prefill"))
+    return written
+
+
+def _save(plt, fig, out_prefix: Path, workload: str) -> Path:
     fig.tight_layout()
-    path = out_prefix.with_name(out_prefix.name + "_prefill.png")
+    path = out_prefix.with_name(f"{out_prefix.name}_{workload}.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
 
 
 def _workload_text(result: dict, name: str) -> str:

@@ -78,6 +78,12 @@ def _chain_shutdown_signals() -> None:
         signal.signal(sig, handler)
 
 
+def _error_json(status: int, message: str, err_type: str) -> bytes:
+    """OpenAI's error shape, as vLLM's own handlers write it."""
+    return json.dumps({"error": {"message": message, "type": err_type, "param": None,
+                                 "code": int(status)}}).encode()
+
+
 def openai_error_body(status: int, raw: bytes) -> bytes | None:
     """The OpenAI error JSON for an error response body, or None if it already is one."""
     try:
@@ -99,15 +105,13 @@ def openai_error_body(status: int, raw: bytes) -> bytes | None:
     message = detail or phrase
     if status == HTTPStatus.UNAUTHORIZED and message == "Unauthorized":
         message = UNAUTHORIZED
-    return json.dumps({"error": {"message": message, "type": phrase, "param": None,
-                                 "code": status}}).encode()
+    return _error_json(status, message, phrase)
 
 
 async def send_json_error(send: Send, status: int, message: str, err_type: str,
                           extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     status = int(status)
-    body = json.dumps({"error": {"message": message, "type": err_type, "param": None,
-                                 "code": status}}).encode()
+    body = _error_json(status, message, err_type)
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *(extra_headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
