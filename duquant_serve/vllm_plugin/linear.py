@@ -19,7 +19,8 @@ quantization group (core/reference.py), so a rank runs its tp_shards / tp groups
 kernel linears whose outputs vLLM's all-reduce sums: the same numbers at every TP size.
 
 process_weights_after_loading checks every tensor arrived, picks the kernel with
-`kernels.select.choose_kernel` and prepares it once; apply() is one `kernel.apply` call.
+`kernels.select.choose_kernel` and prepares it once (one kernel linear per activation group);
+apply() is one `kernel.apply_groups` call.
 """
 
 from __future__ import annotations
