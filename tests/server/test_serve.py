@@ -4,12 +4,7 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,11 +13,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "vllm_plugin"))  # broken.py, conftest helpers
 
 from broken import MISSING, make_broken  # noqa: E402
+from serve_helpers import CHAT_TEMPLATE, ServerProcess  # noqa: E402
 
 MODEL_NAME = "tiny-duquant"
-# The byte-level tiny tokenizer ships no chat template; vLLM's chat endpoint needs one.
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "assistant:")
 
 
 @pytest.fixture(scope="module")
@@ -118,59 +111,23 @@ def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(dq_checkpoint, tmp_path_factory):
     pytest.importorskip("openai")
     d = tmp_path_factory.mktemp("server")
     (d / "chat.jinja").write_text(CHAT_TEMPLATE)
-    port = _free_port()
-    log = open(d / "server.log", "w")  # noqa: SIM115 (closed in teardown)
-    env = dict(os.environ)
-    env.pop("DUQUANT_VALIDATED_CHECKPOINT", None)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "duquant_serve.cli", "serve", str(dq_checkpoint),
-         "--host", "127.0.0.1", "--port", str(port), "--served-model-name", MODEL_NAME,
-         "--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
-         "--chat-template", str(d / "chat.jinja")],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    srv = ServerProcess(dq_checkpoint, ["--served-model-name", MODEL_NAME, "--dtype", "float32",
+                                        "--max-model-len", "256", "--enforce-eager",
+                                        "--chat-template", str(d / "chat.jinja")],
+                        d / "server.log")
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}:\n{(d / 'server.log').read_text()[-4000:]}")
-            if time.perf_counter() - t0 > 300:
-                pytest.fail(f"server not healthy after 300 s:\n{(d / 'server.log').read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(1)
-        print(f"\nserver healthy after {time.perf_counter() - t0:.1f}s")
-        yield base
+        print(f"\nserver healthy after {srv.wait_healthy():.1f}s")
+        yield srv.base
     finally:
-        # SIGTERM to the API server (what a supervisor sends): vLLM stops its engine processes
-        # itself. Only if it hangs, kill our own process group (start_new_session).
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-        # The engine must not have died while serving. After SIGTERM, vLLM's default shutdown
-        # (mode=abort, timeout 0) force-kills the engine and may log EngineDeadError in the race:
-        # that is vLLM's shutdown ordering, not a failure of ours.
-        served = (d / "server.log").read_text().split("[shutdown] API server: shutdown triggered")[0]
+        srv.stop()
+        # The engine must not have died while serving (a race at shutdown may log
+        # EngineDeadError after the shutdown line: vLLM's ordering, not a failure of ours).
+        served = srv.log.read_text().split("[shutdown] API server: shutdown triggered")[0]
         assert "EngineDeadError" not in served
 
 
