@@ -22,10 +22,12 @@ tp_shards input shards (core/reference.py); the tensors are the same as for one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,27 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
     return shards
 
 
+@contextlib.contextmanager
+def atomic_directory(out: Path) -> Iterator[Path]:
+    """Yield a temp directory beside `out`; when the block completes it replaces `out` (a
+    previous `out` is moved aside, then deleted), when it fails it is deleted. `out` is never
+    seen half written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_checkpoint(
     out_dir: str | Path,
     model_config: dict,
@@ -119,9 +142,7 @@ def write_checkpoint(
     out = Path(out_dir).resolve()
     if out.exists() and not overwrite:
         raise FileExistsError(f"output directory {str(out)!r} exists (pass --overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         tensors = dict(other_tensors)
         for name, q in linears.items():
             tensors.update(linear_tensors(name, q))
@@ -147,16 +168,6 @@ def write_checkpoint(
         if report is not None:
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2))
         validate_checkpoint(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -164,8 +164,8 @@ def export_hf_model(source: str, out_dir: str | Path, dtype: torch.dtype = torch
     as is; a directory that holds anything else is refused, never overwritten. The directory
     appears complete or not at all (written beside it, then renamed)."""
     import json
-    import shutil
-    import tempfile
+
+    from duquant_serve.checkpoint import atomic_directory
 
     out = Path(out_dir).resolve()
     want = {"source": source_description(source), "dtype": str(dtype).removeprefix("torch.")}
@@ -178,15 +178,8 @@ def export_hf_model(source: str, out_dir: str | Path, dtype: torch.dtype = torch
     # A GGUF load leaves transformers' GGUF quantizer attached although every tensor is
     # already a plain dequantized float; it would refuse save_pretrained.
     model.hf_quantizer = None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        marker_tmp = tmp / EXPORT_MARKER
-        marker_tmp.write_text(json.dumps(want, indent=2))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / EXPORT_MARKER).write_text(json.dumps(want, indent=2))
     return out
