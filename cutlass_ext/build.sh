@@ -24,7 +24,7 @@ archs="${DUQUANT_ARCHS:-80 90a}"
 objs=()
 defs=()
 pids=()
-# Translation units compile in parallel (the fused sm_90a EVT kernel alone takes ~2 min).
+# Translation units compile in parallel (each fused sm_90a EVT unit alone takes ~2 min).
 compile() {  # compile SRC OBJ GENCODE
   "$nvcc" "${common[@]}" "$3" -c "$here/csrc/$1" -o "$out/$2" &
   pids+=($!)
@@ -36,6 +36,7 @@ for a in $archs; do
         defs+=(-DDUQUANT_BUILT_SM80) ;;
     90a) compile w4a4_sm90.cu w4a4_sm90.o -gencode=arch=compute_90a,code=sm_90a
          compile w4a4_sm90_evt.cu w4a4_sm90_evt.o -gencode=arch=compute_90a,code=sm_90a
+         compile w4a4_sm90_packed.cu w4a4_sm90_packed.o -gencode=arch=compute_90a,code=sm_90a
          defs+=(-DDUQUANT_BUILT_SM90) ;;
     *) echo "unknown arch $a (expected 80 or 90a)" >&2; exit 2 ;;
   esac

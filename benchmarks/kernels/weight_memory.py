@@ -30,6 +30,9 @@ MODELS = {
 }
 
 
+PATHS = ("triton", "cutlass_sm90", "cutlass_sm90_int8w", "torch_ref")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
@@ -49,7 +52,7 @@ def main() -> None:
             bf16 = n * k * 2
             tot["bf16"] += bf16
             row = dict(model=model, op=lname, N=n, K=k, b=b, bf16_bytes=bf16)
-            for name in ("triton", "cutlass_sm90", "torch_ref"):
+            for name in PATHS:
                 spec = LayerSpec(k, n, b, device_type="cpu")
                 p = KERNELS[name].prepare(spec, qw, s.repeat(reps)[:n], z.repeat(reps)[:n], t,
                                           None, 1.0)
@@ -61,12 +64,13 @@ def main() -> None:
             print(f"{model:>13} {lname:>8} N={n:6d} K={k:6d}  bf16 {bf16 / 2**20:8.2f} MiB  "
                   f"triton {row['triton_bytes'] / 2**20:7.2f} MiB ({row['triton_ratio']:.2f}x)  "
                   f"cutlass_sm90 {row['cutlass_sm90_bytes'] / 2**20:7.2f} MiB "
-                  f"({row['cutlass_sm90_ratio']:.2f}x)")
+                  f"({row['cutlass_sm90_ratio']:.2f}x)  "
+                  f"cutlass_sm90_int8w {row['cutlass_sm90_int8w_ratio']:.2f}x")
         rows.append(dict(model=model, op="layer_total", bf16_bytes=tot["bf16"],
                          **{f"{k}_bytes": v for k, v in tot.items() if k != "bf16"},
                          **{f"{k}_ratio": tot["bf16"] / v for k, v in tot.items() if k != "bf16"}))
-        print(f"{model:>13} {'layer':>8}  triton {tot['bf16'] / tot['triton']:.2f}x  "
-              f"cutlass_sm90 {tot['bf16'] / tot['cutlass_sm90']:.2f}x smaller than BF16")
+        print(f"{model:>13} {'layer':>8}  " + "  ".join(
+            f"{name} {tot['bf16'] / tot[name]:.2f}x" for name in PATHS) + " smaller than BF16")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

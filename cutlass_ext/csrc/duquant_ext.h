@@ -15,17 +15,17 @@ enum {
 
 enum { DUQUANT_BF16 = 0, DUQUANT_FP16 = 1 };
 
-// Operands of the fused sm_90a W4A4 GEMM (w4a4_sm90_evt.cu). Device pointers; vectors fp32
+// Operands of the fused sm_90a W4A4 GEMMs (w4a4_sm90_evt.hpp). Device pointers; vectors fp32
 // unless noted. y = sx·(u·acc − (v·Sx + w·zx)) + bias, acc = a · bᵀ.
 typedef struct {
   const void* a;     // int8 [m, k] activation codes
-  const void* b;     // int8 [n, k] weight codes
+  const void* b;     // weight codes: int8 [n, k], or packed signed 4-bit [n, k/2] (_packed)
   void* d;           // [m, n] out_dtype
   const void* sx;    // [m] activation scales
   const void* zx;    // [m] activation zero points
   const void* sqx;   // int32 [m] Σ_k activation codes
   const void* u;     // [n] sw
-  const void* v;     // [n] sw·zw
+  const void* v;     // [n] sw·zw (_packed: sw·(zw − 8), its codes are stored as q − 8)
   const void* w;     // [n] sw·(Σ_k qw − k·zw)
   const void* bias;  // [n] out_dtype, or NULL
   int m, n, k;
@@ -36,6 +36,10 @@ extern "C" {
 // sm_90a: fused GEMM + epilogue (EVT). k % 16 == 0, n % 8 == 0.
 int duquant_w4a4_gemm_sm90(const duquant_w4a4_args* args, void* workspace,
                            size_t workspace_bytes, cudaStream_t stream);
+// sm_90a: the same with weights packed two signed 4-bit codes (q − 8) per byte, low nibble =
+// even k, widened to int8 in registers (w4a4_sm90_packed.cu). k % 32 == 0, n % 8 == 0.
+int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args* args, void* workspace,
+                                  size_t workspace_bytes, cudaStream_t stream);
 // sm_90a: D[M,N] (int32) = A[M,K] (int8 codes) · B[N,K]ᵀ (int8 codes).
 int duquant_gemm_s8s8s32_sm90(const int8_t* a, const int8_t* b, int32_t* d, int m, int n, int k,
                               void* workspace, size_t workspace_bytes, cudaStream_t stream);

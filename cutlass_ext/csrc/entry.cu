@@ -23,6 +23,10 @@ extern "C" int duquant_gemm_s8s8s32_sm90(const int8_t*, const int8_t*, int32_t*,
 extern "C" int duquant_w4a4_gemm_sm90(const duquant_w4a4_args*, void*, size_t, cudaStream_t) {
   return DUQUANT_ERR_ARCH;
 }
+extern "C" int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args*, void*, size_t,
+                                             cudaStream_t) {
+  return DUQUANT_ERR_ARCH;
+}
 #endif
 
 #ifndef DUQUANT_BUILT_SM80

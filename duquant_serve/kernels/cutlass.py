@@ -57,9 +57,9 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             lib.duquant_gemm_s8s8s32_sm90.restype = i
             lib.duquant_gemm_u4u4s32_sm80.argtypes = [vp, vp, vp, i, i, i, vp]
             lib.duquant_gemm_u4u4s32_sm80.restype = i
-            lib.duquant_w4a4_gemm_sm90.argtypes = [ctypes.POINTER(W4A4Args), vp, ctypes.c_size_t,
-                                                   vp]
-            lib.duquant_w4a4_gemm_sm90.restype = i
+            for fused in (lib.duquant_w4a4_gemm_sm90, lib.duquant_w4a4_gemm_sm90_packed):
+                fused.argtypes = [ctypes.POINTER(W4A4Args), vp, ctypes.c_size_t, vp]
+                fused.restype = i
         except AttributeError as e:
             tried.append(f"{p} (stale build: {e}; rebuild with cutlass_ext/build.sh)")
             continue
@@ -139,22 +139,29 @@ def w4a4_gemm_sm90_cuda(
     scale: torch.Tensor,
     zero: torch.Tensor,
     code_sum: torch.Tensor,
-    qweight8: torch.Tensor,
+    qweight: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor,
     w: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    packed: bool,
 ) -> torch.Tensor:
-    """Fused sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias (EPILOGUE.md)."""
+    """Fused sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias (EPILOGUE.md).
+
+    packed=False: qweight int8 [N, K] codes (w4a4_sm90_evt.cu); packed=True: uint8 [N, K/2],
+    two signed 4-bit codes q − 8 per byte, v = sw·(zw − 8) (w4a4_sm90_packed.cu).
+    """
     lib, err = _load()
     if lib is None:
         raise RuntimeError(err)
     if out_dtype not in _OUT_DTYPES:
         raise ValueError(f"fused sm90 kernel writes bf16/fp16, not {out_dtype}")
     m, k = codes.shape
-    n = qweight8.shape[0]
-    tensors = [codes.contiguous(), qweight8.contiguous()] + [
+    n = qweight.shape[0]
+    if qweight.shape[1] * (2 if packed else 1) != k:
+        raise ValueError(f"weights {tuple(qweight.shape)} do not match K={k} (packed={packed})")
+    tensors = [codes.contiguous(), qweight.contiguous()] + [
         t.contiguous() for t in (scale, zero, code_sum, u, v, w)]
     if bias is not None:
         bias = bias.to(out_dtype).contiguous()
@@ -168,6 +175,7 @@ def w4a4_gemm_sm90_cuda(
                     _OUT_DTYPES[out_dtype])
     ws = _workspace(codes.device)
     stream = torch.cuda.current_stream(codes.device).cuda_stream
-    rc = lib.duquant_w4a4_gemm_sm90(ctypes.byref(args), ws.data_ptr(), ws.numel(), stream)
-    _check(rc, f"duquant_w4a4_gemm_sm90(M={m}, N={n}, K={k})")
+    fn = lib.duquant_w4a4_gemm_sm90_packed if packed else lib.duquant_w4a4_gemm_sm90
+    rc = fn(ctypes.byref(args), ws.data_ptr(), ws.numel(), stream)
+    _check(rc, f"{fn.__name__}(M={m}, N={n}, K={k})")
     return out

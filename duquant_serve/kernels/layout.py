@@ -9,6 +9,10 @@ be a contiguous run of K, so `prepare` repacks once at load into the *grouped* l
 
 Then `p & 15` is codes [64g, 64g+32) and `p >> 4` is codes [64g+32, 64g+64): two int8 tensor-core
 dots on contiguous activation columns, no shuffles. Requires K % 64 == 0.
+
+The CUTLASS sm_90a packed kernel keeps the checkpoint's nibble order but stores *signed* codes
+q − 8 (two's complement nibbles, `byte ^ 0x88`), the type CUTLASS widens to int8 in registers
+with a few shifts and byte permutes; its epilogue takes zw − 8 (cutlass_ext/csrc/w4a4_sm90_packed.cu).
 """
 
 from __future__ import annotations
@@ -34,3 +38,19 @@ def unpack_int4_grouped(p: torch.Tensor) -> torch.Tensor:
     n, kh = p.shape
     g = p.reshape(n, kh // (GROUP // 2), GROUP // 2)
     return torch.stack((g & 0x0F, g >> 4), dim=2).reshape(n, kh * 2)
+
+
+SIGNED_OFFSET = 8
+
+
+def to_signed_int4(qweight: torch.Tensor) -> torch.Tensor:
+    """Checkpoint-packed codes 0..15 → the same bytes holding q − 8 as signed nibbles."""
+    if qweight.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 packed codes, got {qweight.dtype}")
+    return qweight ^ 0x88  # per nibble, (q − 8) mod 16 == q xor 8
+
+
+def unpack_signed_int4(p: torch.Tensor) -> torch.Tensor:
+    """[N, K/2] signed-nibble bytes → [N, K] int8 values −8..7 (low nibble = even k)."""
+    n = torch.stack((p & 0x0F, p >> 4), dim=-1).flatten(-2).to(torch.int8)
+    return n - 16 * (n >= 8).to(torch.int8)

@@ -1,4 +1,4 @@
-"""The three W4A4 linear kernels: CUTLASS (sm_90a / sm_80), Triton, torch reference.
+"""The W4A4 linear kernels: CUTLASS (sm_90a packed / int8 weights, sm_80), Triton, torch ref.
 
 Each `apply` is a straight line of `torch.ops.duquant.*` calls (ops.py): no data-dependent
 Python, no printing, so torch.compile traces it and vLLM can capture it in CUDA graphs.
@@ -16,7 +16,7 @@ from ..core.pack import unpack_int4
 from ..core.transform import InputTransform
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
 from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
-from .layout import pack_int4_grouped
+from .layout import SIGNED_OFFSET, pack_int4_grouped, to_signed_int4
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -131,13 +131,36 @@ class TritonKernel(LinearKernel):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-class CutlassSm90Kernel(LinearKernel):
-    """sm_90a: Triton prologue → one CUTLASS 3.x kernel: int8 wgmma GEMM with the zero-point /
-    scale epilogue as an epilogue visitor tree (cutlass_ext/csrc/w4a4_sm90_evt.cu).
+def _sm90_checks(spec: LayerSpec, k_multiple: int) -> str | None:
+    why = _common_gpu_checks(spec) or _triton_missing()
+    if why:
+        return why
+    if spec.capability[0] != 9:
+        return f"built for sm_90a (Hopper), device is sm_{spec.capability}"
+    if spec.act_dtype not in (torch.bfloat16, torch.float16):
+        return f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
+    if spec.in_features % k_multiple or spec.out_features % 8:
+        return f"needs K % {k_multiple} == 0 and N % 8 == 0 (TMA alignment)"
+    return None
 
-    Weight codes are stored one per int8 byte (prepare unpacks them): wgmma has no 4-bit type
-    and this kernel does not unpack in its mainloop, so it holds 2× the bytes of packed weights.
-    Per-channel epilogue vectors u = sw, v = sw·zw, w = sw·(Σqw − K·zw) are built once here.
+
+def _evt_vectors(p: PreparedLinear, weight_scale: torch.Tensor, weight_zero: torch.Tensor,
+                 zero_shift: int) -> None:
+    """The per-channel vectors the fused epilogue broadcasts, built once in float64 and rounded
+    once to fp32: u = sw, v = sw·(zw − zero_shift), w = sw·(Σqw − K·zw) (EPILOGUE.md)."""
+    sw, zw = weight_scale.double().cpu(), weight_zero.double().cpu()
+    sqw = p.weight_code_sum.double().cpu()
+    k, dev = p.spec.in_features, p.qweight.device
+    p.extra["u"] = sw.float().to(dev)
+    p.extra["v"] = (sw * (zw - zero_shift)).float().to(dev)
+    p.extra["w"] = (sw * (sqw - k * zw)).float().to(dev)
+
+
+class CutlassSm90Kernel(LinearKernel):
+    """sm_90a: Triton prologue → one CUTLASS 3.x kernel (cutlass_ext/csrc/w4a4_sm90_packed.cu):
+    weights stay packed 4-bit in GPU memory, the mixed-input mainloop widens them to int8 in
+    registers for the int8 wgmma, and the zero-point / scale epilogue is an epilogue visitor
+    tree. Codes are stored as signed nibbles q − 8 (layout.to_signed_int4), so v = sw·(zw − 8).
     """
 
     name = "cutlass_sm90"
@@ -145,16 +168,7 @@ class CutlassSm90Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        why = _common_gpu_checks(spec) or _triton_missing()
-        if why:
-            return False, why
-        if spec.capability[0] != 9:
-            return False, f"built for sm_90a (Hopper), device is sm_{spec.capability}"
-        if spec.act_dtype not in (torch.bfloat16, torch.float16):
-            return False, f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
-        if spec.in_features % 16 or spec.out_features % 8:
-            return False, "needs K % 16 == 0 and N % 8 == 0 (TMA alignment)"
-        why = _unvalidated(cls) or _cutlass_missing("sm90a")
+        why = _sm90_checks(spec, 32) or _unvalidated(cls) or _cutlass_missing("sm90a")
         return (False, why) if why else (True, None)
 
     @classmethod
@@ -162,16 +176,44 @@ class CutlassSm90Kernel(LinearKernel):
                 weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
-        codes = unpack_int4(qweight.cpu())
         p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                           act_clip_ratio, device, codes.to(torch.int8))
-        # float64 products, rounded once to fp32: the vectors the EVT broadcasts per channel.
-        sw, zw = weight_scale.double().cpu(), weight_zero.double().cpu()
-        sqw = codes.sum(dim=-1, dtype=torch.int64).double()
-        dev = p.qweight.device
-        p.extra["u"] = sw.float().to(dev)
-        p.extra["v"] = (sw * zw).float().to(dev)
-        p.extra["w"] = (sw * (sqw - spec.in_features * zw)).float().to(dev)
+                           act_clip_ratio, device, to_signed_int4(qweight.cpu()))
+        _evt_vectors(p, weight_scale, weight_zero, SIGNED_OFFSET)
+        return p
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s, z, qs = torch.ops.duquant.prologue(
+            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        y = torch.ops.duquant.w4a4_gemm_sm90_packed(q, s, z, qs, p.qweight, p.extra["u"],
+                                                    p.extra["v"], p.extra["w"], p.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+class CutlassSm90Int8WeightKernel(LinearKernel):
+    """sm_90a with weight codes one per int8 byte (cutlass_ext/csrc/w4a4_sm90_evt.cu): both
+    wgmma operands straight from shared memory, no widening, 2× the weight bytes of
+    `cutlass_sm90`. Ranked after it: the comparator that measures what the in-register widening
+    costs, and the fallback should the packed kernel fail validation."""
+
+    name = "cutlass_sm90_int8w"
+    validated_on_gpu = False
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        why = _sm90_checks(spec, 16) or _unvalidated(cls) or _cutlass_missing("sm90a")
+        return (False, why) if why else (True, None)
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
+        codes = unpack_int4(qweight.cpu()).to(torch.int8)
+        p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                           act_clip_ratio, device, codes)
+        _evt_vectors(p, weight_scale, weight_zero, 0)
         return p
 
     @classmethod

@@ -11,6 +11,7 @@ Layouts (K = in_features, N = out_features, M = tokens):
     qweight    uint8 [N, K/2]  checkpoint layout (core/pack.py): byte j = code 2j | code 2j+1 << 4
     qweight_g  uint8 [N, K/2]  "grouped" layout (kernels/layout.py): in each 64-code group byte j
                                holds code j (low nibble) and code 32+j (high nibble)
+    qweight_s4 uint8 [N, K/2]  checkpoint order, signed nibbles q − 8 (layout.to_signed_int4)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from ..core.pack import unpack_int4
 from ..core.reference import epilogue_ref, gemm_epilogue_ref, prologue_ref
 from ..core.transform import InputTransform
-from .layout import unpack_int4_grouped
+from .layout import unpack_int4_grouped, unpack_signed_int4
 
 # ---------------------------------------------------------------------------------------------
 # prologue: x → transform → per-token asymmetric codes
@@ -191,7 +192,12 @@ def w4a4_gemm_sm90(
     CPU: the same algebra in float64 on an exact accumulator; tests hold it to
     `core.reference.gemm_epilogue_ref`.
     """
-    acc = codes.double() @ qweight8.double().t()
+    return _evt_epilogue_cpu(codes.double() @ qweight8.double().t(), scale, zero, code_sum, u,
+                             v, w, bias, out_dtype)
+
+
+def _evt_epilogue_cpu(acc, scale, zero, code_sum, u, v, w, bias, out_dtype) -> torch.Tensor:
+    """The fused sm_90a kernels' epilogue visitor tree in float64 (w4a4_sm90_evt.hpp)."""
     y = scale.double()[:, None] * (
         u.double()[None, :] * acc
         - (v.double()[None, :] * code_sum.double()[:, None]
@@ -210,7 +216,43 @@ def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
 def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
     from .cutlass import w4a4_gemm_sm90_cuda
 
-    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype)
+    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype,
+                               packed=False)
+
+
+@torch.library.custom_op("duquant::w4a4_gemm_sm90_packed", mutates_args=())
+def w4a4_gemm_sm90_packed(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight_s4: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """`w4a4_gemm_sm90` with the weights left packed: qweight_s4 uint8 [N, K/2] holds q − 8 as
+    signed nibbles (layout.to_signed_int4) and v = sw·(zw − 8); u, w as there.
+
+    CPU: the kernel's arithmetic (signed codes, shifted v) in float64 on an exact accumulator.
+    """
+    acc = codes.double() @ unpack_signed_int4(qweight_s4).double().t()
+    return _evt_epilogue_cpu(acc, scale, zero, code_sum, u, v, w, bias, out_dtype)
+
+
+@w4a4_gemm_sm90_packed.register_fake
+def _(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias, out_dtype):
+    return codes.new_empty((codes.shape[0], qweight_s4.shape[0]), dtype=out_dtype)
+
+
+@w4a4_gemm_sm90_packed.register_kernel("cuda")
+def _(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias, out_dtype):
+    from .cutlass import w4a4_gemm_sm90_cuda
+
+    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias,
+                               out_dtype, packed=True)
 
 
 @torch.library.custom_op("duquant::gemm_u4_sm80", mutates_args=())

@@ -1,7 +1,7 @@
 """The one place that decides which kernel runs a quantized linear.
 
     choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement(spec)` agrees:
-        cutlass_sm90 > cutlass_sm80 > triton > torch_ref
+        cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > torch_ref
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
 The choice is logged once per distinct LayerSpec; when nothing fits, the error lists every
@@ -14,12 +14,19 @@ import logging
 import os
 
 from .base import LayerSpec, LinearKernel
-from .linear_kernels import CutlassSm80Kernel, CutlassSm90Kernel, TorchRefKernel, TritonKernel
+from .linear_kernels import (
+    CutlassSm80Kernel,
+    CutlassSm90Int8WeightKernel,
+    CutlassSm90Kernel,
+    TorchRefKernel,
+    TritonKernel,
+)
 
 logger = logging.getLogger(__name__)
 
 PRIORITY: tuple[type[LinearKernel], ...] = (
     CutlassSm90Kernel,
+    CutlassSm90Int8WeightKernel,
     CutlassSm80Kernel,
     TritonKernel,
     TorchRefKernel,

@@ -1,13 +1,14 @@
 """cutlass_ext builds with nvcc for sm_80 and sm_90a (compile-only: no GPU here), and the
 torch-free library loads through ctypes and reports both architectures.
 
-The full build takes ~2.5 min on 2 cores (the fused sm_90a EVT kernel alone ~2 min), so it is
+The full build takes ~3 min on 2 cores (each fused sm_90a EVT unit alone ~2 min), so it is
 marked `slow`; the sm_80-only build (~20 s) runs by default as a toolchain check."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def test_build_sm80_sm90a_and_load(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     # -DNDEBUG keeps wgmma unserialized: ptxas warns C7510 otherwise.
     assert "C7510" not in r.stderr
+    _check_sm90_sass(tmp_path)
     so = tmp_path / "libduquant_ext.so"
     assert so.is_file()
     try:
@@ -48,5 +50,36 @@ def test_build_sm80_sm90a_and_load(tmp_path):
         pytest.skip(f"built, but cannot load without libcudart: {e}")
     assert lib.duquant_built_archs() == 3
     for sym in ("duquant_gemm_s8s8s32_sm90", "duquant_w4a4_gemm_sm90",
-                "duquant_gemm_u4u4s32_sm80"):
+                "duquant_w4a4_gemm_sm90_packed", "duquant_gemm_u4u4s32_sm80"):
         assert hasattr(lib, sym)
+
+
+def _cuobjdump() -> str:
+    import triton
+
+    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if exe.is_file():
+        return str(exe)
+    found = shutil.which("cuobjdump")
+    if found is None:
+        pytest.skip("no cuobjdump (neither Triton's bundled one nor on PATH)")
+    return found
+
+
+def _check_sm90_sass(build: Path) -> None:
+    """What the sm_90a objects must be made of: int8 wgmma, with the packed kernel's A operand
+    (the widened 4-bit weights) in registers and the int8-weight kernel's in shared memory, and
+    no register spills (no stack, no local memory) in any of their kernels."""
+    exe = _cuobjdump()
+    wgmma = {"w4a4_sm90_packed.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, R\d+, gdesc",
+             "w4a4_sm90_evt.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, gdesc",
+             "w4a4_sm90.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, gdesc"}
+    for obj, pattern in wgmma.items():
+        sass = subprocess.run([exe, "-sass", str(build / obj)], capture_output=True, text=True,
+                              check=True).stdout
+        assert re.search(pattern, sass), f"{obj}: no {pattern} in its SASS"
+        usage = subprocess.run([exe, "-res-usage", str(build / obj)], capture_output=True,
+                               text=True, check=True).stdout
+        regs = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
+        assert regs, usage[-2000:]
+        assert all(st == "0" and lo == "0" for _, st, lo in regs), f"{obj} spills: {regs}"

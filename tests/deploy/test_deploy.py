@@ -52,7 +52,7 @@ def test_install_script_builds_a_complete_wheel(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     site = tmp_path / "site"
     for rel in ("duquant_serve/core/transform.py", "duquant_serve/checkpoint.py", "offline_quant/pipeline.py",
-                "cutlass_ext/build.sh", "cutlass_ext/csrc/w4a4_sm90.cu"):
+                "cutlass_ext/build.sh", "cutlass_ext/csrc/w4a4_sm90.cu", "cutlass_ext/csrc/w4a4_sm90_evt.hpp"):
         assert (site / rel).is_file(), rel
     eps = next(site.glob("duquant_serve-*.dist-info/entry_points.txt")).read_text()
     assert "[vllm.general_plugins]" in eps and "duquant_serve.vllm_plugin:register" in eps

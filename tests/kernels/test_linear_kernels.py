@@ -17,6 +17,7 @@ from duquant_serve.core.reference import w4a4_linear_ref
 from duquant_serve.kernels.base import LayerSpec
 from duquant_serve.kernels.linear_kernels import (
     CutlassSm80Kernel,
+    CutlassSm90Int8WeightKernel,
     CutlassSm90Kernel,
     TorchRefKernel,
     TritonKernel,
@@ -64,26 +65,28 @@ def test_triton_kernel_layout_end_to_end(m, n, k, b):
 
 
 def test_cutlass_kernel_layouts_end_to_end():
-    """CUTLASS paths' prepare layouts through the ops' CPU impls + the Triton epilogue."""
+    """CUTLASS paths' prepare layouts through the ops' CPU impls (+ the Triton epilogue where
+    the GEMM writes int32): each kernel's stored weights and epilogue vectors = the reference."""
     g = torch.Generator().manual_seed(3)
     lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g)
     x = make_x(7, 576, g)
     ref = w4a4_linear_ref(x, lin)
-    for kern in (CutlassSm90Kernel, CutlassSm80Kernel):
+    for kern in (CutlassSm90Kernel, CutlassSm90Int8WeightKernel, CutlassSm80Kernel):
         p = _prep(kern, lin)
         q, s, z, qs = fused_prologue(x, p.r1, p.r2, p.inv_perm, p.smooth, 4, p.act_clip_ratio)
-        if kern is CutlassSm90Kernel:
-            acc = torch.ops.duquant.gemm_s8_sm90(q, p.qweight)
-        else:
+        if kern is CutlassSm80Kernel:
             acc = torch.ops.duquant.gemm_u4_sm80(torch.ops.duquant.pack_codes(q), p.qweight)
-        y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero, p.weight_code_sum,
-                            p.bias, 576, torch.float32)
+            y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero,
+                                p.weight_code_sum, p.bias, 576, torch.float32)
+        else:  # the fused EVT ops' algebra with prepare()'s weights and u, v, w
+            op = (torch.ops.duquant.w4a4_gemm_sm90_packed if kern is CutlassSm90Kernel
+                  else torch.ops.duquant.w4a4_gemm_sm90)
+            y = op(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"], p.extra["w"], p.bias,
+                   torch.float32)
         assert _rel(y, ref) < 1e-4, kern.name
-        if kern is CutlassSm90Kernel:  # the fused EVT op's algebra with prepare()'s u, v, w
-            y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"],
-                                                 p.extra["v"], p.extra["w"], p.bias,
-                                                 torch.float32)
-            assert _rel(y, ref) < 1e-4
+    # Packed keeps 4 bits per weight; the int8 variant one byte.
+    assert _prep(CutlassSm90Kernel, lin).qweight.numel() * 2 == \
+        _prep(CutlassSm90Int8WeightKernel, lin).qweight.numel()
 
 
 def test_prepare_rejects_mismatched_tensors():

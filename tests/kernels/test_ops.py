@@ -9,7 +9,7 @@ from kernel_cases import inverse_perm, make_layer, make_x
 from duquant_serve.core.pack import pack_int4, unpack_int4
 from duquant_serve.core.reference import prologue_ref, w4a4_linear_ref
 from duquant_serve.kernels import ops  # noqa: F401
-from duquant_serve.kernels.layout import pack_int4_grouped
+from duquant_serve.kernels.layout import pack_int4_grouped, to_signed_int4, unpack_signed_int4
 
 
 def _layer_args(m=7, n=40, k=192, b=64, smooth=True, bias=True, seed=0):
@@ -75,8 +75,9 @@ def test_opcheck_linear_ref():
     assert torch.equal(torch.ops.duquant.linear_ref(*args), w4a4_linear_ref(x, lin))
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_opcheck_fused_sm90_matches_reference(bias):
+def test_opcheck_fused_sm90_matches_reference(bias, packed):
     lin, x = _layer_args(bias=bias, seed=3)
     t = lin.transform
     q, s, z, qs = torch.ops.duquant.prologue(x, t.r1, t.r2, t.perm, inverse_perm(t.perm),
@@ -84,9 +85,24 @@ def test_opcheck_fused_sm90_matches_reference(bias):
     qw = unpack_int4(lin.qweight)
     sw, zw = lin.weight_scale.double(), lin.weight_zero.double()
     sqw = qw.sum(-1, dtype=torch.int64).double()
-    u, v, w = sw.float(), (sw * zw).float(), (sw * (sqw - x.shape[1] * zw)).float()
-    args = (q, s, z, qs, qw.to(torch.int8), u, v, w, lin.bias, torch.float32)
-    torch.library.opcheck(torch.ops.duquant.w4a4_gemm_sm90.default, args)
-    y, ref = torch.ops.duquant.w4a4_gemm_sm90(*args).double(), w4a4_linear_ref(x, lin).double()
+    # The packed kernel multiplies signed codes q − 8: acc' = acc − 8·Σqx, so v takes zw − 8.
+    shift = 8 if packed else 0
+    u, v, w = sw.float(), (sw * (zw - shift)).float(), (sw * (sqw - x.shape[1] * zw)).float()
+    op = torch.ops.duquant.w4a4_gemm_sm90_packed if packed else torch.ops.duquant.w4a4_gemm_sm90
+    weights = to_signed_int4(lin.qweight) if packed else qw.to(torch.int8)
+    args = (q, s, z, qs, weights, u, v, w, lin.bias, torch.float32)
+    torch.library.opcheck(op.default, args)
+    y, ref = op(*args).double(), w4a4_linear_ref(x, lin).double()
     # u, v, w are rounded to fp32 and u·acc − v·Σqx cancels: ~1e-6 relative, not exact.
     assert float((y - ref).norm() / ref.norm()) < 1e-5
+
+
+def test_signed_int4_layout_round_trip():
+    g = torch.Generator().manual_seed(11)
+    q = torch.randint(0, 16, (5, 64), generator=g, dtype=torch.uint8)
+    s4 = to_signed_int4(pack_int4(q))
+    assert s4.dtype == torch.uint8 and s4.shape == (5, 32)
+    assert torch.equal(unpack_signed_int4(s4), q.to(torch.int8) - 8)
+    # Two's-complement nibbles, low nibble = even k: the bytes CUTLASS reads as int4b_t.
+    lo = (s4 & 0xF).to(torch.int16)
+    assert torch.equal(lo - 16 * (lo >= 8).to(torch.int16), q[:, 0::2].to(torch.int16) - 8)

@@ -51,7 +51,7 @@ def test_all_disabled_lists_every_reason(monkeypatch):
     with pytest.raises(select.NoKernelError) as e:
         select.choose_kernel(CPU)
     msg = str(e.value)
-    for name in ("cutlass_sm90", "cutlass_sm80", "triton", "torch_ref"):
+    for name in ("cutlass_sm90", "cutlass_sm90_int8w", "cutlass_sm80", "triton", "torch_ref"):
         assert f"{name}:" in msg
     assert "disabled by DUQUANT_DISABLED_KERNELS" in msg
 
@@ -68,8 +68,9 @@ def test_hopper_without_extension_falls_back_to_triton(monkeypatch, tmp_path):
 
 
 def test_unvalidated_cutlass_is_opt_in():
-    ok, why = select.KERNELS["cutlass_sm90"].can_implement(H100)
-    assert not ok and "never run on a GPU" in why
+    for name in ("cutlass_sm90", "cutlass_sm90_int8w"):
+        ok, why = select.KERNELS[name].can_implement(H100)
+        assert not ok and "never run on a GPU" in why
     assert select.choose_kernel(H100).name == "triton"
 
 
@@ -81,7 +82,13 @@ def test_hopper_with_built_extension_prefers_cutlass(monkeypatch):
     assert select.choose_kernel(H100).name == "cutlass_sm90"
     monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cutlass_sm90")
     select._logged.clear()
+    assert select.choose_kernel(H100).name == "cutlass_sm90_int8w"
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cutlass_sm90,cutlass_sm90_int8w")
     assert select.choose_kernel(H100).name == "triton"
+    # K % 32 != 0 (but % 16 == 0): the packed kernel's TMA rows need 16 bytes of 4-bit codes.
+    monkeypatch.delenv("DUQUANT_DISABLED_KERNELS")
+    odd_k = LayerSpec(4096 + 16, 4096, 16, device_type="cuda", capability=(9, 0))
+    assert select.choose_kernel(odd_k).name == "cutlass_sm90_int8w"
 
 
 def test_ampere_sm80_path_is_opt_in(monkeypatch):

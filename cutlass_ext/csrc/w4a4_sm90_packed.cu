@@ -1,0 +1,51 @@
+// sm_90a, weights kept packed 4-bit in GPU memory: the mixed-input wgmma mainloop reads the
+// weight tile through TMA at 4 bits per code, widens it to int8 in registers and feeds the
+// register-sourced (RS) int8 wgmma; the activation codes (int8, from the prologue) come from
+// shared memory. The epilogue is the same visitor tree as the int8-weight kernel
+// (w4a4_sm90_evt.hpp), with A and B swapped: the narrow operand must be the GEMM's A.
+//
+// Weight codes are stored as *signed* 4-bit values q − 8 (byte = checkpoint byte ^ 0x88, low
+// nibble = even k) so that CUTLASS's int4 → int8 converter (shift/prmt, 8 codes per 32-bit
+// register) applies. The shift only changes v: acc' = acc − 8·Sx, so
+//   u·acc − v·Sx = u·acc' − (v − 8·u)·Sx,
+// and prepare() passes v' = sw·(zw − 8); u and w are unchanged (EPILOGUE.md).
+//
+// a: activation codes int8 [M, K] row-major; b: weights int4 [N, K] row-major (K/2 bytes per
+// row); d: [M, N] bf16/fp16 row-major. K % 32 == 0 (16-byte TMA rows of 4-bit codes), N % 8.
+
+#include "w4a4_sm90_evt.hpp"
+
+namespace {
+
+using namespace duquant_sm90;
+
+template <class ElementD>
+int dispatch(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
+  using namespace cutlass::gemm;
+  using W = cutlass::int4b_t;
+  using C1 = Shape<_1, _1, _1>;
+  // Token tiles by M bucket: decode streams weights with a 16-wide token tile, prefill uses
+  // two consumer warp groups on 128 × 128.
+  if (p->m <= 16)
+    return W4A4Gemm<W, Shape<_128, _16, _128>, C1, KernelTmaWarpSpecialized,
+                    cutlass::epilogue::TmaWarpSpecialized, ElementD, true>::run(p, ws, wsb, s);
+  if (p->m <= 64)
+    return W4A4Gemm<W, Shape<_128, _64, _128>, C1, KernelTmaWarpSpecialized,
+                    cutlass::epilogue::TmaWarpSpecialized, ElementD, true>::run(p, ws, wsb, s);
+  return W4A4Gemm<W, Shape<_128, _128, _128>, C1, KernelTmaWarpSpecializedCooperative,
+                  cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
+                  true>::run(p, ws, wsb, s);
+}
+
+}  // namespace
+
+extern "C" int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args* p, void* workspace,
+                                             size_t workspace_bytes, cudaStream_t stream) {
+  if (p == nullptr || p->m <= 0 || p->n <= 0 || p->k <= 0) return DUQUANT_ERR_SHAPE;
+  if (p->k % 32 || p->n % 8) return DUQUANT_ERR_SHAPE;
+  switch (p->out_dtype) {
+    case DUQUANT_BF16: return dispatch<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream);
+    case DUQUANT_FP16: return dispatch<cutlass::half_t>(p, workspace, workspace_bytes, stream);
+    default: return DUQUANT_ERR_SHAPE;
+  }
+}
