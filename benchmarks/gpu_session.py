@@ -141,7 +141,14 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
     return rows
 
 
-def bench_fn(fn, graph: bool) -> float:
+def bench_fn(fn, graph: bool, dev: str = "cuda") -> float:
+    if dev != "cuda":  # --dry: exercises the script's logic; the figure means nothing
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return sorted(times)[1]
     import triton.testing as tt
 
     if graph:
@@ -183,6 +190,10 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     log(dict(op="stop", reason="time budget reached"))
                     return rows
                 graph = m <= 256
+
+                def bench(fn, graph=graph):
+                    return bench_fn(fn, graph, dev)
+
                 xs = [torch.randn(m, k, device=dev, dtype=torch.bfloat16) for _ in range(copies)]
                 res = dict(device=devname, model=model, op=lname, shape=[m, n, k], M=m, N=n,
                            K=k, copies=copies, cuda_graph=graph,
@@ -192,7 +203,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     for i in range(copies):
                         torch.nn.functional.linear(xs[i], w_bf[i])
 
-                res["bf16_ms"] = bench_fn(bf16, graph) / copies
+                res["bf16_ms"] = bench(bf16, graph) / copies
                 for name, ps in prepared.items():
                     kern = KERNELS[name]
 
@@ -201,7 +212,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                             kern.apply(ps[i], xs[i])
 
                     try:
-                        res[f"{name}_ms"] = bench_fn(full, graph) / copies
+                        res[f"{name}_ms"] = bench(full, graph) / copies
                     except Exception as e:
                         res[f"{name}_error"] = repr(e)[:200]
                 # Pieces: prologue alone, Triton GEMM alone (codes precomputed), CUTLASS GEMM.
@@ -223,7 +234,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                         pt[i].weight_code_sum, None,
                                                         torch.bfloat16)
 
-                    res["prologue_ms"] = bench_fn(prol, graph) / copies
+                    res["prologue_ms"] = bench(prol, graph) / copies
                     from duquant_serve.kernels.triton_prologue import fused_prologue
 
                     for prec in ("tf32x3", "tf32"):
@@ -232,26 +243,40 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                 fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm, None,
                                                4, 0.95, precision=prec)
 
-                        res[f"prologue_{prec}_ms"] = bench_fn(prol_p, graph) / copies
-                    res["triton_gemm_ms"] = bench_fn(gemm_t, graph) / copies
-                    if "cutlass_sm90" in prepared:
-                        pc = prepared["cutlass_sm90"]
+                        res[f"prologue_{prec}_ms"] = bench(prol_p, graph) / copies
+                    res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
+                    # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
+                    # weights (mixed-input mainloop) vs int8 weights (no widening); and the
+                    # int8 GEMM with int32 out, no epilogue.
+                    fused_ops = {"cutlass_sm90": ("cutlass_fused_gemm_ms",
+                                                  torch.ops.duquant.w4a4_gemm_sm90_packed),
+                                 "cutlass_sm90_int8w": ("cutlass_int8w_fused_gemm_ms",
+                                                        torch.ops.duquant.w4a4_gemm_sm90)}
+                    for name, (key, op) in fused_ops.items():
+                        if name not in prepared:
+                            continue
+                        pc = prepared[name]
+
+                        def gemm_cf(pc=pc, op=op):
+                            for i in range(copies):
+                                op(q, s, z, qs, pc[i].qweight, pc[i].extra["u"],
+                                   pc[i].extra["v"], pc[i].extra["w"], None, torch.bfloat16)
+
+                        try:
+                            res[key] = bench(gemm_cf, graph) / copies
+                        except Exception as e:
+                            res[f"{key[:-3]}_error"] = repr(e)[:200]
+                    if "cutlass_sm90_int8w" in prepared:
+                        pc = prepared["cutlass_sm90_int8w"]
 
                         def gemm_c():
                             for i in range(copies):
                                 torch.ops.duquant.gemm_s8_sm90(q, pc[i].qweight)
 
-                        def gemm_cf():
-                            for i in range(copies):
-                                torch.ops.duquant.w4a4_gemm_sm90(
-                                    q, s, z, qs, pc[i].qweight, pc[i].extra["u"],
-                                    pc[i].extra["v"], pc[i].extra["w"], None, torch.bfloat16)
-
                         try:
-                            res["cutlass_gemm_int32_ms"] = bench_fn(gemm_c, graph) / copies
-                            res["cutlass_fused_gemm_ms"] = bench_fn(gemm_cf, graph) / copies
+                            res["cutlass_gemm_int32_ms"] = bench(gemm_c, graph) / copies
                         except Exception as e:
-                            res["cutlass_gemm_error"] = repr(e)[:200]
+                            res["cutlass_gemm_int32_error"] = repr(e)[:200]
                     # W8A8 int8 baseline (torch._int_mm needs M > 16 on some builds: pad).
                     mp = max(m, 32)
                     a8 = torch.randint(-8, 8, (mp, k), device=dev, dtype=torch.int8)
@@ -261,7 +286,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                             torch._int_mm(a8, w8[i % 2])
 
                     try:
-                        res["int8_intmm_ms"] = bench_fn(int8mm, graph) / copies
+                        res["int8_intmm_ms"] = bench(int8mm, graph) / copies
                         res["int8_intmm_M_padded"] = mp
                     except Exception as e:
                         res["int8_intmm_error"] = repr(e)[:200]
@@ -336,7 +361,9 @@ def main() -> None:
         from duquant_serve.kernels.cutlass import built_archs, load_error
 
         log(dict(info="cutlass_ext", load_error=load_error(), archs=sorted(built_archs())))
-    paths = ["triton", "cutlass_sm90"] if dev == "cuda" else ["torch_ref"]
+    # --dry runs every path on CPU through the ops' reference implementations (their
+    # can_implement would refuse a CPU layer): it checks each prepare layout and this script.
+    paths = ["triton", "cutlass_sm90", "cutlass_sm90_int8w"] if dev == "cuda" else list(KERNELS)
     for name in list(paths):
         if dev == "cuda":
             spec = LayerSpec(4096, 4096, 128, capability=cap)
@@ -351,8 +378,10 @@ def main() -> None:
         ms = [1, 7, 128, 2048, 8192]
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
     timing: list[dict] = []
-    if not args.dry and args.mode != "check":
-        if args.mode == "quick":
+    if args.mode != "check":
+        if args.dry:
+            models, tms = {"tiny": {"qkv": (72, 576)}}, [1, 7]
+        elif args.mode == "quick":
             models = {"llama2-7b": {"o": (4096, 4096), "gate_up": (22016, 4096)},
                       "smollm2-135m": {"qkv": (960, 576)}}
             tms = [1, 16, 2048, 8192]
@@ -378,7 +407,7 @@ def main() -> None:
     if timing:
         print("\n== timing (ms, medians) ==")
         print(f"{'model':>12} {'op':>8} {'M':>5} {'N':>6} {'K':>6} {'bf16':>8} {'w4a4':>8} "
-              f"{'x':>5} {'prol':>7} {'tgemm':>7} {'cfused':>7} {'int8':>7} path")
+              f"{'x':>5} {'prol':>7} {'tgemm':>7} {'cfused':>7} {'c8wfus':>7} {'int8':>7} path")
         for r in timing:
             def f(key, r=r):
                 v = r.get(key)
@@ -386,6 +415,7 @@ def main() -> None:
             print(f"{r['model']:>12} {r['op']:>8} {r['M']:>5} {r['N']:>6} {r['K']:>6} "
                   f"{f('bf16_ms')}{f('w4a4_ms')} {r.get('speedup', 0):5.2f}"
                   f"{f('prologue_ms')}{f('triton_gemm_ms')}{f('cutlass_fused_gemm_ms')}"
+                  f"{f('cutlass_int8w_fused_gemm_ms')}"
                   f"{f('int8_intmm_ms')} {r.get('w4a4_path', '-')}")
     print(f"total {time.time() - t_start:.0f}s")
 

@@ -1,0 +1,40 @@
+"""benchmarks/gpu_session.py --dry: the one-call GPU script, run whole on CPU before a GPU
+session spends its budget on it. Every kernel path's prepare layout goes through the ops' CPU
+implementations, and the timing code (every piece it times) runs on a tiny shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from duquant_serve.kernels.select import KERNELS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_session_dry_run_covers_every_path(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "--dry",
+                        "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert not [x for x in rows if any(k.endswith("error") for k in x)]
+    linear = [x for x in rows if x.get("check") == "linear"]
+    assert {x["path"] for x in linear} == set(KERNELS)
+    for x in linear:  # bf16 inputs, fp32 reference: only input rounding separates them
+        assert x["nan"] == 0 and x["rel_err"] < 1e-2, x
+    timing = [x for x in rows if "bf16_ms" in x]
+    assert timing
+    for x in timing:
+        for key in ("prologue_ms", "triton_gemm_ms", "cutlass_fused_gemm_ms",
+                    "cutlass_int8w_fused_gemm_ms", "cutlass_gemm_int32_ms",
+                    *(f"{name}_ms" for name in KERNELS)):
+            assert x[key] > 0, key
+        # Packed sm_90 weights hold half the bytes of int8 ones (plus the same vectors).
+        mem = x["w4a4_weight_bytes"]
+        assert mem["cutlass_sm90"] < mem["cutlass_sm90_int8w"]
+    assert (tmp_path / "speedup_tiny.png").is_file()
