@@ -9,11 +9,13 @@ codes may differ only where summation order or operand precision moves x'/s acro
 boundary, by 1.
 
 Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
-  phase 1  for each chunk of blocks: load x, divide by smooth, one tensor-core dot with R1 that
-           treats (token, block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b] — then *scatter* the
-           result through inv_perm into the program's own fp32 scratch rows. The scratch is sized
-           by the number of programs, not by M (L2-sized for narrow inputs; at K=14336 and 16
-           tokens per program, one program per SM already needs 121 MB: see docs/kernels.md).
+  phase 1  for each chunk of blocks: x / smooth times R1 on the tensor cores, treating (token,
+           block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b], computed NS output columns at a
+           time, each as a loop over K slices of KC (so only [rows, KC] and [KC, NS] operands
+           are live: no spills, 8–16 KB of shared memory) — then *scatter* the result through
+           inv_perm into the program's own fp32 scratch rows. The scratch is sized by the
+           number of programs, not by M (one program per SM at K = 14336: 132·4·14336·4 B =
+           30 MB, inside H100's 50 MB L2).
   barrier  (the gather crosses blocks, so every chunk must be written before any is read)
   phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max
   phase 3  per chunk: same load + dot again (one more dot instead of an L2 round trip of x',
@@ -55,6 +57,29 @@ def _round_half_even(v, USE_LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
+def _rotate_slice(src, src_ok, k_base, smooth_ptr, r_ptr, j,
+                  HAS_SMOOTH: tl.constexpr, B: tl.constexpr, NS: tl.constexpr,
+                  KC: tl.constexpr, PRECISION: tl.constexpr):
+    """Columns [j·NS, (j+1)·NS) of (src / smooth) · R for ROWS rows of B values each: src is the
+    [ROWS, 1] pointer to each row's first value, k_base its [ROWS, 1] column in x (for smooth).
+    The dot runs over K in slices of KC so that only [ROWS, KC] and [KC, NS] operands are live
+    (a whole [ROWS, B] row block and [B, NS] slice of R, split hi/lo for tf32x3, spilled)."""
+    ck = tl.arange(0, KC)
+    cs = tl.arange(0, NS)
+    acc = tl.zeros([src.shape[0], NS], tl.float32)
+    for k0 in range(0, B, KC):
+        v = tl.load(src + (k0 + ck)[None, :], mask=src_ok, other=0.0).to(tl.float32)
+        if HAS_SMOOTH:
+            v = tl.math.div_rn(v, tl.load(smooth_ptr + k_base + (k0 + ck)[None, :], mask=src_ok,
+                                          other=1.0))
+        # r arrives transposed (Rᵀ row-major): element (k, n) of R is at n·B + k, so the
+        # [KC, NS] tile is K-contiguous, the operand order sm_90 wgmma needs for tf32.
+        r = tl.load(r_ptr + (j * NS + cs)[None, :] * B + (k0 + ck)[:, None])
+        acc = tl.dot(v, r, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def _prologue_kernel(
     x_ptr, stride_xm,
     smooth_ptr, r1_ptr, r2_ptr, inv_perm_ptr,
@@ -68,6 +93,7 @@ def _prologue_kernel(
     CHUNK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     NS: tl.constexpr,
+    KC: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
     PRECISION: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
@@ -80,49 +106,37 @@ def _prologue_kernel(
     ri = tl.arange(0, ROWS)
     tok = ri // CHUNK  # token of each dot row
     blk = ri % CHUNK  # block (within the chunk) of each dot row
-    c = tl.arange(0, B)
     cs = tl.arange(0, NS)
-    # R is used in column slices [B, NS] loaded inside the loops: a whole [B, B] fp32 tile held
-    # across the loops pins B² floats in registers (B=128: 255 regs with spills and >227 KB of
-    # shared memory for sm_90, seen with ptxas). Slices come from L1/L2 each time.
-    # r1/r2 arrive transposed (Rᵀ row-major), so element (k, n) of R is at n·B + k: the [B, NS]
-    # tile is K-contiguous, the operand order sm_90 wgmma needs for tf32 (else Triton falls back
-    # to mma.sync with the whole operand replicated in every warp's registers).
-    r_off = cs[None, :] * B + c[:, None]  # [B, NS] offsets of slice 0
     # This program's scratch rows: [BLOCK_M, C] fp32, reused for every tile it owns.
     scr = scratch_ptr + pid.to(tl.int64) * BLOCK_M * C
     num_tiles = tl.cdiv(M, BLOCK_M)
     for tile in range(pid, num_tiles, nprog):
         m = tile * BLOCK_M + tok  # [ROWS]
         m_ok = m < M
+        x_row = x_ptr + m.to(tl.int64)[:, None] * stride_xm  # [ROWS, 1]
+        s_row = scr + tok[:, None] * C  # [ROWS, 1]
         # ---- phase 1: R1 per block, scatter through inv_perm --------------------------------
         for b0 in range(0, NBLK, CHUNK):
-            ok_r = m_ok & ((b0 + blk) < NBLK)  # [ROWS]
-            col = (b0 + blk)[:, None] * B + c[None, :]  # [ROWS, B]
-            x = tl.load(x_ptr + m.to(tl.int64)[:, None] * stride_xm + col, mask=ok_r[:, None],
-                        other=0.0)
-            x = x.to(tl.float32)
-            if HAS_SMOOTH:
-                sm = tl.load(smooth_ptr + col, mask=ok_r[:, None], other=1.0)
-                x = tl.math.div_rn(x, sm)
+            ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]  # [ROWS, 1]
+            k_base = (b0 + blk)[:, None] * B
             for j in tl.static_range(B // NS):
-                y = tl.dot(x, tl.load(r1_ptr + r_off + j * NS * B), input_precision=PRECISION)
-                scol = (b0 + blk)[:, None] * B + (j * NS + cs)[None, :]  # [ROWS, NS]
-                dest = tl.load(inv_perm_ptr + scol, mask=ok_r[:, None], other=0)
-                tl.store(scr + tok[:, None] * C + dest, y, mask=ok_r[:, None])
+                y = _rotate_slice(x_row + k_base, ok_r, k_base, smooth_ptr, r1_ptr, j,
+                                  HAS_SMOOTH, B, NS, KC, PRECISION)
+                dest = tl.load(inv_perm_ptr + k_base + (j * NS + cs)[None, :], mask=ok_r,
+                               other=0)
+                tl.store(s_row + dest, y, mask=ok_r)
         tl.debug_barrier()
         # ---- phase 2: R2 per block, per-token min / max --------------------------------------
         lo = tl.full([BLOCK_M], float("inf"), tl.float32)
         hi = tl.full([BLOCK_M], float("-inf"), tl.float32)
         for b0 in range(0, NBLK, CHUNK):
-            ok_r = m_ok & ((b0 + blk) < NBLK)
-            col = (b0 + blk)[:, None] * B + c[None, :]
-            z = tl.load(scr + tok[:, None] * C + col, mask=ok_r[:, None], other=0.0,
-                        cache_modifier=".cg")
+            ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]
+            k_base = (b0 + blk)[:, None] * B
             for j in tl.static_range(B // NS):
-                w = tl.dot(z, tl.load(r2_ptr + r_off + j * NS * B), input_precision=PRECISION)
-                wlo = tl.min(tl.where(ok_r[:, None], w, float("inf")), axis=1)  # [ROWS]
-                whi = tl.max(tl.where(ok_r[:, None], w, float("-inf")), axis=1)
+                w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
+                                  False, B, NS, KC, PRECISION)
+                wlo = tl.min(tl.where(ok_r, w, float("inf")), axis=1)  # [ROWS]
+                whi = tl.max(tl.where(ok_r, w, float("-inf")), axis=1)
                 lo = tl.minimum(lo, tl.min(tl.reshape(wlo, [BLOCK_M, CHUNK]), axis=1))
                 hi = tl.maximum(hi, tl.max(tl.reshape(whi, [BLOCK_M, CHUNK]), axis=1))
         lo = lo * clip_ratio
@@ -137,19 +151,17 @@ def _prologue_kernel(
         # ---- phase 3: recompute R2, quantize, store codes and Σq ----------------------------
         qsum = tl.zeros([BLOCK_M], tl.int32)
         for b0 in range(0, NBLK, CHUNK):
-            ok_r = m_ok & ((b0 + blk) < NBLK)
-            col = (b0 + blk)[:, None] * B + c[None, :]
-            z = tl.load(scr + tok[:, None] * C + col, mask=ok_r[:, None], other=0.0,
-                        cache_modifier=".cg")
+            ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]
+            k_base = (b0 + blk)[:, None] * B
             for j in tl.static_range(B // NS):
-                w = tl.dot(z, tl.load(r2_ptr + r_off + j * NS * B), input_precision=PRECISION)
+                w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
+                                  False, B, NS, KC, PRECISION)
                 q = _round_half_even(tl.math.div_rn(w, scale_r[:, None]), USE_LIBDEVICE)
                 q = q + zero_r[:, None]
                 q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
-                qi = tl.where(ok_r[:, None], q.to(tl.int32), 0)
-                scol = (b0 + blk)[:, None] * B + (j * NS + cs)[None, :]
-                tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + scol, qi.to(tl.int8),
-                         mask=ok_r[:, None])
+                qi = tl.where(ok_r, q.to(tl.int32), 0)
+                tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + k_base
+                         + (j * NS + cs)[None, :], qi.to(tl.int8), mask=ok_r)
                 qsum += tl.sum(tl.reshape(tl.sum(qi, axis=1), [BLOCK_M, CHUNK]), axis=1)
         tl.debug_barrier()  # phase 3 of this tile reads scratch that phase 1 of the next rewrites
         mt = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -159,18 +171,22 @@ def _prologue_kernel(
         tl.store(sum_ptr + mt, qsum, mask=mt_ok)
 
 
+# Columns of R per dot (NS) and the K slice each dot reads (KC): what bounds the live operands.
+NS, KC = 64, 32
+
+
 def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
-    """(BLOCK_M, CHUNK, num_warps). Dot rows BLOCK_M·CHUNK = 64 where possible: a warpgroup's
-    wgmma M tile on sm_90 (Triton falls back to mma.sync below 64 rows; never below 16). One
-    token per program at decode sizes, so M tokens spread over M programs."""
+    """(BLOCK_M, CHUNK, num_warps). Decode (≤ 16 tokens): one token per program, so M tokens
+    spread over M programs, its blocks as the dot rows (16..64). Otherwise 4 tokens × 16 blocks
+    = 64 dot rows, a warpgroup's wgmma M tile on sm_90 (Triton uses mma.sync below 64 rows).
+    Static facts of these configs (Triton AOT + ptxas, tests/kernels/aot_compile.py): 4–16 KB
+    of shared memory on sm_80/89/90; no spills except ≤ 48 B in two sm_89 cases."""
     nblk = c // b
     if m <= 16:
-        block_m = 1
-        chunk = max(16, min(64, triton.next_power_of_2(nblk)))
-    else:
-        block_m = 4 if m <= 256 else 16
-        chunk = 64 // block_m
-    return block_m, chunk, 4
+        return 1, max(16, min(64, triton.next_power_of_2(nblk))), 4
+    # 8 warps (two warpgroups of m64n32 wgmma) halve each thread's share of the [64, NS] tiles:
+    # on sm_90 the tf32 configs use 161–182 registers instead of 223–255 with spills.
+    return 4, 16, 8
 
 
 @functools.cache
@@ -202,7 +218,8 @@ def fused_prologue(
     clip_ratio: float,
     precision: str | None = None,
     max_programs: int | None = None,
-    ns: int = 64,
+    ns: int = NS,
+    kc: int = KC,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
@@ -251,6 +268,7 @@ def fused_prologue(
         codes, codes.stride(0), scale, zero, qsum,
         m, c, float(clip_ratio),
         QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, CHUNK=chunk, BLOCK_M=block_m, NS=min(b, ns),
+        KC=min(b, kc),
         HAS_SMOOTH=smooth is not None, PRECISION=precision,
         USE_LIBDEVICE=not _INTERPRET, num_warps=num_warps,
         num_stages=1,  # the loops are short and dependent; deeper pipelines only cost smem

@@ -1,9 +1,10 @@
 """Compile the Triton kernels for a GPU target on a machine without one (run as a script,
 without TRITON_INTERPRET: ASTSource needs real JIT functions). Used by test_triton_aot.py.
 
-    python tests/kernels/aot_compile.py 90 > report.json
+    python tests/kernels/aot_compile.py 90 [prologue|gemm|epilogue] > report.json
 
-Prints one JSON object per compiled kernel: which tensor-core instructions the PTX holds.
+Prints one JSON object per compiled kernel: which tensor-core instructions the PTX holds, shared
+memory, and (read with Triton's bundled cuobjdump) registers and stack (spill) bytes per thread.
 The configs come from the launchers themselves, so what compiles here is what runs there.
 """
 
@@ -11,14 +12,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
-from duquant_serve.kernels.triton_prologue import _config, _prologue_kernel
+from duquant_serve.kernels.triton_prologue import KC, NS, _config, _prologue_kernel
 
 GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
             "sx_ptr": "*fp32", "zx_ptr": "*fp32", "sqx_ptr": "*i32", "sw_ptr": "*fp32",
@@ -34,7 +38,7 @@ PRO_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1_ptr"
            "r2_ptr": "*fp32", "inv_perm_ptr": "*i32", "scratch_ptr": "*fp32", "q_ptr": "*i8",
            "stride_qm": "i32", "scale_ptr": "*fp32", "zero_ptr": "*fp32", "sum_ptr": "*i32",
            "M": "i32", "C": "i32", "clip_ratio": "fp32", "QMAX": "constexpr", "B": "constexpr",
-           "NBLK": "constexpr", "CHUNK": "constexpr", "BLOCK_M": "constexpr", "NS": "constexpr",
+           "NBLK": "constexpr", "CHUNK": "constexpr", "BLOCK_M": "constexpr", "NS": "constexpr", "KC": "constexpr",
            "HAS_SMOOTH": "constexpr", "PRECISION": "constexpr", "USE_LIBDEVICE": "constexpr"}
 
 
@@ -42,7 +46,7 @@ def _mma_ops(ptx: str) -> list[str]:
     return sorted(set(re.findall(r"(?:wgmma\.mma_async\.sync|mma\.sync)\.aligned\.[a-z0-9_.]+", ptx)))
 
 
-def main(arch: int) -> None:
+def main(arch: int, only: str | None = None) -> None:
     target = GPUTarget("cuda", arch, 32)
     jobs = []
     for m, n in ((1, 4096), (64, 4096), (256, 4096), (4096, 4096)):
@@ -55,16 +59,34 @@ def main(arch: int) -> None:
                     (2048, 576, 64)):
         bm, chunk, warps = _config(m, c, b)
         for prec in ("tf32x3", "tf32"):
-            consts = {"QMAX": 15, "B": b, "NBLK": c // b, "CHUNK": chunk, "BLOCK_M": bm, "NS": min(b, 64),
-                      "HAS_SMOOTH": True, "PRECISION": prec, "USE_LIBDEVICE": True}
+            consts = {"QMAX": 15, "B": b, "NBLK": c // b, "CHUNK": chunk, "BLOCK_M": bm,
+                      "NS": min(b, NS), "KC": min(b, KC), "HAS_SMOOTH": True, "PRECISION": prec,
+                      "USE_LIBDEVICE": True}
             jobs.append((f"prologue M={m} C={c} b={b} {prec}", _prologue_kernel, PRO_SIG, consts,
                          {"num_warps": warps, "num_stages": 1}))
     for name, fn, sig, consts, opts in jobs:
+        if only and not name.startswith(only):
+            continue
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
                            options=opts)
         print(json.dumps({"kernel": name, "arch": arch, "mma": _mma_ops(k.asm["ptx"]),
-                          "shared_bytes": k.metadata.shared}), flush=True)
+                          "shared_bytes": k.metadata.shared, **_resources(k.asm["cubin"])}),
+              flush=True)
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers and stack (spill) bytes per thread, read from the cubin by Triton's cuobjdump."""
+    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not exe.is_file():
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(exe), "-res-usage", f.name], capture_output=True,
+                             text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return {"registers": int(found[1]), "stack_bytes": int(found[2])} if found else {}
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)

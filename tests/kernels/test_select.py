@@ -100,6 +100,14 @@ def test_ampere_sm80_path_is_opt_in(monkeypatch):
         assert select.choose_kernel(A100).name == "cutlass_sm80"
 
 
+def test_ada_and_sm86_get_triton():
+    # Their 99 KB of shared memory per block fits the prologue since its dots read K slices
+    # (16 KB; test_triton_aot.py compiles it for sm_89).
+    for cap in ((8, 6), (8, 9)):
+        spec = LayerSpec(4096, 4096, 128, device_type="cuda", capability=cap)
+        assert select.choose_kernel(spec).name == "triton", cap
+
+
 def test_spec_rejections():
     ok, why = select.KERNELS["triton"].can_implement(
         LayerSpec(4096 + 32, 4096, 32, device_type="cuda", capability=(9, 0)))
