@@ -125,14 +125,19 @@ def _epilogue_kernel(
 def _gemm_config(m: int, n: int) -> dict[str, int]:
     """Tile choice by M bucket (no autotuning: the same shapes must run the same code in tests,
     benchmarks and serving). Small M is weight-streaming bound, so narrow N tiles put more
-    programs on the SMs; large M uses 128×128 tiles for tensor-core throughput."""
+    programs on the SMs; large M uses 128×128 tiles on two warpgroups.
+
+    K tiles are 64 codes above the decode bucket: the packed byte tile is unpacked in registers
+    before the dot, and with 128–256-code K tiles ptxas spilled 160–1448 B per thread on sm_90
+    (tests/kernels/aot_compile.py). These configs spill nothing on sm_90 and sm_89, ≤ 80 B on
+    sm_80. A static choice, not a timed one: benchmarks/gpu_session.py measures it."""
     if m <= 16:
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
     if m <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=256, GROUP_M=4, num_warps=4, num_stages=4)
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_warps=4, num_stages=4)
     if m <= 256:
-        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=128, GROUP_M=8, num_warps=8, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
 
 
 def w4a4_gemm_triton(

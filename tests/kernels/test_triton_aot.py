@@ -20,6 +20,8 @@ SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024, 89: 99 * 1024}
 # Prologue spills per thread: ≤ 48 B seen on sm_89 after the K-sliced dots; the version that
 # held whole [rows, b] operands spilled 1.3–4.8 KB (docs/kernels.md).
 PROLOGUE_STACK_LIMIT = 64
+# GEMM: ≤ 80 B on sm_80 with 64-code K tiles; 128–256-code tiles spilled up to 1.5 KB.
+GEMM_STACK_LIMIT = 128
 
 
 def _compile(arch: int) -> list[dict]:
@@ -39,6 +41,8 @@ def _check(rows: list[dict], arch: int) -> None:
             assert any(".s32.s8.s8" in op for op in r["mma"]), r
             if arch == 90 and r["kernel"] != "gemm M=1":
                 assert any(op.startswith("wgmma") for op in r["mma"]), r
+            if "stack_bytes" in r:
+                assert r["stack_bytes"] <= GEMM_STACK_LIMIT, r
         elif r["kernel"].startswith("prologue"):
             assert any("tf32" in op for op in r["mma"]), r
             if "stack_bytes" in r:

@@ -78,3 +78,16 @@ def test_gemm_rejects_k_not_multiple_of_64():
         w4a4_gemm_triton(qx, torch.ones(1), torch.zeros(1), torch.zeros(1, dtype=torch.int32),
                          torch.zeros(4, 48, dtype=torch.uint8), torch.ones(4), torch.zeros(4),
                          torch.zeros(4, dtype=torch.int32), None, torch.float32)
+
+
+@pytest.mark.parametrize("m", [40, 100, 300])
+def test_gemm_launcher_configs_match_reference(m):
+    """Each M bucket's own tile config (64-code K tiles above decode) with N and M not tile
+    multiples: 40 → 64×64, 100 → 64×128, 300 → 128×128 on two warpgroups."""
+    g = torch.Generator().manual_seed(m)
+    qx, qw, sx, zx, sw, zw, b = _operands(m, 136, 576, True, g)
+    sqx, sqw = qx.sum(-1, dtype=torch.int32), qw.sum(-1, dtype=torch.int32)
+    ref = gemm_epilogue_ref(qx, sx, zx, sqx, qw, sw, zw, sqw, b, torch.float32)
+    y = w4a4_gemm_triton(qx.view(torch.int8), sx, zx, sqx, pack_int4_grouped(qw), sw, zw, sqw,
+                         b, torch.float32)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
