@@ -46,6 +46,10 @@ MODELS = {
                      "down": (576, 1536)},
 }
 L2_BYTES = 50 << 20
+# Correctness sweep on the GPU: (N, K) with K not a multiple of 128 among them, and M values
+# the issue names (decode 1 and 7, a tile, prefill sizes).
+CHECK_SHAPES = [(960, 576), (1000, 1472), (4096, 4096), (4096, 11008)]
+CHECK_MS = [1, 7, 128, 2048, 8192]
 
 
 def block_for(k: int) -> int:
@@ -102,7 +106,7 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
     rows = []
     g = torch.Generator().manual_seed(1234)
     for (n, k) in shapes:
-        b = block_for(k) if k % 64 else 64 if k < 1024 else 128
+        b = block_for(k)  # 1472 → 64: a block that does not divide K is refused
         lin = make_layer(n, k, b, dev, smooth=True, bias=True, g=g)
         for m in ms:
             x = (torch.randn(m, k, generator=g) * 2 + torch.randn(k, generator=g)).to(dev)
@@ -374,8 +378,7 @@ def main() -> None:
     if args.dry:
         shapes, ms = [(40, 192), (72, 576)], [1, 7, 33]
     else:
-        shapes = [(960, 576), (1000, 1472), (4096, 4096), (4096, 11008)]
-        ms = [1, 7, 128, 2048, 8192]
+        shapes, ms = CHECK_SHAPES, CHECK_MS
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
     timing: list[dict] = []
     if args.mode != "check":

@@ -228,6 +228,20 @@ class InputTransform:
     # so apply() skips them. Never set for checkpoint transforms.
     is_identity: bool = False
 
+    def __post_init__(self) -> None:
+        # Shapes only (also valid on meta tensors): a mismatch here would otherwise surface as
+        # an opaque reshape error at the first forward.
+        b = self.r1.shape[0] if self.r1.dim() == 2 else -1
+        if self.r1.dim() != 2 or tuple(self.r1.shape) != (b, b) or tuple(self.r2.shape) != (b, b):
+            raise TransformError(f"r1 {tuple(self.r1.shape)} and r2 {tuple(self.r2.shape)} "
+                                 "must be the same square [b, b]")
+        if self.perm.dim() != 1 or self.perm.numel() % b:
+            raise TransformError(f"perm {tuple(self.perm.shape)}: the width must be a multiple "
+                                 f"of the rotation block {b}")
+        if self.smooth is not None and tuple(self.smooth.shape) != (self.perm.numel(),):
+            raise TransformError(f"smooth {tuple(self.smooth.shape)} does not match width "
+                                 f"{self.perm.numel()}")
+
     @property
     def width(self) -> int:
         return self.perm.numel()

@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from duquant_serve.core.reference import w4a4_linear_ref
 from duquant_serve.kernels.select import KERNELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,3 +41,18 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
         mem = x["w4a4_weight_bytes"]
         assert mem["cutlass_sm90"] < mem["cutlass_sm90_int8w"]
     assert (tmp_path / "speedup_tiny.png").is_file()
+
+
+def test_gpu_check_shapes_build_valid_layers():
+    """The GPU sweep's own shapes get a rotation block that divides K. It used to give K = 1472
+    a block of 128, which would have stopped the sweep at its second shape (found by reading
+    the script; no GPU session had run it)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_session
+
+    g = torch.Generator().manual_seed(0)
+    for _n, k in gpu_session.CHECK_SHAPES:
+        b = gpu_session.block_for(k)
+        assert k % b == 0 and b >= 16
+        lin = gpu_session.make_layer(8, k, b, "cpu", smooth=True, bias=False, g=g)
+        assert w4a4_linear_ref(torch.randn(2, k, generator=g), lin).shape == (2, 8)

@@ -126,3 +126,14 @@ def test_first_difference_names_the_component():
     other = InputTransform(t.r1.clone(), t.perm.flip(0), t.r2.clone())
     assert t.first_difference(InputTransform(t.r1.clone(), t.perm.clone(), t.r2.clone())) is None
     assert t.first_difference(other) == "perm"
+
+
+def test_malformed_transform_is_refused_at_construction():
+    r = torch.eye(64)
+    with pytest.raises(TransformError, match="multiple of the rotation block 64"):
+        InputTransform(r, torch.arange(96), r)
+    with pytest.raises(TransformError, match="same square"):
+        InputTransform(r, torch.arange(128), torch.eye(32))
+    with pytest.raises(TransformError, match="smooth"):
+        InputTransform(r, torch.arange(128), r, torch.ones(64))
+    assert InputTransform(r, torch.arange(128), r, torch.ones(128)).width == 128
