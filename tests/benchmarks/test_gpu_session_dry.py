@@ -56,3 +56,20 @@ def test_gpu_check_shapes_build_valid_layers():
         assert k % b == 0 and b >= 16
         lin = gpu_session.make_layer(8, k, b, "cpu", smooth=True, bias=False, g=g)
         assert w4a4_linear_ref(torch.randn(2, k, generator=g), lin).shape == (2, 8)
+
+
+def test_decoder_layer_benchmark_dry_run(tmp_path):
+    """benchmarks/layers/bench_decoder_layer.py --dry: the prefill and decode cases run end to
+    end on CPU and write their rows (the GPU run is the same code with real shapes)."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "layers" /
+                                            "bench_decoder_layer.py"), "--dry", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in
+            (tmp_path / "decoder_layer.jsonl").read_text().splitlines()]
+    assert {x["case"] for x in rows} == {"prefill", "decode"}
+    for x in rows:
+        assert x["bf16_ms"] > 0 and x["w4a4_ms"] > 0 and x["kernels"]
+        # W4A4 and BF16 layers share weights up to quantization: same output, roughly.
+        assert x["w4a4_rel_diff_vs_bf16"] < 0.5, x
