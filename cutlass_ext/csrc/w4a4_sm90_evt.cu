@@ -12,27 +12,23 @@ namespace {
 
 using namespace duquant_sm90;
 
-template <class ElementD>
-int dispatch(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
-  using namespace cutlass::gemm;
-  using C1 = Shape<_1, _1, _1>;
-  if (p->m <= 64)
-    return W4A4Gemm<int8_t, Shape<_64, _128, _128>, C1, KernelTmaWarpSpecialized,
-                    cutlass::epilogue::TmaWarpSpecialized, ElementD, false>::run(p, ws, wsb, s);
-  return W4A4Gemm<int8_t, Shape<_128, _256, _128>, C1, KernelTmaWarpSpecializedCooperative,
-                  cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
-                  false>::run(p, ws, wsb, s);
-}
+struct Dispatch {
+  template <class ElementD>
+  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
+    using namespace cutlass::gemm;
+    using C1 = Shape<_1, _1, _1>;
+    if (p->m <= 64)
+      return W4A4Gemm<int8_t, Shape<_64, _128, _128>, C1, KernelTmaWarpSpecialized,
+                      cutlass::epilogue::TmaWarpSpecialized, ElementD, false>::run(p, ws, wsb, s);
+    return W4A4Gemm<int8_t, Shape<_128, _256, _128>, C1, KernelTmaWarpSpecializedCooperative,
+                    cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
+                    false>::run(p, ws, wsb, s);
+  }
+};
 
 }  // namespace
 
 extern "C" int duquant_w4a4_gemm_sm90(const duquant_w4a4_args* p, void* workspace,
                                       size_t workspace_bytes, cudaStream_t stream) {
-  if (p == nullptr || p->m <= 0 || p->n <= 0 || p->k <= 0) return DUQUANT_ERR_SHAPE;
-  if (p->k % 16 || p->n % 8) return DUQUANT_ERR_SHAPE;
-  switch (p->out_dtype) {
-    case DUQUANT_BF16: return dispatch<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream);
-    case DUQUANT_FP16: return dispatch<cutlass::half_t>(p, workspace, workspace_bytes, stream);
-    default: return DUQUANT_ERR_SHAPE;
-  }
+  return w4a4_entry<Dispatch>(p, 16, workspace, workspace_bytes, stream);
 }

@@ -1,6 +1,7 @@
 // sm_90a: the W4A4 GEMM + epilogue as one CUTLASS 3.x kernel (wgmma mainloop and an epilogue
 // visitor tree, EVT), so the int32 accumulator never leaves the SM. Shared by the two weight
-// layouts (w4a4_sm90_evt.cu: int8 codes; w4a4_sm90_packed.cu: packed 4-bit codes).
+// layouts (w4a4_sm90_evt.cu: int8 codes; w4a4_sm90_packed.cu: packed 4-bit codes); the
+// mainloop and the launch helper also serve the int32-out GEMM (w4a4_sm90.cu).
 //
 //   y[m, n] = sx[m] · ( u[n]·acc[m, n] − ( v[n]·Sx[m] + w[n]·zx[m] ) ) + bias[n]
 //   u = sw,  v = sw·zw,  w = sw·(Sw − K·zw)      (per output channel, precomputed at load)
@@ -18,6 +19,7 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #include "cute/tensor.hpp"
 #include "cutlass/cutlass.h"
@@ -84,69 +86,102 @@ struct W4A4Evt {
   }
 };
 
+// The mainloop every sm_90a GEMM here uses: CUTLASS's collective builder, A row-major and B
+// column-major (both K-major), 128-bit TMA rows, int32 accumulation, as many pipeline stages as
+// the epilogue's shared memory leaves room for.
+template <class ElementA, class ElementB, class Tile, class Cluster, class KernelSchedule,
+          class CollectiveEpilogue>
+using Sm90Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+    cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, cutlass::layout::RowMajor,
+    128 / cutlass::sizeof_bits<ElementA>::value, ElementB, cutlass::layout::ColumnMajor,
+    128 / cutlass::sizeof_bits<ElementB>::value, int32_t, Tile, Cluster,
+    cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
+        sizeof(typename CollectiveEpilogue::SharedStorage))>,
+    KernelSchedule>::CollectiveOp;
+
+template <class Mainloop, class Epilogue>
+using Sm90Gemm = cutlass::gemm::device::GemmUniversalAdapter<
+    cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>>;
+
+// The epilogue's own arguments (its fusion tree's, or {alpha, beta}) inside Gemm::Arguments.
+template <class Gemm>
+using EpilogueThreadArgs = decltype(std::declval<typename Gemm::Arguments>().epilogue.thread);
+
+// Runs one GEMM of `rows × cols × k` (packed strides) and maps CUTLASS's status to the C ABI's
+// error codes: a shape it cannot implement or a short workspace is refused, never run.
+template <class Gemm, class A, class B, class D>
+int run_gemm(int rows, int cols, int k, const A* a, const B* b, D* d,
+             EpilogueThreadArgs<Gemm> const& epi, void* workspace, size_t workspace_bytes,
+             cudaStream_t stream) {
+  using Kernel = typename Gemm::GemmKernel;
+  auto sa = cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, make_shape(rows, k, 1));
+  auto sb = cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(cols, k, 1));
+  auto sc = cutlass::make_cute_packed_stride(typename Kernel::StrideC{},
+                                             make_shape(rows, cols, 1));
+  auto sd = cutlass::make_cute_packed_stride(typename Kernel::StrideD{},
+                                             make_shape(rows, cols, 1));
+  typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                {rows, cols, k, 1},
+                                {a, sa, b, sb},
+                                {epi, nullptr, sc, d, sd}};
+  Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return DUQUANT_ERR_SHAPE;
+  if (Gemm::get_workspace_size(args) > workspace_bytes) return DUQUANT_ERR_WORKSPACE;
+  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess)
+    return DUQUANT_ERR_INIT;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return DUQUANT_ERR_LAUNCH;
+  return cudaGetLastError() == cudaSuccess ? DUQUANT_OK : DUQUANT_ERR_LAUNCH;
+}
+
 // ElementW: the weight operand's element (int8_t, or cutlass::int4b_t read packed two per byte
 // and widened to int8 in registers by the mixed-input mainloop). Activation codes are int8.
 template <class ElementW, class Tile, class Cluster, class KernelSchedule, class EpiSchedule,
           class ElementD, bool kSwapAB>
 struct W4A4Gemm {
   using Epi = W4A4Evt<Tile, ElementD, kSwapAB>;
-  using Evt = typename Epi::Op;
-  // Unswapped: A = activations [M, K], B = weights [N, K] (K-major both). Swapped: A = weights,
-  // B = activations, D = yᵀ in column-major storage.
+  // Unswapped: A = activations [M, K], B = weights [N, K]. Swapped: A = weights, B =
+  // activations, D = yᵀ in column-major storage.
   using ElementA = std::conditional_t<kSwapAB, ElementW, int8_t>;
   using ElementB = std::conditional_t<kSwapAB, int8_t, ElementW>;
-  using LayoutA = cutlass::layout::RowMajor;
-  using LayoutB = cutlass::layout::ColumnMajor;
   using LayoutD = std::conditional_t<kSwapAB, cutlass::layout::ColumnMajor,
                                      cutlass::layout::RowMajor>;
-  static constexpr int kAlignA = 128 / cutlass::sizeof_bits<ElementA>::value;
-  static constexpr int kAlignB = 128 / cutlass::sizeof_bits<ElementB>::value;
   static constexpr int kAlignD = 128 / cutlass::sizeof_bits<ElementD>::value;
 
   using CollectiveEpilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Tile, Cluster,
       cutlass::epilogue::collective::EpilogueTileAuto, int32_t, float, void, LayoutD, kAlignD,
-      ElementD, LayoutD, kAlignD, EpiSchedule, Evt>::CollectiveOp;
-
-  using CollectiveMainloop = typename cutlass::gemm::collective::CollectiveBuilder<
-      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlignA, ElementB,
-      LayoutB, kAlignB, int32_t, Tile, Cluster,
-      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
-          sizeof(typename CollectiveEpilogue::SharedStorage))>,
-      KernelSchedule>::CollectiveOp;
-
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>,
-                                                      CollectiveMainloop, CollectiveEpilogue>;
-  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+      ElementD, LayoutD, kAlignD, EpiSchedule, typename Epi::Op>::CollectiveOp;
+  using Gemm = Sm90Gemm<Sm90Mainloop<ElementA, ElementB, Tile, Cluster, KernelSchedule,
+                                     CollectiveEpilogue>,
+                        CollectiveEpilogue>;
 
   static int run(const duquant_w4a4_args* p, void* workspace, size_t workspace_bytes,
                  cudaStream_t stream) {
-    using StrideA = typename Gemm::GemmKernel::StrideA;
-    using StrideB = typename Gemm::GemmKernel::StrideB;
-    using StrideC = typename Gemm::GemmKernel::StrideC;
-    using StrideD = typename Gemm::GemmKernel::StrideD;
-    const int rows = kSwapAB ? p->n : p->m;  // the GEMM's M and N modes
-    const int cols = kSwapAB ? p->m : p->n;
-    const int k = p->k;
     const void* a = kSwapAB ? p->b : p->a;
     const void* b = kSwapAB ? p->a : p->b;
-    auto sa = cutlass::make_cute_packed_stride(StrideA{}, make_shape(rows, k, 1));
-    auto sb = cutlass::make_cute_packed_stride(StrideB{}, make_shape(cols, k, 1));
-    auto sc = cutlass::make_cute_packed_stride(StrideC{}, make_shape(rows, cols, 1));
-    auto sd = cutlass::make_cute_packed_stride(StrideD{}, make_shape(rows, cols, 1));
-    typename Gemm::Arguments args{
-        cutlass::gemm::GemmUniversalMode::kGemm,
-        {rows, cols, k, 1},
-        {static_cast<const ElementA*>(a), sa, static_cast<const ElementB*>(b), sb},
-        {Epi::arguments(p), nullptr, sc, static_cast<ElementD*>(p->d), sd}};
-    Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return DUQUANT_ERR_SHAPE;
-    if (Gemm::get_workspace_size(args) > workspace_bytes) return DUQUANT_ERR_WORKSPACE;
-    if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess)
-      return DUQUANT_ERR_INIT;
-    if (gemm.run(stream) != cutlass::Status::kSuccess) return DUQUANT_ERR_LAUNCH;
-    return cudaGetLastError() == cudaSuccess ? DUQUANT_OK : DUQUANT_ERR_LAUNCH;
+    return run_gemm<Gemm>(kSwapAB ? p->n : p->m, kSwapAB ? p->m : p->n, p->k,
+                          static_cast<const ElementA*>(a), static_cast<const ElementB*>(b),
+                          static_cast<ElementD*>(p->d), Epi::arguments(p), workspace,
+                          workspace_bytes, stream);
   }
 };
+
+// The C entry point of a fused kernel: checks what every tile config needs (positive sizes,
+// K % k_multiple for the TMA rows of the weight codes, N % 8), then the output type picks
+// Dispatch::run<bfloat16_t | half_t>, which picks the tile by M.
+template <class Dispatch>
+int w4a4_entry(const duquant_w4a4_args* p, int k_multiple, void* workspace,
+               size_t workspace_bytes, cudaStream_t stream) {
+  if (p == nullptr || p->m <= 0 || p->n <= 0 || p->k <= 0) return DUQUANT_ERR_SHAPE;
+  if (p->k % k_multiple || p->n % 8) return DUQUANT_ERR_SHAPE;
+  switch (p->out_dtype) {
+    case DUQUANT_BF16:
+      return Dispatch::template run<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream);
+    case DUQUANT_FP16:
+      return Dispatch::template run<cutlass::half_t>(p, workspace, workspace_bytes, stream);
+    default:
+      return DUQUANT_ERR_SHAPE;
+  }
+}
 
 }  // namespace duquant_sm90

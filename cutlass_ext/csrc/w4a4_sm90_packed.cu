@@ -19,33 +19,30 @@ namespace {
 
 using namespace duquant_sm90;
 
-template <class ElementD>
-int dispatch(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
-  using namespace cutlass::gemm;
-  using W = cutlass::int4b_t;
-  using C1 = Shape<_1, _1, _1>;
+struct Dispatch {
   // Token tiles by M bucket: decode streams weights with a 16-wide token tile, prefill uses
   // two consumer warp groups on 128 × 128.
-  if (p->m <= 16)
-    return W4A4Gemm<W, Shape<_128, _16, _128>, C1, KernelTmaWarpSpecialized,
-                    cutlass::epilogue::TmaWarpSpecialized, ElementD, true>::run(p, ws, wsb, s);
-  if (p->m <= 64)
-    return W4A4Gemm<W, Shape<_128, _64, _128>, C1, KernelTmaWarpSpecialized,
-                    cutlass::epilogue::TmaWarpSpecialized, ElementD, true>::run(p, ws, wsb, s);
-  return W4A4Gemm<W, Shape<_128, _128, _128>, C1, KernelTmaWarpSpecializedCooperative,
-                  cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
-                  true>::run(p, ws, wsb, s);
-}
+  template <class ElementD>
+  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
+    using namespace cutlass::gemm;
+    using W = cutlass::int4b_t;
+    using C1 = Shape<_1, _1, _1>;
+    using WS = cutlass::epilogue::TmaWarpSpecialized;
+    if (p->m <= 16)
+      return W4A4Gemm<W, Shape<_128, _16, _128>, C1, KernelTmaWarpSpecialized, WS, ElementD,
+                      true>::run(p, ws, wsb, s);
+    if (p->m <= 64)
+      return W4A4Gemm<W, Shape<_128, _64, _128>, C1, KernelTmaWarpSpecialized, WS, ElementD,
+                      true>::run(p, ws, wsb, s);
+    return W4A4Gemm<W, Shape<_128, _128, _128>, C1, KernelTmaWarpSpecializedCooperative,
+                    cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
+                    true>::run(p, ws, wsb, s);
+  }
+};
 
 }  // namespace
 
 extern "C" int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args* p, void* workspace,
                                              size_t workspace_bytes, cudaStream_t stream) {
-  if (p == nullptr || p->m <= 0 || p->n <= 0 || p->k <= 0) return DUQUANT_ERR_SHAPE;
-  if (p->k % 32 || p->n % 8) return DUQUANT_ERR_SHAPE;
-  switch (p->out_dtype) {
-    case DUQUANT_BF16: return dispatch<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream);
-    case DUQUANT_FP16: return dispatch<cutlass::half_t>(p, workspace, workspace_bytes, stream);
-    default: return DUQUANT_ERR_SHAPE;
-  }
+  return w4a4_entry<Dispatch>(p, 32, workspace, workspace_bytes, stream);
 }
