@@ -252,19 +252,19 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
                     # int8 GEMM with int32 out, no epilogue.
-                    fused_ops = {"cutlass_sm90": ("cutlass_fused_gemm_ms",
-                                                  torch.ops.duquant.w4a4_gemm_sm90_packed),
-                                 "cutlass_sm90_int8w": ("cutlass_int8w_fused_gemm_ms",
-                                                        torch.ops.duquant.w4a4_gemm_sm90)}
-                    for name, (key, op) in fused_ops.items():
+                    fused_keys = {"cutlass_sm90": "cutlass_fused_gemm_ms",
+                                  "cutlass_sm90_int8w": "cutlass_int8w_fused_gemm_ms"}
+                    for name, key in fused_keys.items():
                         if name not in prepared:
                             continue
                         pc = prepared[name]
 
-                        def gemm_cf(pc=pc, op=op):
+                        def gemm_cf(pc=pc, packed=KERNELS[name].packed):
                             for i in range(copies):
-                                op(q, s, z, qs, pc[i].qweight, pc[i].extra["u"],
-                                   pc[i].extra["v"], pc[i].extra["w"], None, torch.bfloat16)
+                                torch.ops.duquant.w4a4_gemm_sm90(
+                                    q, s, z, qs, pc[i].qweight, pc[i].extra["u"],
+                                    pc[i].extra["v"], pc[i].extra["w"], None, torch.bfloat16,
+                                    packed)
 
                         try:
                             res[key] = bench(gemm_cf, graph) / copies

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.pack import unpack_int4
+
 GROUP = 64
 
 
@@ -52,5 +54,5 @@ def to_signed_int4(qweight: torch.Tensor) -> torch.Tensor:
 
 def unpack_signed_int4(p: torch.Tensor) -> torch.Tensor:
     """[N, K/2] signed-nibble bytes → [N, K] int8 values −8..7 (low nibble = even k)."""
-    n = torch.stack((p & 0x0F, p >> 4), dim=-1).flatten(-2).to(torch.int8)
-    return n - 16 * (n >= 8).to(torch.int8)
+    # xor 0x88 is its own inverse: back to codes 0..15, then shift.
+    return unpack_int4(to_signed_int4(p)).to(torch.int8) - SIGNED_OFFSET

@@ -60,6 +60,12 @@ def _cutlass_missing(arch: str) -> str | None:
     return None
 
 
+def _prologue(p: PreparedLinear, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Codes, scale, zero and Σq of x2 [M, K] (the fused Triton prologue on CUDA)."""
+    return torch.ops.duquant.prologue(x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth,
+                                      p.spec.a_bits, p.act_clip_ratio)
+
+
 class TorchRefKernel(LinearKernel):
     """`core.reference` as one custom op: any device, exact, slow. CPU serving and CI."""
 
@@ -120,36 +126,10 @@ class TritonKernel(LinearKernel):
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        q, s, z, qs = torch.ops.duquant.prologue(
-            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        q, s, z, qs = _prologue(p, x2)
         y = torch.ops.duquant.w4a4_gemm(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
                                         p.weight_code_sum, p.bias, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
-
-
-def _sm90_checks(spec: LayerSpec, k_multiple: int) -> str | None:
-    why = _common_gpu_checks(spec) or _triton_missing()
-    if why:
-        return why
-    if spec.capability[0] != 9:
-        return f"built for sm_90a (Hopper), device is sm_{spec.capability}"
-    if spec.act_dtype not in (torch.bfloat16, torch.float16):
-        return f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
-    if spec.in_features % k_multiple or spec.out_features % 8:
-        return f"needs K % {k_multiple} == 0 and N % 8 == 0 (TMA alignment)"
-    return None
-
-
-def _evt_vectors(p: PreparedLinear, weight_scale: torch.Tensor, weight_zero: torch.Tensor,
-                 zero_shift: int) -> None:
-    """The per-channel vectors the fused epilogue broadcasts, built once in float64 and rounded
-    once to fp32: u = sw, v = sw·(zw − zero_shift), w = sw·(Σqw − K·zw) (EPILOGUE.md)."""
-    sw, zw = weight_scale.double().cpu(), weight_zero.double().cpu()
-    sqw = p.weight_code_sum.double().cpu()
-    k, dev = p.spec.in_features, p.qweight.device
-    p.extra["u"] = sw.float().to(dev)
-    p.extra["v"] = (sw * (zw - zero_shift)).float().to(dev)
-    p.extra["w"] = (sw * (sqw - k * zw)).float().to(dev)
 
 
 class CutlassSm90Kernel(LinearKernel):
@@ -161,10 +141,21 @@ class CutlassSm90Kernel(LinearKernel):
 
     name = "cutlass_sm90"
     validated_on_gpu = False
+    packed = True  # weights as 4-bit signed nibbles; False: one int8 code per byte
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        why = _sm90_checks(spec, 32) or _unvalidated(cls) or _cutlass_missing("sm90a")
+        why = _common_gpu_checks(spec) or _triton_missing()
+        if why:
+            return False, why
+        if spec.capability[0] != 9:
+            return False, f"built for sm_90a (Hopper), device is sm_{spec.capability}"
+        if spec.act_dtype not in (torch.bfloat16, torch.float16):
+            return False, f"fused epilogue writes bf16/fp16, activations are {spec.act_dtype}"
+        k_multiple = 32 if cls.packed else 16  # 16-byte TMA rows of weight codes
+        if spec.in_features % k_multiple or spec.out_features % 8:
+            return False, f"needs K % {k_multiple} == 0 and N % 8 == 0 (TMA alignment)"
+        why = _unvalidated(cls) or _cutlass_missing("sm90a")
         return (False, why) if why else (True, None)
 
     @classmethod
@@ -172,54 +163,39 @@ class CutlassSm90Kernel(LinearKernel):
                 weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
+        weights = (to_signed_int4(qweight.cpu()) if cls.packed
+                   else unpack_int4(qweight.cpu()).to(torch.int8))
         p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                           act_clip_ratio, device, to_signed_int4(qweight.cpu()))
-        _evt_vectors(p, weight_scale, weight_zero, SIGNED_OFFSET)
+                           act_clip_ratio, device, weights)
+        # The per-channel vectors the epilogue broadcasts, in float64, rounded once to fp32:
+        # u = sw, v = sw·(zw − shift), w = sw·(Σqw − K·zw) (EPILOGUE.md).
+        sw, zw = p.weight_scale.double().cpu(), p.weight_zero.double().cpu()
+        sqw = p.weight_code_sum.double().cpu()
+        shift = SIGNED_OFFSET if cls.packed else 0
+        dev = p.qweight.device
+        p.extra["u"] = sw.float().to(dev)
+        p.extra["v"] = (sw * (zw - shift)).float().to(dev)
+        p.extra["w"] = (sw * (sqw - spec.in_features * zw)).float().to(dev)
         return p
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        q, s, z, qs = torch.ops.duquant.prologue(
-            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
-        y = torch.ops.duquant.w4a4_gemm_sm90_packed(q, s, z, qs, p.qweight, p.extra["u"],
-                                                    p.extra["v"], p.extra["w"], p.bias, x.dtype)
+        q, s, z, qs = _prologue(p, x2)
+        y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"],
+                                             p.extra["w"], p.bias, x.dtype, cls.packed)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-class CutlassSm90Int8WeightKernel(LinearKernel):
+class CutlassSm90Int8WeightKernel(CutlassSm90Kernel):
     """sm_90a with weight codes one per int8 byte (cutlass_ext/csrc/w4a4_sm90_evt.cu): both
     wgmma operands straight from shared memory, no widening, 2× the weight bytes of
     `cutlass_sm90`. Ranked after it: the comparator that measures what the in-register widening
     costs, and the fallback should the packed kernel fail validation."""
 
     name = "cutlass_sm90_int8w"
-    validated_on_gpu = False
-
-    @classmethod
-    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        why = _sm90_checks(spec, 16) or _unvalidated(cls) or _cutlass_missing("sm90a")
-        return (False, why) if why else (True, None)
-
-    @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        codes = unpack_int4(qweight.cpu()).to(torch.int8)
-        p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                           act_clip_ratio, device, codes)
-        _evt_vectors(p, weight_scale, weight_zero, 0)
-        return p
-
-    @classmethod
-    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        q, s, z, qs = torch.ops.duquant.prologue(
-            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
-        y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"],
-                                             p.extra["w"], p.bias, x.dtype)
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+    validated_on_gpu = False  # its own flag: validating one sm_90 kernel says nothing of the other
+    packed = False
 
 
 class CutlassSm80Kernel(LinearKernel):
@@ -247,8 +223,7 @@ class CutlassSm80Kernel(LinearKernel):
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        q, s, z, qs = torch.ops.duquant.prologue(
-            x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        q, s, z, qs = _prologue(p, x2)
         qp = torch.ops.duquant.pack_codes(q)
         acc = torch.ops.duquant.gemm_u4_sm80(qp, p.qweight)
         y = torch.ops.duquant.epilogue(acc, s, z, qs, p.weight_scale, p.weight_zero,

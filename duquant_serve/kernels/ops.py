@@ -179,25 +179,24 @@ def w4a4_gemm_sm90(
     scale: torch.Tensor,
     zero: torch.Tensor,
     code_sum: torch.Tensor,
-    qweight8: torch.Tensor,
+    qweight: torch.Tensor,
     u: torch.Tensor,
     v: torch.Tensor,
     w: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    packed: bool,
 ) -> torch.Tensor:
-    """Fused CUTLASS sm_90a GEMM + EVT epilogue. codes, qweight8 int8; u = sw, v = sw·zw,
-    w = sw·(Σqw − K·zw) fp32 [N]:  y = sx·(u·acc − (v·Σqx + w·zx)) + bias  (EPILOGUE.md).
+    """Fused CUTLASS sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias
+    (EPILOGUE.md), u, v, w fp32 [N] built at load. Weights: packed=True, qweight_s4 (signed
+    nibbles q − 8, w4a4_sm90_packed.cu) with v = sw·(zw − 8); packed=False, int8 codes [N, K]
+    (w4a4_sm90_evt.cu) with v = sw·zw; u = sw and w = sw·(Σqw − K·zw) either way.
 
-    CPU: the same algebra in float64 on an exact accumulator; tests hold it to
-    `core.reference.gemm_epilogue_ref`.
+    CPU: the kernel's arithmetic (its weight values, its v) in float64 on an exact accumulator;
+    tests hold it to `core.reference.gemm_epilogue_ref`.
     """
-    return _evt_epilogue_cpu(codes.double() @ qweight8.double().t(), scale, zero, code_sum, u,
-                             v, w, bias, out_dtype)
-
-
-def _evt_epilogue_cpu(acc, scale, zero, code_sum, u, v, w, bias, out_dtype) -> torch.Tensor:
-    """The fused sm_90a kernels' epilogue visitor tree in float64 (w4a4_sm90_evt.hpp)."""
+    wq = unpack_signed_int4(qweight) if packed else qweight
+    acc = codes.double() @ wq.double().t()
     y = scale.double()[:, None] * (
         u.double()[None, :] * acc
         - (v.double()[None, :] * code_sum.double()[:, None]
@@ -208,51 +207,16 @@ def _evt_epilogue_cpu(acc, scale, zero, code_sum, u, v, w, bias, out_dtype) -> t
 
 
 @w4a4_gemm_sm90.register_fake
-def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
-    return codes.new_empty((codes.shape[0], qweight8.shape[0]), dtype=out_dtype)
+def _(codes, scale, zero, code_sum, qweight, u, v, w, bias, out_dtype, packed):
+    return codes.new_empty((codes.shape[0], qweight.shape[0]), dtype=out_dtype)
 
 
 @w4a4_gemm_sm90.register_kernel("cuda")
-def _(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype):
+def _(codes, scale, zero, code_sum, qweight, u, v, w, bias, out_dtype, packed):
     from .cutlass import w4a4_gemm_sm90_cuda
 
-    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight8, u, v, w, bias, out_dtype,
-                               packed=False)
-
-
-@torch.library.custom_op("duquant::w4a4_gemm_sm90_packed", mutates_args=())
-def w4a4_gemm_sm90_packed(
-    codes: torch.Tensor,
-    scale: torch.Tensor,
-    zero: torch.Tensor,
-    code_sum: torch.Tensor,
-    qweight_s4: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    w: torch.Tensor,
-    bias: torch.Tensor | None,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """`w4a4_gemm_sm90` with the weights left packed: qweight_s4 uint8 [N, K/2] holds q − 8 as
-    signed nibbles (layout.to_signed_int4) and v = sw·(zw − 8); u, w as there.
-
-    CPU: the kernel's arithmetic (signed codes, shifted v) in float64 on an exact accumulator.
-    """
-    acc = codes.double() @ unpack_signed_int4(qweight_s4).double().t()
-    return _evt_epilogue_cpu(acc, scale, zero, code_sum, u, v, w, bias, out_dtype)
-
-
-@w4a4_gemm_sm90_packed.register_fake
-def _(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias, out_dtype):
-    return codes.new_empty((codes.shape[0], qweight_s4.shape[0]), dtype=out_dtype)
-
-
-@w4a4_gemm_sm90_packed.register_kernel("cuda")
-def _(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias, out_dtype):
-    from .cutlass import w4a4_gemm_sm90_cuda
-
-    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight_s4, u, v, w, bias,
-                               out_dtype, packed=True)
+    return w4a4_gemm_sm90_cuda(codes, scale, zero, code_sum, qweight, u, v, w, bias, out_dtype,
+                               packed)
 
 
 @torch.library.custom_op("duquant::gemm_u4_sm80", mutates_args=())

@@ -78,11 +78,10 @@ def test_cutlass_kernel_layouts_end_to_end():
             acc = torch.ops.duquant.gemm_u4_sm80(torch.ops.duquant.pack_codes(q), p.qweight)
             y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero,
                                 p.weight_code_sum, p.bias, 576, torch.float32)
-        else:  # the fused EVT ops' algebra with prepare()'s weights and u, v, w
-            op = (torch.ops.duquant.w4a4_gemm_sm90_packed if kern is CutlassSm90Kernel
-                  else torch.ops.duquant.w4a4_gemm_sm90)
-            y = op(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"], p.extra["w"], p.bias,
-                   torch.float32)
+        else:  # the fused EVT op's algebra with prepare()'s weights and u, v, w
+            y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"],
+                                                 p.extra["v"], p.extra["w"], p.bias,
+                                                 torch.float32, kern.packed)
         assert _rel(y, ref) < 1e-4, kern.name
     # Packed keeps 4 bits per weight; the int8 variant one byte.
     assert _prep(CutlassSm90Kernel, lin).qweight.numel() * 2 == \

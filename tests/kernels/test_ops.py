@@ -88,11 +88,10 @@ def test_opcheck_fused_sm90_matches_reference(bias, packed):
     # The packed kernel multiplies signed codes q − 8: acc' = acc − 8·Σqx, so v takes zw − 8.
     shift = 8 if packed else 0
     u, v, w = sw.float(), (sw * (zw - shift)).float(), (sw * (sqw - x.shape[1] * zw)).float()
-    op = torch.ops.duquant.w4a4_gemm_sm90_packed if packed else torch.ops.duquant.w4a4_gemm_sm90
     weights = to_signed_int4(lin.qweight) if packed else qw.to(torch.int8)
-    args = (q, s, z, qs, weights, u, v, w, lin.bias, torch.float32)
-    torch.library.opcheck(op.default, args)
-    y, ref = op(*args).double(), w4a4_linear_ref(x, lin).double()
+    args = (q, s, z, qs, weights, u, v, w, lin.bias, torch.float32, packed)
+    torch.library.opcheck(torch.ops.duquant.w4a4_gemm_sm90.default, args)
+    y, ref = torch.ops.duquant.w4a4_gemm_sm90(*args).double(), w4a4_linear_ref(x, lin).double()
     # u, v, w are rounded to fp32 and u·acc − v·Σqx cancels: ~1e-6 relative, not exact.
     assert float((y - ref).norm() / ref.norm()) < 1e-5
 
