@@ -128,7 +128,7 @@ def _gemm_config(m: int, n: int) -> dict[str, int]:
     programs on the SMs; large M uses 128×128 tiles on two warpgroups.
 
     K tiles are 64 codes above the decode bucket: the packed byte tile is unpacked in registers
-    before the dot, and with 128–256-code K tiles ptxas spilled 160–1448 B per thread on sm_90
+    before the dot, and with 128–256-code K tiles ptxas spilled 624–1448 B per thread on sm_90
     (tests/kernels/aot_compile.py). These configs spill nothing on sm_90 and sm_89, ≤ 80 B on
     sm_80. A static choice, not a timed one: benchmarks/gpu_session.py measures it."""
     if m <= 16:
