@@ -10,9 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from duquant_serve.core.reference import w4a4_linear_ref
 from duquant_serve.kernels.select import KERNELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,19 +40,27 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
     assert (tmp_path / "speedup_tiny.png").is_file()
 
 
-def test_gpu_check_shapes_build_valid_layers():
-    """The GPU sweep's own shapes get a rotation block that divides K. It used to give K = 1472
-    a block of 128, which would have stopped the sweep at its second shape (found by reading
-    the script; no GPU session had run it)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import gpu_session
-
-    g = torch.Generator().manual_seed(0)
-    for _n, k in gpu_session.CHECK_SHAPES:
-        b = gpu_session.block_for(k)
-        assert k % b == 0 and b >= 16
-        lin = gpu_session.make_layer(8, k, b, "cpu", smooth=True, bias=False, g=g)
-        assert w4a4_linear_ref(torch.randn(2, k, generator=g), lin).shape == (2, 8)
+def test_gpu_correctness_sweep_runs_on_its_own_shapes():
+    """check_correctness on the GPU sweep's real (N, K) shapes, at M = 1 on CPU. It used to give
+    K = 1472 a rotation block of 128, which would have stopped the sweep at its second shape
+    (found by reading the script; no GPU session had run it)."""
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import gpu_session as g; "
+        "rows = g.check_correctness('cpu', ['torch_ref'], [1], g.CHECK_SHAPES, (9, 0), "
+        "lambda r: None); print(json.dumps(rows))")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks")],
+                       capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = json.loads(r.stdout.splitlines()[-1])
+    shapes = {(x["N"], x["K"]) for x in rows if x["check"] == "linear"}
+    assert len(shapes) == 4 and (1000, 1472) in shapes
+    for x in rows:
+        assert "error" not in x, x
+        if x["check"] == "linear":
+            assert x["rel_err"] < 1e-2, x
+        else:  # fp32 interpreter prologue vs reference: exact here
+            assert x["mismatches"] == 0, x
 
 
 def test_decoder_layer_benchmark_dry_run(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from duquant_serve.testing import cuda_tools
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "cutlass_ext" / "build.sh"
 
@@ -54,32 +56,19 @@ def test_build_sm80_sm90a_and_load(tmp_path):
         assert hasattr(lib, sym)
 
 
-def _cuobjdump() -> str:
-    import triton
-
-    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if exe.is_file():
-        return str(exe)
-    found = shutil.which("cuobjdump")
-    if found is None:
-        pytest.skip("no cuobjdump (neither Triton's bundled one nor on PATH)")
-    return found
-
-
 def _check_sm90_sass(build: Path) -> None:
     """What the sm_90a objects must be made of: int8 wgmma, with the packed kernel's A operand
     (the widened 4-bit weights) in registers and the int8-weight kernel's in shared memory, and
     no register spills (no stack, no local memory) in any of their kernels."""
-    exe = _cuobjdump()
+    exe = cuda_tools.cuobjdump()
+    if exe is None:
+        pytest.skip("no cuobjdump (neither Triton's bundled one nor on PATH)")
     wgmma = {"w4a4_sm90_packed.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, R\d+, gdesc",
              "w4a4_sm90_evt.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, gdesc",
              "w4a4_sm90.o": r"IGMMA\.64x\d+x32\.S8\.S8 R\d+, gdesc"}
     for obj, pattern in wgmma.items():
-        sass = subprocess.run([exe, "-sass", str(build / obj)], capture_output=True, text=True,
-                              check=True).stdout
-        assert re.search(pattern, sass), f"{obj}: no {pattern} in its SASS"
-        usage = subprocess.run([exe, "-res-usage", str(build / obj)], capture_output=True,
-                               text=True, check=True).stdout
-        regs = re.findall(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", usage)
-        assert regs, usage[-2000:]
-        assert all(st == "0" and lo == "0" for _, st, lo in regs), f"{obj} spills: {regs}"
+        assert re.search(pattern, cuda_tools.sass(build / obj, exe)), f"{obj}: no {pattern}"
+        usage = cuda_tools.resource_usage(build / obj, exe)
+        assert usage, obj
+        assert all(u["stack_bytes"] == 0 and u["local_bytes"] == 0 for u in usage), \
+            f"{obj} spills: {usage}"

@@ -1,7 +1,7 @@
 """Compile the Triton kernels for a GPU target on a machine without one (run as a script,
 without TRITON_INTERPRET: ASTSource needs real JIT functions). Used by test_triton_aot.py.
 
-    python tests/kernels/aot_compile.py 90 [prologue|gemm|epilogue] > report.json
+    python tests/kernels/aot_compile.py 90 > report.json
 
 Prints one JSON object per compiled kernel: which tensor-core instructions the PTX holds, shared
 memory, and (read with Triton's bundled cuobjdump) registers and stack (spill) bytes per thread.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from triton.compiler import ASTSource
 
 from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
 from duquant_serve.kernels.triton_prologue import KC, NS, _config, _prologue_kernel
+from duquant_serve.testing import cuda_tools
 
 GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
             "sx_ptr": "*fp32", "zx_ptr": "*fp32", "sqx_ptr": "*i32", "sw_ptr": "*fp32",
@@ -46,7 +46,7 @@ def _mma_ops(ptx: str) -> list[str]:
     return sorted(set(re.findall(r"(?:wgmma\.mma_async\.sync|mma\.sync)\.aligned\.[a-z0-9_.]+", ptx)))
 
 
-def main(arch: int, only: str | None = None) -> None:
+def main(arch: int) -> None:
     target = GPUTarget("cuda", arch, 32)
     jobs = []
     for m, n in ((1, 4096), (64, 4096), (256, 4096), (4096, 4096)):
@@ -65,8 +65,6 @@ def main(arch: int, only: str | None = None) -> None:
             jobs.append((f"prologue M={m} C={c} b={b} {prec}", _prologue_kernel, PRO_SIG, consts,
                          {"num_warps": warps, "num_stages": 1}))
     for name, fn, sig, consts, opts in jobs:
-        if only and not name.startswith(only):
-            continue
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
                            options=opts)
         print(json.dumps({"kernel": name, "arch": arch, "mma": _mma_ops(k.asm["ptx"]),
@@ -75,18 +73,16 @@ def main(arch: int, only: str | None = None) -> None:
 
 
 def _resources(cubin: bytes) -> dict:
-    """Registers and stack (spill) bytes per thread, read from the cubin by Triton's cuobjdump."""
-    exe = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    if not exe.is_file():
+    """Registers and stack (spill) bytes per thread, read from the cubin."""
+    exe = cuda_tools.cuobjdump()
+    if exe is None:
         return {}
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([str(exe), "-res-usage", f.name], capture_output=True,
-                             text=True).stdout
-    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
-    return {"registers": int(found[1]), "stack_bytes": int(found[2])} if found else {}
+        usage = cuda_tools.resource_usage(Path(f.name), exe)
+    return {k: usage[0][k] for k in ("registers", "stack_bytes")} if usage else {}
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
+    main(int(sys.argv[1]))
