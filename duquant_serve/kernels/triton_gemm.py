@@ -68,8 +68,10 @@ def _w4a4_gemm_kernel(
         pb = tl.load(p_cols + kb[:, None], mask=(kb < K // 2)[:, None] & n_ok[None, :], other=0)
         w_lo = (pb & 0xF).to(tl.int8)  # [HALF, BLOCK_N]
         w_hi = (pb >> 4).to(tl.int8)
-        acc = tl.dot(a_lo, w_lo, acc)
-        acc = tl.dot(a_hi, w_hi, acc)
+        # out_dtype spelled out: Triton ≤ 3.6 (the GPU image's) checks acc against its float32
+        # default even for int8 operands.
+        acc = tl.dot(a_lo, w_lo, acc, out_dtype=tl.int32)
+        acc = tl.dot(a_hi, w_hi, acc, out_dtype=tl.int32)
 
     sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
     zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
