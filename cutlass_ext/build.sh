@@ -43,5 +43,7 @@ for a in $archs; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 "$nvcc" "${common[@]}" "${defs[@]}" -gencode=arch=compute_80,code=sm_80 -c "$here/csrc/entry.cu" -o "$out/entry.o"
-"$nvcc" -shared "${objs[@]}" "$out/entry.o" -o "$out/libduquant_ext.so" -lcudart
+# cudart linked statically: the library then needs no libcudart.so.13 on the loader's path of
+# the machine it runs on (a GPU image, the vLLM image), only the driver.
+"$nvcc" -shared -cudart static "${objs[@]}" "$out/entry.o" -o "$out/libduquant_ext.so"
 echo "built $out/libduquant_ext.so ($archs)"

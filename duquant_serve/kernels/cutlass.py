@@ -47,7 +47,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             continue
         try:
             lib = ctypes.CDLL(str(p))
-        except OSError as e:  # e.g. no libcudart on a CPU machine
+        except OSError as e:  # not a library for this machine, or a truncated file
             tried.append(f"{p} ({e})")
             continue
         try:  # an older build lacks newer entry points: say so instead of crashing

@@ -46,10 +46,12 @@ def test_build_sm80_sm90a_and_load(tmp_path):
     _check_sm90_sass(tmp_path)
     so = tmp_path / "libduquant_ext.so"
     assert so.is_file()
-    try:
-        lib = ctypes.CDLL(str(so))
-    except OSError as e:  # the CUDA runtime library is absent on some CPU machines
-        pytest.skip(f"built, but cannot load without libcudart: {e}")
+    # cudart is linked statically: the library loads wherever a C++ runtime does, GPU or not,
+    # and needs no libcudart.so on the target's loader path.
+    if shutil.which("readelf"):
+        dyn = subprocess.run(["readelf", "-d", str(so)], capture_output=True, text=True).stdout
+        assert "libcudart" not in dyn, dyn
+    lib = ctypes.CDLL(str(so))
     assert lib.duquant_built_archs() == 3
     for sym in ("duquant_gemm_s8s8s32_sm90", "duquant_w4a4_gemm_sm90",
                 "duquant_w4a4_gemm_sm90_packed", "duquant_gemm_u4u4s32_sm80"):
