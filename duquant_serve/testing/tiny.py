@@ -28,14 +28,14 @@ def make_tokenizer():
 
 
 def tiny_config(arch: str, hidden: int = 256, layers: int = 2, heads: int = 4, kv_heads: int = 2,
-                intermediate: int = 384, vocab: int = 259):
+                intermediate: int = 384, vocab: int = 259, max_positions: int = 512):
     from transformers import AutoConfig
 
     if arch not in ARCHS:
         raise ValueError(f"unknown tiny arch {arch!r}")
     kw = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
               num_key_value_heads=kv_heads, intermediate_size=intermediate, vocab_size=vocab,
-              max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+              max_position_embeddings=max_positions, bos_token_id=1, eos_token_id=2, pad_token_id=2,
               tie_word_embeddings=False, head_dim=hidden // heads)
     if arch == "qwen2":
         kw.update(use_sliding_window=False)
