@@ -6,7 +6,8 @@ between releases: 3.6 rejects an int8 `tl.dot` into an int32 accumulator unless 
 int32, which 3.9 infers. scripts/setup.sh installs triton==3.6.0 into .venv/triton-gpu-image;
 these tests put it first on the path of a subprocess (torch stays the venv's: our kernels use
 no torch API that changed between 2.11 and 2.13) and run the interpreter tests and the sm_90
-compile there.
+compile there. (Triton 3.6's interpreter needs numpy < 2.4, which the venv has; the GPU image's
+numpy 2.5 does not matter there, where kernels are compiled, not interpreted.)
 """
 
 from __future__ import annotations
