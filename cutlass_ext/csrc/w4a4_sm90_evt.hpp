@@ -4,7 +4,10 @@
 // mainloop and the launch helper also serve the int32-out GEMM (w4a4_sm90.cu).
 //
 //   y[m, n] = sx[m] · ( u[n]·acc[m, n] − ( v[n]·Sx[m] + w[n]·zx[m] ) ) + bias[n]
-//   u = sw,  v = sw·zw,  w = sw·(Sw − K·zw)      (per output channel, precomputed at load)
+//   u = sw,  v = sw·(zw − o),  w = sw·(Sw − K·zw)   (per output channel, precomputed at load)
+//
+// o is the offset of the stored weight values: 0 for int8 codes 0..15, 8 for the packed
+// kernel's signed nibbles q − 8 (EPILOGUE.md).
 //
 // which is EPILOGUE.md's formula with s_w distributed into the bracket (so every per-channel
 // factor is one broadcast vector).

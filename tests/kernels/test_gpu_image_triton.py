@@ -21,8 +21,7 @@ import pytest
 import test_triton_aot
 
 ROOT = Path(__file__).resolve().parents[2]
-GPU_IMAGE_TRITON = ROOT / ".venv" / "triton-gpu-image"
-EXPECTED_VERSION = "3.6.0"
+GPU_IMAGE_TRITON = ROOT / ".venv" / "triton-gpu-image"  # the version: scripts/setup.sh
 # Interpreter tests of every Triton kernel and of the linear kernels built on them.
 INTERPRETER_TESTS = ["test_triton_prologue.py", "test_triton_gemm.py", "test_linear_kernels.py"]
 
@@ -44,8 +43,9 @@ def test_subprocess_imports_the_gpu_image_triton():
     r = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__, triton.__file__)"],
                        capture_output=True, text=True, env=_env(False), timeout=120, check=True)
     version, path = r.stdout.split()
-    assert version == EXPECTED_VERSION
     assert Path(path).is_relative_to(GPU_IMAGE_TRITON)
+    (dist,) = GPU_IMAGE_TRITON.glob("triton-*.dist-info")
+    assert dist.name == f"triton-{version}.dist-info"
 
 
 def test_interpreter_tests_pass_under_gpu_image_triton():
@@ -57,7 +57,4 @@ def test_interpreter_tests_pass_under_gpu_image_triton():
 
 
 def test_kernels_compile_for_sm90_under_gpu_image_triton():
-    r = subprocess.run([sys.executable, str(test_triton_aot.SCRIPT), "90"], capture_output=True,
-                       text=True, env=_env(False), timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    test_triton_aot.check_report(r.stdout, 90)
+    test_triton_aot.check_report(test_triton_aot.compile_report(90, GPU_IMAGE_TRITON), 90)

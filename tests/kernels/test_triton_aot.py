@@ -24,9 +24,12 @@ PROLOGUE_STACK_LIMIT = 64
 GEMM_STACK_LIMIT = 128
 
 
-def _compile(arch: int) -> str:
+def compile_report(arch: int, first_on_path: Path | None = None) -> str:
+    """aot_compile.py's report for `arch`, run without the interpreter; `first_on_path`: a
+    directory searched before everything else (another Triton, test_gpu_image_triton.py)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    path = [str(ROOT), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(([str(first_on_path)] if first_on_path else []) + path)
     r = subprocess.run([sys.executable, str(SCRIPT), str(arch)], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -52,15 +55,15 @@ def check_report(report: str, arch: int) -> None:
 
 
 def test_triton_kernels_compile_for_sm90():
-    check_report(_compile(90), 90)
+    check_report(compile_report(90), 90)
 
 
 @pytest.mark.slow
 def test_triton_kernels_compile_for_sm80():
-    check_report(_compile(80), 80)
+    check_report(compile_report(80), 80)
 
 
 @pytest.mark.slow
 def test_triton_kernels_fit_sm89_shared_memory():
     """Ada (and sm_86) allow 99 KB per block: the Triton path no longer refuses them."""
-    check_report(_compile(89), 89)
+    check_report(compile_report(89), 89)

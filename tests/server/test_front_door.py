@@ -42,7 +42,7 @@ RSS_TOLERANCE = 64 * 2**20
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
+def front_door_checkpoint(tmp_path_factory):
     """This module's own tiny Llama checkpoint, with a context long enough that a hung-up
     request would run for seconds of engine time if its abort were lost."""
     from duquant_serve.cli import main
@@ -57,13 +57,13 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
+def server(front_door_checkpoint, tmp_path_factory):
     d = tmp_path_factory.mktemp("front_door")
     (d / "chat.jinja").write_text(CHAT_TEMPLATE)
     records = d / "runtime"
     records.mkdir()
     srv = ServerProcess(
-        tiny_checkpoint[1],
+        front_door_checkpoint[1],
         ["--served-model-name", MODEL, "--max-model-len", str(CONTEXT), "--enforce-eager",
          "--api-key", KEY, "--chat-template", str(d / "chat.jinja")],
         d / "server.log", env={"DUQUANT_RUNTIME_DIR": str(records)})
@@ -103,10 +103,10 @@ def _config(checkpoint: Path) -> dict:
     return json.loads((checkpoint / "config.json").read_text())
 
 
-def test_duquant_endpoint_reports_config_and_kernels(http, server, tiny_checkpoint):
+def test_duquant_endpoint_reports_config_and_kernels(http, server, front_door_checkpoint):
     from duquant_serve.kernels.select import KERNELS
 
-    ck = tiny_checkpoint[1]
+    ck = front_door_checkpoint[1]
     r = http.get("/v1/duquant", headers=AUTH)
     assert r.status_code == 200, r.text
     info = r.json()
@@ -145,11 +145,11 @@ def _metrics(http) -> dict:
     return {f.name: f for f in text_string_to_metric_families(r.text)}
 
 
-def test_duquant_metrics_next_to_vllms(http, tiny_checkpoint):
+def test_duquant_metrics_next_to_vllms(http, front_door_checkpoint):
     info = http.get("/v1/duquant", headers=AUTH).json()
     fams = _metrics(http)
     assert "vllm:num_requests_running" in fams  # vLLM's own, same endpoint
-    qc = _config(tiny_checkpoint[1])["quantization_config"]
+    qc = _config(front_door_checkpoint[1])["quantization_config"]
     (sample,) = fams["duquant_quantization_info"].samples
     assert sample.value == 1
     assert sample.labels["model_name"] == MODEL
@@ -389,7 +389,7 @@ def test_hang_up_aborts_the_request(server, http):
 
     t0 = time.monotonic()
     full = asyncio.run(streams(HANG_UPS, False, CALIBRATION_TOKENS))
-    per_token = (time.monotonic() - t0) / CALIBRATION_TOKENS  # engine step time, HANG_UPS batch
+    per_token = (time.monotonic() - t0) / CALIBRATION_TOKENS  # per decode step, 4 streams, end to end
     assert all(r["tokens"] == CALIBRATION_TOKENS for r in full)
 
     before = _wait_idle(http)
