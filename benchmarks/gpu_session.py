@@ -15,6 +15,7 @@ Writes JSON lines (results.jsonl) and PNG plots to --out, prints a table last.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -115,13 +116,14 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
             qr, sr, zr, qsr = prologue_ref(x, lin.transform, 4, lin.act_clip_ratio)
             inv = torch.empty_like(lin.transform.perm)
             inv[lin.transform.perm] = torch.arange(k, device=lin.transform.perm.device)
-            for prec in (["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]):
+            precs = ["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]
+            for prec, phase3 in itertools.product(precs, ("reload", "recompute")):
                 poison(dev)
                 q, s, z, qs = fused_prologue(x, lin.transform.r1, lin.transform.r2, inv,
                                              lin.transform.smooth, 4, lin.act_clip_ratio,
-                                             precision=prec)
+                                             precision=prec, phase3=phase3)
                 d = (q.int() - qr.int()).abs()
-                row = dict(check="prologue", precision=prec, M=m, N=n, K=k, b=b,
+                row = dict(check="prologue", precision=prec, phase3=phase3, M=m, N=n, K=k, b=b,
                            mismatches=int((d > 0).sum()), frac=float((d > 0).float().mean()),
                            max_code_diff=int(d.max()),
                            scale_rel=rel(s, sr), zero_diff=float((z - zr).abs().max()),
@@ -241,13 +243,14 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     res["prologue_ms"] = bench(prol, graph) / copies
                     from duquant_serve.kernels.triton_prologue import fused_prologue
 
-                    for prec in ("tf32x3", "tf32"):
-                        def prol_p(prec=prec):
+                    for prec, phase3 in itertools.product(("tf32x3", "tf32"),
+                                                          ("reload", "recompute")):
+                        def prol_p(prec=prec, phase3=phase3):
                             for i in range(copies):
                                 fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm, None,
-                                               4, 0.95, precision=prec)
+                                               4, 0.95, precision=prec, phase3=phase3)
 
-                        res[f"prologue_{prec}_ms"] = bench(prol_p, graph) / copies
+                        res[f"prologue_{prec}_{phase3}_ms"] = bench(prol_p, graph) / copies
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
@@ -403,10 +406,10 @@ def main() -> None:
     worst = {}
     for r in corr:
         if r["check"] == "prologue":
-            key = r["precision"]
+            key = f"{r['precision']} {r['phase3']}"
             worst[key] = max(worst.get(key, (0, 0.0, 0)), (r["max_code_diff"], r["frac"],
                                                            r["mismatches"]))
-    print("prologue worst (max|dcode|, frac, count) by precision:", worst)
+    print("prologue worst (max|dcode|, frac, count) by precision and phase 3:", worst)
     if timing:
         print("\n== timing (ms, medians) ==")
         print(f"{'model':>12} {'op':>8} {'M':>5} {'N':>6} {'K':>6} {'bf16':>8} {'w4a4':>8} "

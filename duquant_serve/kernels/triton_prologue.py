@@ -18,9 +18,17 @@ Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
            30 MB, inside H100's 50 MB L2).
   barrier  (the gather crosses blocks, so every chunk must be written before any is read)
   phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max
-  phase 3  per chunk: same load + dot again (one more dot instead of an L2 round trip of x',
-           8 B per element; which is cheaper was not measured), quantize, store codes (int8),
-           accumulate Σq.
+  phase 3  per chunk: the same load and dot again ("recompute", the default), quantize, store
+           codes (int8), accumulate Σq.
+  "reload" (DUQUANT_PROLOGUE_PHASE3) has phase 2 write its result back over its input in the
+  scratch (after a barrier: [ROWS, b] at once, not NS columns) and phase 3 load it: one dot
+  with R2 per element (2·b tensor-core FLOPs, 3× in tf32x3; a third of the prologue's) traded
+  for one 4-byte store to L2-resident scratch (phase 3 loads the same bytes either way), at the
+  cost of a [ROWS, b] accumulator. Which is faster depends on whether the prologue is bound by
+  tensor cores or by L2 and was not measured: the GPU session times both
+  (benchmarks/gpu_session.py). Spills on sm_90 (ptxas, per thread): "recompute" none;
+  "reload" none in tf32, up to 48 B in tf32x3 under Triton 3.9 and up to 336 B under Triton
+  3.6, the lent GPUs' (docs/kernels.md).
 R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each on CPU):
   "tf32x3"  three TF32 passes ≈ fp32: ~1e-6 of codes differ from the reference (by 1)
   "tf32"    one pass, 3× cheaper: 5e-4 .. 2.5e-3 of codes differ, always by 1. Such a code sits
@@ -28,7 +36,8 @@ R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each
             quantization, so model quality does not move; only bit-exactness does.
   "bf16"    not offered: codes move by up to 2.
 Default: tf32x3 up to 256 tokens (latency-bound, the extra passes are free), tf32 above, where
-the prologue's 3·2·M·K·b tensor-core FLOPs start to rival the GEMM's (docs/kernels.md).
+the prologue's 3·2·M·K·b tensor-core FLOPs (2·2·M·K·b with "reload") start to rival the
+GEMM's (docs/kernels.md).
 Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|ieee.
 """
 
@@ -96,6 +105,7 @@ def _prologue_kernel(
     KC: tl.constexpr,
     HAS_SMOOTH: tl.constexpr,
     PRECISION: tl.constexpr,
+    RELOAD: tl.constexpr,
     USE_LIBDEVICE: tl.constexpr,
 ):
     """Codes, scale, zero, Σq of x' = ((x/smooth)·BlockDiag(R1))[perm]·BlockDiag(R2) per token
@@ -132,13 +142,21 @@ def _prologue_kernel(
         for b0 in range(0, NBLK, CHUNK):
             ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]
             k_base = (b0 + blk)[:, None] * B
-            for j in tl.static_range(B // NS):
+            # RELOAD: the whole block's R2 output at once ([ROWS, B], not NS columns), written
+            # back over its input once every warp has read that input (the barrier), for phase
+            # 3 to load instead of recomputing.
+            for j in tl.static_range(1 if RELOAD else B // NS):
                 w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
-                                  False, B, NS, KC, PRECISION)
+                                  False, B, B if RELOAD else NS, KC, PRECISION)
                 wlo = tl.min(tl.where(ok_r, w, float("inf")), axis=1)  # [ROWS]
                 whi = tl.max(tl.where(ok_r, w, float("-inf")), axis=1)
                 lo = tl.minimum(lo, tl.min(tl.reshape(wlo, [BLOCK_M, CHUNK]), axis=1))
                 hi = tl.maximum(hi, tl.max(tl.reshape(whi, [BLOCK_M, CHUNK]), axis=1))
+                if RELOAD:
+                    tl.debug_barrier()
+                    tl.store(s_row + k_base + tl.arange(0, B)[None, :], w, mask=ok_r)
+        if RELOAD:
+            tl.debug_barrier()  # phase 3 loads what other warps stored
         lo = lo * clip_ratio
         hi = hi * clip_ratio
         scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
@@ -148,14 +166,17 @@ def _prologue_kernel(
         # Broadcast per-token scale/zero to the dot rows.
         scale_r = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCK_M, CHUNK]), [ROWS])
         zero_r = tl.reshape(tl.broadcast_to(zero[:, None], [BLOCK_M, CHUNK]), [ROWS])
-        # ---- phase 3: recompute R2, quantize, store codes and Σq ----------------------------
+        # ---- phase 3: R2 output (reloaded or recomputed), quantize, store codes and Σq -------
         qsum = tl.zeros([BLOCK_M], tl.int32)
         for b0 in range(0, NBLK, CHUNK):
             ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]
             k_base = (b0 + blk)[:, None] * B
             for j in tl.static_range(B // NS):
-                w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
-                                  False, B, NS, KC, PRECISION)
+                if RELOAD:
+                    w = tl.load(s_row + k_base + (j * NS + cs)[None, :], mask=ok_r, other=0.0)
+                else:
+                    w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
+                                      False, B, NS, KC, PRECISION)
                 q = _round_half_even(tl.math.div_rn(w, scale_r[:, None]), USE_LIBDEVICE)
                 q = q + zero_r[:, None]
                 q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
@@ -221,10 +242,12 @@ def fused_prologue(
     max_programs: int | None = None,
     ns: int = NS,
     kc: int = KC,
+    phase3: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
-    inv_perm: int32 [C] with inv_perm[perm[i]] = i. Launcher of `_prologue_kernel`.
+    inv_perm: int32 [C] with inv_perm[perm[i]] = i. phase3: "recompute" (default) or "reload"
+    (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). Launcher of `_prologue_kernel`.
     """
     if x.dim() != 2:
         raise ValueError(f"fused_prologue expects [M, C], got {tuple(x.shape)}")
@@ -244,6 +267,9 @@ def fused_prologue(
             "ieee" if _INTERPRET else "tf32x3" if m <= 256 else "tf32")
     if precision not in ("tf32x3", "tf32", "ieee"):
         raise ValueError(f"prologue precision {precision!r} not in tf32x3, tf32, ieee")
+    phase3 = phase3 or os.environ.get("DUQUANT_PROLOGUE_PHASE3") or "recompute"
+    if phase3 not in ("reload", "recompute"):
+        raise ValueError(f"prologue phase3 {phase3!r} not in reload, recompute")
     block_m, chunk, num_warps = _config(m, c, b)
     tiles = triton.cdiv(max(m, 1), block_m)
     if max_programs is None:
@@ -270,7 +296,7 @@ def fused_prologue(
         m, c, float(clip_ratio),
         QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, CHUNK=chunk, BLOCK_M=block_m, NS=min(b, ns),
         KC=min(b, kc),
-        HAS_SMOOTH=smooth is not None, PRECISION=precision,
+        HAS_SMOOTH=smooth is not None, PRECISION=precision, RELOAD=phase3 == "reload",
         USE_LIBDEVICE=not _INTERPRET, num_warps=num_warps,
         num_stages=1,  # the loops are short and dependent; deeper pipelines only cost smem
     )

@@ -30,7 +30,8 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
     timing = [x for x in rows if "bf16_ms" in x]
     assert timing
     for x in timing:
-        for key in ("prologue_ms", "triton_gemm_ms", "cutlass_fused_gemm_ms",
+        for key in ("prologue_ms", "prologue_tf32_reload_ms", "prologue_tf32x3_recompute_ms",
+                    "triton_gemm_ms", "cutlass_fused_gemm_ms",
                     "cutlass_int8w_fused_gemm_ms", "cutlass_gemm_int32_ms",
                     *(f"{name}_ms" for name in KERNELS)):
             assert x[key] > 0, key

@@ -10,6 +10,7 @@ The configs come from the launchers themselves, so what compiles here is what ru
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sys
@@ -39,7 +40,8 @@ PRO_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1_ptr"
            "stride_qm": "i32", "scale_ptr": "*fp32", "zero_ptr": "*fp32", "sum_ptr": "*i32",
            "M": "i32", "C": "i32", "clip_ratio": "fp32", "QMAX": "constexpr", "B": "constexpr",
            "NBLK": "constexpr", "CHUNK": "constexpr", "BLOCK_M": "constexpr", "NS": "constexpr", "KC": "constexpr",
-           "HAS_SMOOTH": "constexpr", "PRECISION": "constexpr", "USE_LIBDEVICE": "constexpr"}
+           "HAS_SMOOTH": "constexpr", "PRECISION": "constexpr", "RELOAD": "constexpr",
+           "USE_LIBDEVICE": "constexpr"}
 
 
 def _mma_ops(ptx: str) -> list[str]:
@@ -58,12 +60,12 @@ def main(arch: int) -> None:
     for m, c, b in ((1, 4096, 128), (64, 4096, 128), (2048, 11008, 128), (1, 576, 64),
                     (2048, 576, 64)):
         bm, chunk, warps = _config(m, c, b)
-        for prec in ("tf32x3", "tf32"):
+        for prec, phase3 in itertools.product(("tf32x3", "tf32"), ("reload", "recompute")):
             consts = {"QMAX": 15, "B": b, "NBLK": c // b, "CHUNK": chunk, "BLOCK_M": bm,
                       "NS": min(b, NS), "KC": min(b, KC), "HAS_SMOOTH": True, "PRECISION": prec,
-                      "USE_LIBDEVICE": True}
-            jobs.append((f"prologue M={m} C={c} b={b} {prec}", _prologue_kernel, PRO_SIG, consts,
-                         {"num_warps": warps, "num_stages": 1}))
+                      "RELOAD": phase3 == "reload", "USE_LIBDEVICE": True}
+            jobs.append((f"prologue M={m} C={c} b={b} {prec} {phase3}", _prologue_kernel,
+                         PRO_SIG, consts, {"num_warps": warps, "num_stages": 1}))
     for name, fn, sig, consts, opts in jobs:
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
                            options=opts)

@@ -20,6 +20,9 @@ SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024, 89: 99 * 1024}
 # Prologue spills per thread: ≤ 40 B seen (sm_80/89) after the K-sliced dots; the version that
 # held whole [rows, b] operands spilled up to 2.9 KB on sm_90, 14 KB on sm_89 (docs/kernels.md).
 PROLOGUE_STACK_LIMIT = 64
+# The prologue's opt-in "reload" phase 3 holds a [rows, b] accumulator: no spills in tf32,
+# up to 336 B per thread in tf32x3 under Triton 3.6 (docs/kernels.md). Recorded, loosely bounded.
+RELOAD_STACK_LIMIT = 512
 # GEMM: ≤ 80 B on sm_80 with 64-code K tiles; 128–256-code tiles spilled up to 1.5 KB.
 GEMM_STACK_LIMIT = 128
 
@@ -51,7 +54,9 @@ def check_report(report: str, arch: int) -> None:
         elif r["kernel"].startswith("prologue"):
             assert any("tf32" in op for op in r["mma"]), r
             if "stack_bytes" in r:
-                assert r["stack_bytes"] <= PROLOGUE_STACK_LIMIT, r
+                reload = r["kernel"].endswith("reload")
+                assert r["stack_bytes"] <= (RELOAD_STACK_LIMIT if reload
+                                            else PROLOGUE_STACK_LIMIT), r
 
 
 def test_triton_kernels_compile_for_sm90():

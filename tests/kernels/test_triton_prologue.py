@@ -32,11 +32,26 @@ def _compare(x, t, clip, **kw):
     return q, s, z, qs
 
 
+@pytest.mark.parametrize("phase3", ["reload", "recompute"])
 @pytest.mark.parametrize("m,k,b,smooth", CASES)
-def test_prologue_matches_reference(m, k, b, smooth):
+def test_prologue_matches_reference(m, k, b, smooth, phase3):
     g = torch.Generator().manual_seed(m * 1000 + k + b)
     t = make_transform(k, b, smooth, g)
-    _compare(make_x(m, k, g), t, 0.9)
+    _compare(make_x(m, k, g), t, 0.9, phase3=phase3)
+
+
+@pytest.mark.parametrize("m,k,b", [(7, 256, 128), (33, 576, 64)])
+def test_prologue_reload_equals_recompute(m, k, b):
+    # Phase 3 quantizes what phase 2 wrote back ("reload") or recomputes it with the same dot
+    # ("recompute"): the same fp32 values, hence the same codes bit for bit. b = 128 holds two
+    # NS-column dots per block, written back only after both read the block.
+    g = torch.Generator().manual_seed(m + k)
+    t = make_transform(k, b, True, g)
+    x = make_x(m, k, g)
+    runs = [fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), t.smooth, 4, 0.9, phase3=p,
+                           max_programs=2) for p in ("reload", "recompute")]
+    for a, r in zip(*runs, strict=True):
+        assert torch.equal(a, r)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -46,11 +61,12 @@ def test_prologue_half_inputs(dtype):
     _compare(make_x(7, 576, g, dtype), t, 1.0)
 
 
-def test_prologue_persistent_programs_reuse_scratch():
+@pytest.mark.parametrize("phase3", ["reload", "recompute"])
+def test_prologue_persistent_programs_reuse_scratch(phase3):
     # 33 tokens in tiles of 4 over 2 programs: each program's scratch is rewritten per tile.
     g = torch.Generator().manual_seed(11)
     t = make_transform(192, 64, False, g)
-    _compare(make_x(33, 192, g), t, 0.95, max_programs=2)
+    _compare(make_x(33, 192, g), t, 0.95, max_programs=2, phase3=phase3)
 
 
 def test_prologue_noncontiguous_input():
@@ -75,4 +91,8 @@ def test_prologue_precision_choice(monkeypatch):
     _compare(x, t, 1.0, precision="tf32")  # the interpreter computes in fp32 whatever is asked
     monkeypatch.setenv("DUQUANT_PROLOGUE_PRECISION", "bf16")
     with pytest.raises(ValueError, match="precision"):
+        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
+    monkeypatch.delenv("DUQUANT_PROLOGUE_PRECISION")
+    monkeypatch.setenv("DUQUANT_PROLOGUE_PHASE3", "twice")
+    with pytest.raises(ValueError, match="phase3 'twice'"):
         fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
