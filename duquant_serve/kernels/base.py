@@ -62,8 +62,8 @@ class PreparedLinear:
     """
 
     spec: LayerSpec
-    r1: torch.Tensor  # [b, b] float32
-    r2: torch.Tensor  # [b, b] float32
+    r1: torch.Tensor  # [b, b] float32, column-major (Rᵀ row-major: what the prologue reads)
+    r2: torch.Tensor  # [b, b] float32, column-major
     perm: torch.Tensor  # [K] int64 gather indices (reference order)
     inv_perm: torch.Tensor  # [K] int32 scatter indices (kernel order)
     smooth: torch.Tensor | None  # [K] float32
@@ -180,8 +180,9 @@ def prepare_common(
     inv[perm] = torch.arange(k)
     return PreparedLinear(
         spec=spec,
-        r1=transform.r1.float().contiguous().to(dev),
-        r2=transform.r2.float().contiguous().to(dev),
+        # Stored transposed so that the prologue's Rᵀ is a view, not a copy kernel per call.
+        r1=transform.r1.float().to(dev).t().contiguous().t(),
+        r2=transform.r2.float().to(dev).t().contiguous().t(),
         perm=perm.to(dev),
         inv_perm=inv.to(torch.int32).to(dev),
         smooth=None if transform.smooth is None else transform.smooth.float().to(dev),

@@ -88,6 +88,16 @@ def test_cutlass_kernel_layouts_end_to_end():
         _prep(CutlassSm90Int8WeightKernel, lin).qweight.numel()
 
 
+def test_prepared_rotations_need_no_copy_per_call():
+    """The prologue reads Rᵀ row-major: prepare stores R that way, so the launcher's
+    `r.t().contiguous()` is a view, not a copy kernel per linear per forward."""
+    lin = make_layer(40, 192, 64, smooth=False, bias=False, g=torch.Generator().manual_seed(3))
+    p = _prep(TritonKernel, lin)
+    for r, ref in ((p.r1, lin.transform.r1), (p.r2, lin.transform.r2)):
+        assert torch.equal(r, ref.float())
+        assert r.t().contiguous().data_ptr() == r.data_ptr()
+
+
 def test_prepare_rejects_mismatched_tensors():
     g = torch.Generator().manual_seed(4)
     lin = make_layer(40, 192, 64, smooth=False, bias=False, g=g)
