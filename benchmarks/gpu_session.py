@@ -102,7 +102,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, log) -> list[dict]:
-    from duquant_serve.kernels.triton_prologue import fused_prologue
+    from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
     rows = []
     g = torch.Generator().manual_seed(1234)
@@ -117,13 +117,19 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
             inv = torch.empty_like(lin.transform.perm)
             inv[lin.transform.perm] = torch.arange(k, device=lin.transform.perm.device)
             precs = ["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]
-            for prec, phase3 in itertools.product(precs, ("reload", "recompute")):
+            variants = [dict(precision=p, phase3=v, decode="tiled")
+                        for p, v in itertools.product(precs, ("reload", "recompute"))]
+            if m <= SPLIT_MAX_M:  # fp32 on CUDA cores: no precision choice
+                variants.append(dict(precision="ieee", phase3="-", decode="split"))
+            for var in variants:
                 poison(dev)
                 q, s, z, qs = fused_prologue(x, lin.transform.r1, lin.transform.r2, inv,
                                              lin.transform.smooth, 4, lin.act_clip_ratio,
-                                             precision=prec, phase3=phase3)
+                                             precision=var["precision"],
+                                             phase3=None if var["phase3"] == "-" else var["phase3"],
+                                             perm=lin.transform.perm, decode=var["decode"])
                 d = (q.int() - qr.int()).abs()
-                row = dict(check="prologue", precision=prec, phase3=phase3, M=m, N=n, K=k, b=b,
+                row = dict(check="prologue", **var, M=m, N=n, K=k, b=b,
                            mismatches=int((d > 0).sum()), frac=float((d > 0).float().mean()),
                            max_code_diff=int(d.max()),
                            scale_rel=rel(s, sr), zero_diff=float((z - zr).abs().max()),
@@ -241,7 +247,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                         torch.bfloat16)
 
                     res["prologue_ms"] = bench(prol, graph) / copies
-                    from duquant_serve.kernels.triton_prologue import fused_prologue
+                    from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
                     for prec, phase3 in itertools.product(("tf32x3", "tf32"),
                                                           ("reload", "recompute")):
@@ -251,6 +257,13 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                4, 0.95, precision=prec, phase3=phase3)
 
                         res[f"prologue_{prec}_{phase3}_ms"] = bench(prol_p, graph) / copies
+                    if m <= SPLIT_MAX_M:
+                        def prol_split():
+                            for i in range(copies):
+                                fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm, None,
+                                               4, 0.95, perm=pt[i].perm, decode="split")
+
+                        res["prologue_split_ms"] = bench(prol_split, graph) / copies
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
@@ -406,10 +419,10 @@ def main() -> None:
     worst = {}
     for r in corr:
         if r["check"] == "prologue":
-            key = f"{r['precision']} {r['phase3']}"
+            key = f"{r['decode']} {r['precision']} {r['phase3']}"
             worst[key] = max(worst.get(key, (0, 0.0, 0)), (r["max_code_diff"], r["frac"],
                                                            r["mismatches"]))
-    print("prologue worst (max|dcode|, frac, count) by precision and phase 3:", worst)
+    print("prologue worst (max|dcode|, frac, count) by kernel, precision, phase 3:", worst)
     if timing:
         print("\n== timing (ms, medians) ==")
         print(f"{'model':>12} {'op':>8} {'M':>5} {'N':>6} {'K':>6} {'bf16':>8} {'w4a4':>8} "

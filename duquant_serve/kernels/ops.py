@@ -64,7 +64,7 @@ def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
 def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
     from .triton_prologue import fused_prologue
 
-    return fused_prologue(x, r1, r2, inv_perm, smooth, a_bits, clip_ratio)
+    return fused_prologue(x, r1, r2, inv_perm, smooth, a_bits, clip_ratio, perm=perm)
 
 
 # ---------------------------------------------------------------------------------------------

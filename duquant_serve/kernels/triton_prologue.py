@@ -39,6 +39,10 @@ Default: tf32x3 up to 256 tokens (latency-bound, the extra passes are free), tf3
 the prologue's 3·2·M·K·b tensor-core FLOPs (2·2·M·K·b with "reload") start to rival the
 GEMM's (docs/kernels.md).
 Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|ieee.
+
+Opt-in for decode (DUQUANT_PROLOGUE_DECODE=split, ≤ SPLIT_MAX_M tokens): `_prologue_split_kernel`,
+one program per (token, output block) in fp32 on the CUDA cores, the token's last program
+quantizing its row (docs/kernels.md; untimed, so not the default).
 """
 
 from __future__ import annotations
@@ -63,6 +67,25 @@ def _round_half_even(v, USE_LIBDEVICE: tl.constexpr):
     else:
         r = (v + 12582912.0) - 12582912.0
         return tl.where(tl.abs(v) < 4194304.0, r, v)
+
+
+@triton.jit
+def _scale_zero(lo, hi, clip_ratio, QMAX: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
+    """Per-token scale and zero point from the running min / max (module docstring)."""
+    lo = lo * clip_ratio
+    hi = hi * clip_ratio
+    scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
+    scale = tl.minimum(tl.maximum(scale, 1e-5), 1e4)
+    zero = _round_half_even(tl.math.div_rn(-lo, scale), USE_LIBDEVICE)
+    zero = tl.minimum(tl.maximum(zero, -1e4), 1e4)
+    return scale, zero
+
+
+@triton.jit
+def _codes(w, scale, zero, QMAX: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
+    """clamp(round(w / scale) + zero, 0, QMAX) as int32."""
+    q = _round_half_even(tl.math.div_rn(w, scale), USE_LIBDEVICE) + zero
+    return tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32)
 
 
 @triton.jit
@@ -157,12 +180,7 @@ def _prologue_kernel(
                     tl.store(s_row + k_base + tl.arange(0, B)[None, :], w, mask=ok_r)
         if RELOAD:
             tl.debug_barrier()  # phase 3 loads what other warps stored
-        lo = lo * clip_ratio
-        hi = hi * clip_ratio
-        scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
-        scale = tl.minimum(tl.maximum(scale, 1e-5), 1e4)
-        zero = _round_half_even(tl.math.div_rn(-lo, scale), USE_LIBDEVICE)
-        zero = tl.minimum(tl.maximum(zero, -1e4), 1e4)
+        scale, zero = _scale_zero(lo, hi, clip_ratio, QMAX, USE_LIBDEVICE)
         # Broadcast per-token scale/zero to the dot rows.
         scale_r = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCK_M, CHUNK]), [ROWS])
         zero_r = tl.reshape(tl.broadcast_to(zero[:, None], [BLOCK_M, CHUNK]), [ROWS])
@@ -177,10 +195,8 @@ def _prologue_kernel(
                 else:
                     w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
                                       False, B, NS, KC, PRECISION)
-                q = _round_half_even(tl.math.div_rn(w, scale_r[:, None]), USE_LIBDEVICE)
-                q = q + zero_r[:, None]
-                q = tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0)
-                qi = tl.where(ok_r, q.to(tl.int32), 0)
+                qi = tl.where(ok_r, _codes(w, scale_r[:, None], zero_r[:, None], QMAX,
+                                           USE_LIBDEVICE), 0)
                 tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + k_base
                          + (j * NS + cs)[None, :], qi.to(tl.int8), mask=ok_r)
                 qsum += tl.sum(tl.reshape(tl.sum(qi, axis=1), [BLOCK_M, CHUNK]), axis=1)
@@ -190,6 +206,87 @@ def _prologue_kernel(
         tl.store(scale_ptr + mt, scale, mask=mt_ok)
         tl.store(zero_ptr + mt, zero, mask=mt_ok)
         tl.store(sum_ptr + mt, qsum, mask=mt_ok)
+
+
+@triton.jit
+def _prologue_split_kernel(
+    x_ptr, stride_xm,
+    smooth_ptr, r1t_ptr, r2t_ptr, perm_ptr,
+    scratch_ptr, part_ptr, count_ptr,
+    q_ptr, stride_qm,
+    scale_ptr, zero_ptr, sum_ptr,
+    C, clip_ratio,
+    QMAX: tl.constexpr,
+    B: tl.constexpr,
+    NBLK: tl.constexpr,
+    NBLK_P2: tl.constexpr,
+    KD: tl.constexpr,
+    QC: tl.constexpr,
+    HAS_SMOOTH: tl.constexpr,
+    USE_LIBDEVICE: tl.constexpr,
+):
+    """Decode prologue: the same codes as `_prologue_kernel`, one program per (token, output
+    block) instead of one per token, so a token's work spreads over NBLK SMs. Program (t, j)
+    gathers the b values of x·BlockDiag(R1) that the permutation sends to output block j (each
+    a length-b fp32 dot of its source block of x with one column of R1, on the CUDA cores),
+    applies R2, stores the block's b values to scratch row t and its min / max. The last
+    program of token t to finish (an acq_rel counter) reduces the min / max and quantizes the
+    whole row. Must match core.reference.prologue_ref."""
+    t = tl.program_id(0)
+    j = tl.program_id(1)
+    i = tl.arange(0, B)
+    kd = tl.arange(0, KD)
+    # Output i of block j is element perm[j·b + i] of x·BlockDiag(R1): column src % b of R1
+    # applied to source block src // b of x.
+    src = tl.load(perm_ptr + j * B + i).to(tl.int32)
+    x_blk = (src // B) * B  # [B] first column of each source block
+    x_row = x_ptr + t.to(tl.int64) * stride_xm
+    y = tl.zeros([B], tl.float32)
+    for k0 in range(0, B, KD):
+        cols = x_blk[:, None] + k0 + kd[None, :]  # [B, KD]
+        v = tl.load(x_row + cols).to(tl.float32)
+        if HAS_SMOOTH:
+            v = tl.math.div_rn(v, tl.load(smooth_ptr + cols))
+        # R1ᵀ row-major: column src % b of R1 is a contiguous row.
+        r = tl.load(r1t_ptr + (src % B)[:, None] * B + k0 + kd[None, :])
+        y += tl.sum(v * r, axis=1)
+    # R2: w[n] = Σ_i y[i]·R2[i, n], R2[i, n] at n·b + i in R2ᵀ row-major.
+    s_row = scratch_ptr + t.to(tl.int64) * C + j * B
+    lo = tl.full([KD], float("inf"), tl.float32)
+    hi = tl.full([KD], float("-inf"), tl.float32)
+    for n0 in range(0, B, KD):
+        w = tl.sum(y[:, None] * tl.load(r2t_ptr + (n0 + kd)[None, :] * B + i[:, None]), axis=0)
+        tl.store(s_row + n0 + kd, w)
+        lo = tl.minimum(lo, w)
+        hi = tl.maximum(hi, w)
+    part = part_ptr + (t * NBLK + j) * 2
+    tl.store(part, tl.min(lo, axis=0))
+    tl.store(part + 1, tl.max(hi, axis=0))
+    # Every thread's stores happen before the (single-thread) release of the counter.
+    tl.debug_barrier()
+    arrived = tl.atomic_add(count_ptr + t, 1, sem="acq_rel")
+    if arrived == NBLK - 1:
+        tl.debug_barrier()
+        tl.store(count_ptr + t, 0)  # ready for the next launch (kernels on a stream are ordered)
+        pb = tl.arange(0, NBLK_P2)
+        parts = part_ptr + (t * NBLK + pb) * 2
+        # .cg: read at L2, where the other programs' stores are, never a stale L1 line.
+        plo = tl.load(parts, mask=pb < NBLK, other=float("inf"), cache_modifier=".cg")
+        phi = tl.load(parts + 1, mask=pb < NBLK, other=float("-inf"), cache_modifier=".cg")
+        scale, zero = _scale_zero(tl.min(plo, axis=0), tl.max(phi, axis=0), clip_ratio, QMAX,
+                                  USE_LIBDEVICE)
+        qc = tl.arange(0, QC)
+        row = scratch_ptr + t.to(tl.int64) * C
+        qsum = tl.zeros([QC], tl.int32)
+        for c0 in range(0, C, QC):
+            ok = c0 + qc < C
+            w = tl.load(row + c0 + qc, mask=ok, other=0.0, cache_modifier=".cg")
+            q = tl.where(ok, _codes(w, scale, zero, QMAX, USE_LIBDEVICE), 0)
+            tl.store(q_ptr + t.to(tl.int64) * stride_qm + c0 + qc, q.to(tl.int8), mask=ok)
+            qsum += q
+        tl.store(scale_ptr + t, scale)
+        tl.store(zero_ptr + t, zero)
+        tl.store(sum_ptr + t, tl.sum(qsum, axis=0))
 
 
 # Columns of R per dot (NS) and the K slice each dot reads (KC): what bounds the live operands.
@@ -230,6 +327,42 @@ def _scratch(device: torch.device, numel: int) -> torch.Tensor:
     return buf
 
 
+# The split decode prologue serves up to SPLIT_MAX_M tokens. Its buffers are sized once per
+# device for widths up to 16384 (1 MiB of scratch), so CUDA-graph capture never sees them
+# reallocated; the counters start at zero and each launch leaves them at zero.
+SPLIT_MAX_M = 16
+_SPLIT_MAX_C = 16384
+_split_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _split_buffers(device: torch.device, c: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+    bufs = _split_cache.get(device)
+    if bufs is None or bufs[0].numel() < SPLIT_MAX_M * c:
+        width = max(c, _SPLIT_MAX_C)
+        bufs = (torch.empty(SPLIT_MAX_M * width, dtype=torch.float32, device=device),
+                torch.empty(SPLIT_MAX_M * width // 8, dtype=torch.float32, device=device),
+                torch.zeros(SPLIT_MAX_M, dtype=torch.int32, device=device))
+        _split_cache[device] = bufs
+    return bufs
+
+
+def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
+    m, c = x.shape
+    b = r1t.shape[0]
+    scratch, parts, count = _split_buffers(x.device, c)
+    codes, scale, zero, qsum = out
+    _prologue_split_kernel[(m, c // b)](
+        x, x.stride(0), smooth if smooth is not None else r1t, r1t, r2t, perm,
+        scratch, parts, count, codes, codes.stride(0), scale, zero, qsum,
+        c, float(clip_ratio),
+        QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, NBLK_P2=triton.next_power_of_2(c // b),
+        KD=min(b, 32), QC=1024, HAS_SMOOTH=smooth is not None,
+        USE_LIBDEVICE=not _INTERPRET, num_warps=4, num_stages=1,
+    )
+    return out
+
+
 def fused_prologue(
     x: torch.Tensor,
     r1: torch.Tensor,
@@ -243,11 +376,15 @@ def fused_prologue(
     ns: int = NS,
     kc: int = KC,
     phase3: str | None = None,
+    perm: torch.Tensor | None = None,
+    decode: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
     inv_perm: int32 [C] with inv_perm[perm[i]] = i. phase3: "recompute" (default) or "reload"
-    (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). Launcher of `_prologue_kernel`.
+    (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). decode: "tiled" (default) or
+    "split": up to SPLIT_MAX_M tokens through `_prologue_split_kernel`, which needs `perm`
+    (computed here if not given; DUQUANT_PROLOGUE_DECODE overrides). Launcher of both kernels.
     """
     if x.dim() != 2:
         raise ValueError(f"fused_prologue expects [M, C], got {tuple(x.shape)}")
@@ -270,6 +407,9 @@ def fused_prologue(
     phase3 = phase3 or os.environ.get("DUQUANT_PROLOGUE_PHASE3") or "recompute"
     if phase3 not in ("reload", "recompute"):
         raise ValueError(f"prologue phase3 {phase3!r} not in reload, recompute")
+    decode = decode or os.environ.get("DUQUANT_PROLOGUE_DECODE") or "tiled"
+    if decode not in ("tiled", "split"):
+        raise ValueError(f"prologue decode {decode!r} not in tiled, split")
     block_m, chunk, num_warps = _config(m, c, b)
     tiles = triton.cdiv(max(m, 1), block_m)
     if max_programs is None:
@@ -288,6 +428,10 @@ def fused_prologue(
     qsum = torch.empty((m,), dtype=torch.int32, device=x.device)
     if m == 0:
         return codes, scale, zero, qsum
+    if decode == "split" and m <= SPLIT_MAX_M:
+        perm = torch.argsort(inv_perm) if perm is None else perm.contiguous()
+        return _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio,
+                               (codes, scale, zero, qsum))
     scratch = _scratch(x.device, nprog * block_m * c)
     smooth_arg = smooth if smooth is not None else r1  # never read when HAS_SMOOTH is False
     _prologue_kernel[(nprog,)](

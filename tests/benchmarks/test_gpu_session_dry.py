@@ -27,6 +27,8 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
     assert {x["path"] for x in linear} == set(KERNELS)
     for x in linear:  # bf16 inputs, fp32 reference: only input rounding separates them
         assert x["nan"] == 0 and x["rel_err"] < 1e-2, x
+    split = [x for x in rows if x.get("decode") == "split"]
+    assert {x["M"] for x in split} == {1, 7} and all(x["mismatches"] == 0 for x in split)
     timing = [x for x in rows if "bf16_ms" in x]
     assert timing
     for x in timing:
@@ -35,6 +37,7 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
                     "cutlass_int8w_fused_gemm_ms", "cutlass_gemm_int32_ms",
                     *(f"{name}_ms" for name in KERNELS)):
             assert x[key] > 0, key
+        assert x.get("prologue_split_ms", 0) > 0 or x["M"] > 16, x
         # Packed sm_90 weights hold half the bytes of int8 ones (plus the same vectors).
         mem = x["w4a4_weight_bytes"]
         assert mem["cutlass_sm90"] < mem["cutlass_sm90_int8w"]

@@ -22,7 +22,13 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
-from duquant_serve.kernels.triton_prologue import KC, NS, _config, _prologue_kernel
+from duquant_serve.kernels.triton_prologue import (
+    KC,
+    NS,
+    _config,
+    _prologue_kernel,
+    _prologue_split_kernel,
+)
 from duquant_serve.testing import cuda_tools
 
 GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
@@ -42,6 +48,14 @@ PRO_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1_ptr"
            "NBLK": "constexpr", "CHUNK": "constexpr", "BLOCK_M": "constexpr", "NS": "constexpr", "KC": "constexpr",
            "HAS_SMOOTH": "constexpr", "PRECISION": "constexpr", "RELOAD": "constexpr",
            "USE_LIBDEVICE": "constexpr"}
+
+SPLIT_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1t_ptr": "*fp32",
+             "r2t_ptr": "*fp32", "perm_ptr": "*i64", "scratch_ptr": "*fp32", "part_ptr": "*fp32",
+             "count_ptr": "*i32", "q_ptr": "*i8", "stride_qm": "i32", "scale_ptr": "*fp32",
+             "zero_ptr": "*fp32", "sum_ptr": "*i32", "C": "i32", "clip_ratio": "fp32",
+             "QMAX": "constexpr", "B": "constexpr", "NBLK": "constexpr", "NBLK_P2": "constexpr",
+             "KD": "constexpr", "QC": "constexpr", "HAS_SMOOTH": "constexpr",
+             "USE_LIBDEVICE": "constexpr"}
 
 
 def _mma_ops(ptx: str) -> list[str]:
@@ -66,10 +80,17 @@ def main(arch: int) -> None:
                       "RELOAD": phase3 == "reload", "USE_LIBDEVICE": True}
             jobs.append((f"prologue M={m} C={c} b={b} {prec} {phase3}", _prologue_kernel,
                          PRO_SIG, consts, {"num_warps": warps, "num_stages": 1}))
+    for c, b in ((4096, 128), (14336, 128), (576, 64)):
+        consts = {"QMAX": 15, "B": b, "NBLK": c // b, "NBLK_P2": triton.next_power_of_2(c // b),
+                  "KD": 32, "QC": 1024, "HAS_SMOOTH": True, "USE_LIBDEVICE": True}
+        jobs.append((f"prologue split C={c} b={b}", _prologue_split_kernel, SPLIT_SIG, consts,
+                     {"num_warps": 4, "num_stages": 1}))
     for name, fn, sig, consts, opts in jobs:
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
                            options=opts)
+        atomics = sorted(set(re.findall(r"atom\.[a-z0-9_.]+", k.asm["ptx"])))
         print(json.dumps({"kernel": name, "arch": arch, "mma": _mma_ops(k.asm["ptx"]),
+                          "atomics": atomics,
                           "shared_bytes": k.metadata.shared, **_resources(k.asm["cubin"])}),
               flush=True)
 

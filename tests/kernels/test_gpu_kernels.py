@@ -29,7 +29,8 @@ def test_all_paths_match_reference_on_gpu(tmp_path):
     linear = [x for x in rows if x.get("check") == "linear"]
     prologue = [x for x in rows if x.get("check") == "prologue"]
     assert linear and prologue
-    assert {x["phase3"] for x in prologue} == {"reload", "recompute"}
+    assert {x["phase3"] for x in prologue} >= {"reload", "recompute"}
+    assert {x["decode"] for x in prologue} == {"tiled", "split"}
     for x in linear:
         assert "error" not in x, x
         assert x["nan"] == 0 and x["rel_err"] < 1e-2, x  # bf16 output rounding is ~2e-3

@@ -51,6 +51,12 @@ def check_report(report: str, arch: int) -> None:
                 assert any(op.startswith("wgmma") for op in r["mma"]), r
             if "stack_bytes" in r:
                 assert r["stack_bytes"] <= GEMM_STACK_LIMIT, r
+        elif r["kernel"].startswith("prologue split"):
+            # CUDA-core fp32 dots; the last program per token is found by a GPU-scope
+            # acquire-release counter (what makes the other programs' stores visible to it).
+            assert not r["mma"] and any(".gpu.acq_rel.add" in a for a in r["atomics"]), r
+            if "stack_bytes" in r:
+                assert r["stack_bytes"] <= PROLOGUE_STACK_LIMIT, r
         elif r["kernel"].startswith("prologue"):
             assert any("tf32" in op for op in r["mma"]), r
             if "stack_bytes" in r:

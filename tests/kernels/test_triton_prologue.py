@@ -7,7 +7,8 @@ import torch
 from kernel_cases import inverse_perm, make_transform, make_x
 
 from duquant_serve.core.reference import prologue_ref
-from duquant_serve.kernels.triton_prologue import fused_prologue
+from duquant_serve.kernels import triton_prologue
+from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
 # (M, K, b, smooth): K=576 = 9 blocks of 64 (SmolLM2), K=192 = 3 blocks, K=256 with b=128.
 CASES = [
@@ -96,3 +97,30 @@ def test_prologue_precision_choice(monkeypatch):
     monkeypatch.setenv("DUQUANT_PROLOGUE_PHASE3", "twice")
     with pytest.raises(ValueError, match="phase3 'twice'"):
         fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
+
+
+@pytest.mark.parametrize("m,k,b,smooth", [(1, 576, 64, True), (7, 256, 128, False),
+                                          (16, 192, 64, True), (3, 1536, 64, False)])
+def test_split_decode_prologue_matches_reference(m, k, b, smooth):
+    # One program per (token, output block); the last of a token's programs quantizes its row.
+    g = torch.Generator().manual_seed(m * 31 + k)
+    t = make_transform(k, b, smooth, g)
+    x = make_x(m, k, g, torch.bfloat16)
+    out = _compare(x, t, 0.9, decode="split", perm=t.perm)
+    # Without perm the launcher derives it from inv_perm: the same result.
+    for a, r in zip(_compare(x, t, 0.9, decode="split"), out, strict=True):
+        assert torch.equal(a, r)
+    # Each launch leaves its per-token arrival counters at zero for the next one.
+    _, _, count = triton_prologue._split_cache[x.device]
+    assert count.shape == (SPLIT_MAX_M,) and int(count.abs().sum()) == 0
+
+
+def test_split_decode_prologue_serves_only_decode(monkeypatch):
+    # Above SPLIT_MAX_M tokens the tiled kernel runs (the split one's buffers hold 16 rows).
+    g = torch.Generator().manual_seed(15)
+    t = make_transform(192, 64, False, g)
+    monkeypatch.setenv("DUQUANT_PROLOGUE_DECODE", "split")
+    _compare(make_x(SPLIT_MAX_M + 5, 192, g), t, 1.0)
+    monkeypatch.setenv("DUQUANT_PROLOGUE_DECODE", "fused")
+    with pytest.raises(ValueError, match="decode 'fused'"):
+        fused_prologue(make_x(1, 192, g), t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
