@@ -340,6 +340,7 @@ def _split_buffers(device: torch.device, c: int) -> tuple[torch.Tensor, torch.Te
     bufs = _split_cache.get(device)
     if bufs is None or bufs[0].numel() < SPLIT_MAX_M * c:
         width = max(c, _SPLIT_MAX_C)
+        # scratch [16, C] fp32; block min/max [16, C/b, 2] ≤ [16, C/8] (b ≥ 16); counters [16]
         bufs = (torch.empty(SPLIT_MAX_M * width, dtype=torch.float32, device=device),
                 torch.empty(SPLIT_MAX_M * width // 8, dtype=torch.float32, device=device),
                 torch.zeros(SPLIT_MAX_M, dtype=torch.int32, device=device))
