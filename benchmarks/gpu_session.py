@@ -117,17 +117,16 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
             inv = torch.empty_like(lin.transform.perm)
             inv[lin.transform.perm] = torch.arange(k, device=lin.transform.perm.device)
             precs = ["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]
-            variants = [dict(precision=p, phase3=v, decode="tiled")
+            variants = [dict(decode="tiled", precision=p, phase3=v)
                         for p, v in itertools.product(precs, ("reload", "recompute"))]
-            if m <= SPLIT_MAX_M:  # fp32 on CUDA cores: no precision choice
-                variants.append(dict(precision="ieee", phase3="-", decode="split"))
+            if m <= SPLIT_MAX_M:  # fp32 on CUDA cores; no phase 3 ("-" is not passed on)
+                variants.append(dict(decode="split", precision="ieee", phase3="-"))
             for var in variants:
                 poison(dev)
                 q, s, z, qs = fused_prologue(x, lin.transform.r1, lin.transform.r2, inv,
                                              lin.transform.smooth, 4, lin.act_clip_ratio,
-                                             precision=var["precision"],
-                                             phase3=None if var["phase3"] == "-" else var["phase3"],
-                                             perm=lin.transform.perm, decode=var["decode"])
+                                             perm=lin.transform.perm,
+                                             **{k: v for k, v in var.items() if v != "-"})
                 d = (q.int() - qr.int()).abs()
                 row = dict(check="prologue", **var, M=m, N=n, K=k, b=b,
                            mismatches=int((d > 0).sum()), frac=float((d > 0).float().mean()),

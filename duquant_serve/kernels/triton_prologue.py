@@ -411,18 +411,6 @@ def fused_prologue(
     decode = decode or os.environ.get("DUQUANT_PROLOGUE_DECODE") or "tiled"
     if decode not in ("tiled", "split"):
         raise ValueError(f"prologue decode {decode!r} not in tiled, split")
-    block_m, chunk, num_warps = _config(m, c, b)
-    tiles = triton.cdiv(max(m, 1), block_m)
-    if max_programs is None:
-        if x.is_cuda:
-            sms = _sm_count(x.device.index if x.device.index is not None else 0)
-            # At least one program per SM; more only while the scratch stays ~16 MiB (L2 is 50 MB
-            # on H100). Wide inputs exceed that at one per SM (docs/kernels.md).
-            cap = max(sms, (16 << 20) // (block_m * c * 4))
-            max_programs = min(cap, 8 * sms)
-        else:
-            max_programs = 4
-    nprog = max(1, min(tiles, max_programs))
     codes = torch.empty((m, c), dtype=torch.int8, device=x.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x.device)
     zero = torch.empty((m,), dtype=torch.float32, device=x.device)
@@ -433,6 +421,18 @@ def fused_prologue(
         perm = torch.argsort(inv_perm) if perm is None else perm.contiguous()
         return _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio,
                                (codes, scale, zero, qsum))
+    block_m, chunk, num_warps = _config(m, c, b)
+    tiles = triton.cdiv(m, block_m)
+    if max_programs is None:
+        if x.is_cuda:
+            sms = _sm_count(x.device.index if x.device.index is not None else 0)
+            # At least one program per SM; more only while the scratch stays ~16 MiB (L2 is 50 MB
+            # on H100). Wide inputs exceed that at one per SM (docs/kernels.md).
+            cap = max(sms, (16 << 20) // (block_m * c * 4))
+            max_programs = min(cap, 8 * sms)
+        else:
+            max_programs = 4
+    nprog = max(1, min(tiles, max_programs))
     scratch = _scratch(x.device, nprog * block_m * c)
     smooth_arg = smooth if smooth is not None else r1  # never read when HAS_SMOOTH is False
     _prologue_kernel[(nprog,)](

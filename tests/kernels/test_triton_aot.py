@@ -51,18 +51,15 @@ def check_report(report: str, arch: int) -> None:
                 assert any(op.startswith("wgmma") for op in r["mma"]), r
             if "stack_bytes" in r:
                 assert r["stack_bytes"] <= GEMM_STACK_LIMIT, r
-        elif r["kernel"].startswith("prologue split"):
-            # CUDA-core fp32 dots; the last program per token is found by a GPU-scope
-            # acquire-release counter (what makes the other programs' stores visible to it).
-            assert not r["mma"] and any(".gpu.acq_rel.add" in a for a in r["atomics"]), r
-            if "stack_bytes" in r:
-                assert r["stack_bytes"] <= PROLOGUE_STACK_LIMIT, r
         elif r["kernel"].startswith("prologue"):
-            assert any("tf32" in op for op in r["mma"]), r
-            if "stack_bytes" in r:
-                reload = r["kernel"].endswith("reload")
-                assert r["stack_bytes"] <= (RELOAD_STACK_LIMIT if reload
-                                            else PROLOGUE_STACK_LIMIT), r
+            if r["kernel"].startswith("prologue split"):
+                # CUDA-core fp32 dots; the last program per token is found by a GPU-scope
+                # acquire-release counter (what makes the other programs' stores visible to it).
+                assert not r["mma"] and any(".gpu.acq_rel.add" in a for a in r["atomics"]), r
+            else:
+                assert any("tf32" in op for op in r["mma"]), r
+            limit = RELOAD_STACK_LIMIT if r["kernel"].endswith("reload") else PROLOGUE_STACK_LIMIT
+            assert r.get("stack_bytes", 0) <= limit, r
 
 
 def test_triton_kernels_compile_for_sm90():
