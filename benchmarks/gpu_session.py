@@ -152,6 +152,48 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
     return rows
 
 
+def check_graph_replay(paths: list[str], cap, log) -> list[dict]:
+    """Each path captured in a CUDA graph at decode size, then an eager prefill-sized call (the
+    case where a launcher's reused buffers would have been regrown and the old ones freed),
+    then replay on fresh input: the replayed output must still match the reference."""
+    from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M
+
+    rows = []
+    g = torch.Generator().manual_seed(99)
+    n, k = 4096, 4096
+    lin = make_layer(n, k, block_for(k), "cuda", smooth=True, bias=True, g=g)
+    runs = [(name, "tiled") for name in paths] + [("triton", "split")] * ("triton" in paths)
+    for name, decode in runs:
+        kern = KERNELS[name]
+        os.environ["DUQUANT_PROLOGUE_DECODE"] = decode
+        try:
+            _, p = prepare(kern, lin, "cuda", torch.bfloat16, cap)
+            m = min(8, SPLIT_MAX_M)
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            kern.apply(p, x)  # eager warm-up: compiles, creates per-device state
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                y = kern.apply(p, x)
+            big = torch.randn(4096, k, device="cuda", dtype=torch.bfloat16)
+            kern.apply(p, big)
+            del big
+            poison("cuda")
+            x.copy_(torch.randn(m, k, generator=g).to("cuda", torch.bfloat16))
+            graph.replay()
+            torch.cuda.synchronize()
+            row = dict(check="graph", path=name, decode=decode, M=m, N=n, K=k,
+                       rel_err=rel(y.float(), w4a4_linear_ref(x.float(), lin)),
+                       nan=int(torch.isnan(y).sum()))
+        except Exception as e:  # report, keep going
+            row = dict(check="graph", path=name, decode=decode, error=repr(e)[:300])
+        finally:
+            os.environ.pop("DUQUANT_PROLOGUE_DECODE", None)
+        rows.append(row)
+        log(row)
+    return rows
+
+
 def bench_fn(fn, graph: bool, dev: str = "cuda") -> float:
     if dev != "cuda":  # --dry: exercises the script's logic; the figure means nothing
         times = []
@@ -395,6 +437,10 @@ def main() -> None:
     else:
         shapes, ms = CHECK_SHAPES, CHECK_MS
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
+    if dev == "cuda":  # CUDA graphs need a GPU; --dry skips this check, and says so
+        corr += check_graph_replay(paths, cap, log)
+    else:
+        log(dict(info="graph replay check skipped: needs CUDA"))
     timing: list[dict] = []
     if args.mode != "check":
         if args.dry:
@@ -421,6 +467,10 @@ def main() -> None:
             key = f"{r['decode']} {r['precision']} {r['phase3']}"
             worst[key] = max(worst.get(key, (0, 0.0, 0)), (r["max_code_diff"], r["frac"],
                                                            r["mismatches"]))
+    for r in corr:
+        if r["check"] == "graph":
+            print(f"{r['path']:>13} graph replay ({r['decode']} prologue) "
+                  f"rel={r.get('rel_err', r.get('error'))}")
     print("prologue worst (max|dcode|, frac, count) by kernel, precision, phase 3:", worst)
     if timing:
         print("\n== timing (ms, medians) ==")

@@ -313,45 +313,39 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-_scratch_cache: dict[tuple[torch.device, int], torch.Tensor] = {}
+# Scratch is allocated per call: the caching allocator makes that a lookup, a CUDA graph
+# captures it from the graph's own pool, and each stream gets its own block. (A grow-only
+# buffer shared across calls would leave graphs captured before a regrowth pointing at freed
+# memory, and would race between streams.)
 
-
-def _scratch(device: torch.device, numel: int) -> torch.Tensor:
-    # One reusable buffer per device (grown, never shrunk): no allocation per call, and its
-    # contents never matter across calls (every element read is written first in the same call).
-    key = (device, 0)
-    buf = _scratch_cache.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=torch.float32, device=device)
-        _scratch_cache[key] = buf
-    return buf
-
-
-# The split decode prologue serves up to SPLIT_MAX_M tokens. Its buffers are sized once per
-# device for widths up to 16384 (1 MiB of scratch), so CUDA-graph capture never sees them
-# reallocated; the counters start at zero and each launch leaves them at zero.
+# The split decode prologue serves up to SPLIT_MAX_M tokens. Its per-token arrival counters
+# are the one state kept across calls: zero before each launch, and each launch leaves them at
+# zero. They are created by an eager call, never inside a CUDA-graph capture, whose zero-fill
+# would only run at replay.
 SPLIT_MAX_M = 16
-_SPLIT_MAX_C = 16384
-_split_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+_split_counters: dict[torch.device, torch.Tensor] = {}
 
 
-def _split_buffers(device: torch.device, c: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                         torch.Tensor]:
-    bufs = _split_cache.get(device)
-    if bufs is None or bufs[0].numel() < SPLIT_MAX_M * c:
-        width = max(c, _SPLIT_MAX_C)
-        # scratch [16, C] fp32; block min/max [16, C/b, 2] ≤ [16, C/8] (b ≥ 16); counters [16]
-        bufs = (torch.empty(SPLIT_MAX_M * width, dtype=torch.float32, device=device),
-                torch.empty(SPLIT_MAX_M * width // 8, dtype=torch.float32, device=device),
-                torch.zeros(SPLIT_MAX_M, dtype=torch.int32, device=device))
-        _split_cache[device] = bufs
-    return bufs
+def _split_count(device: torch.device) -> torch.Tensor:
+    count = _split_counters.get(device)
+    if count is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                "the split decode prologue's counters must be created outside CUDA-graph "
+                "capture: run one eager forward (vLLM's warm-up does) before capturing")
+        count = torch.zeros(SPLIT_MAX_M, dtype=torch.int32, device=device)
+        _split_counters[device] = count
+    return count
 
 
 def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
     m, c = x.shape
     b = r1t.shape[0]
-    scratch, parts, count = _split_buffers(x.device, c)
+    nblk = c // b
+    # fp32 scratch [M, C]; block min/max [M, C/b, 2].
+    scratch = torch.empty(m * c, dtype=torch.float32, device=x.device)
+    parts = torch.empty(m * nblk * 2, dtype=torch.float32, device=x.device)
+    count = _split_count(x.device)
     codes, scale, zero, qsum = out
     _prologue_split_kernel[(m, c // b)](
         x, x.stride(0), smooth if smooth is not None else r1t, r1t, r2t, perm,
@@ -433,7 +427,7 @@ def fused_prologue(
         else:
             max_programs = 4
     nprog = max(1, min(tiles, max_programs))
-    scratch = _scratch(x.device, nprog * block_m * c)
+    scratch = torch.empty(nprog * block_m * c, dtype=torch.float32, device=x.device)
     smooth_arg = smooth if smooth is not None else r1  # never read when HAS_SMOOTH is False
     _prologue_kernel[(nprog,)](
         x, x.stride(0), smooth_arg, r1t, r2t, inv_perm, scratch,
