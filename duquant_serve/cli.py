@@ -28,6 +28,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="row-parallel permutations and activation ranges stay within this many "
                         "input shards: any tensor-parallel size dividing N serves it identically")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto",
+                   help="where calibration and quantization run, a decoder layer at a time: "
+                        "auto (a CUDA GPU if visible, else cpu), cpu, cuda, cuda:N")
     c = p.add_argument_group("calibration")
     c.add_argument("--calib", default="random",
                    help="text file of calibration text, or 'random' (calibration-free random tokens)")
@@ -54,7 +57,8 @@ def cmd_quantize(args) -> int:
         args.model, args.out, qcfg,
         CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen),
         PipelineOptions(method="duquant-lwc" if args.lwc else "duquant",
-                        lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet),
+                        lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet,
+                        device=args.device),
         dtype=args.dtype, overwrite=args.overwrite)
     stages = report["seconds_per_stage"]
     print(f"wrote {args.out}  ({', '.join(f'{k} {v:.1f}s' for k, v in stages.items())})")
@@ -77,7 +81,7 @@ def cmd_eval(args) -> int:
              qcfg=_qcfg(args, False), calib_source=args.calib,
              calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
              fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
-             on_result=on_result)
+             on_result=on_result, device=args.device)
     return 0
 
 
@@ -146,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from offline_quant.calibration import CalibrationError
         from offline_quant.evaluate import EvalError
         from offline_quant.models import ModelLoadError
+        from offline_quant.pipeline import DeviceError
 
         known_errors += (CheckpointError, NonFiniteInputError, TransformError, CalibrationError,
-                         EvalError, ModelLoadError)
+                         EvalError, ModelLoadError, DeviceError)
         if args.cmd == "quantize":
             return cmd_quantize(args)
         if args.cmd == "eval":

@@ -23,7 +23,7 @@ from duquant_serve.core.reference import QuantLinearModule
 from .attention import enable_attention_fake_quant
 from .calibration import calibration_windows, read_text, tokenize_text
 from .models import load_model
-from .pipeline import METHODS, PipelineOptions, quantize_model
+from .pipeline import METHODS, PipelineOptions, describe_device, quantize_model, resolve_device
 
 FP_METHODS = ("fp16", "fp32", "bf16", "native")
 ALL_METHODS = FP_METHODS + METHODS
@@ -47,7 +47,9 @@ def eval_windows(tokenizer, dataset: str | Path, seqlen: int, limit: int | None)
 def window_nlls(model, windows: torch.Tensor, progress: bool = False, desc: str = "ppl") -> list[float]:
     """Mean NLL of tokens 1.. of each window given its prefix (the paper's protocol)."""
     nlls = []
+    dev = next(model.parameters()).device
     for w in tqdm(windows, desc=desc, disable=not progress):
+        w = w.to(dev)
         logits = model(input_ids=w.unsqueeze(0), use_cache=False).logits[0, :-1].float()
         nlls.append(torch.nn.functional.cross_entropy(logits, w[1:]).double().item())
     return nlls
@@ -71,9 +73,9 @@ def is_duquant_checkpoint(target: str | Path) -> bool:
     return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
 
 
-def load_checkpoint_model(path: str | Path):
-    """Checkpoint → transformers model whose linears run the stored integer codes (reference
-    W4A4 linear, unpacking the codes), plus its tokenizer. Computes in float32."""
+def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu"):
+    """Checkpoint → transformers model on `device` whose linears run the stored integer codes
+    (reference W4A4 linear, unpacking the codes), plus its tokenizer. Computes in float32."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     ck = load_checkpoint(path)
@@ -82,9 +84,10 @@ def load_checkpoint_model(path: str | Path):
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(
         {k: v.float() for k, v in ck.tensors.items()}, strict=False)
+    model.to(device)  # before the swap: QuantLinearModules hold no registered tensors
     for name, q in ck.linears.items():
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, QuantLinearModule(q, "int"))
+        setattr(model.get_submodule(parent), child, QuantLinearModule(q.to(device), "int"))
     model.tie_weights()
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
@@ -104,10 +107,14 @@ def evaluate(
     fake_quant_attention: bool = False,
     progress: bool = True,
     on_result=None,
+    device: str = "cpu",
 ) -> dict:
     """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}.
 
-    `on_result(partial_summary)` is called after each method, so long runs can persist rows."""
+    `on_result(partial_summary)` is called after each method, so long runs can persist rows.
+    `device` (resolve_device's spec) runs quantization and perplexity there; the loaded 16-bit
+    model stays on the CPU and each method works on a copy."""
+    dev = resolve_device(device)
     results: list[dict] = []
     windows = None
 
@@ -119,12 +126,13 @@ def evaluate(
             "windows": 0 if windows is None else int(windows.shape[0]),
             "tokens": 0 if windows is None else int(windows.numel()),
             "fake_quant_attention": fake_quant_attention,
+            "device": describe_device(dev),
             "results": list(results),
         }
 
     if is_duquant_checkpoint(target):
         t = time.perf_counter()
-        model, tok, _ = load_checkpoint_model(target)
+        model, tok, _ = load_checkpoint_model(target, dev)
         windows = eval_windows(tok, dataset, seqlen, limit)
         if fake_quant_attention:
             enable_attention_fake_quant(model)
@@ -148,9 +156,12 @@ def evaluate(
                 if calib is None:
                     calib = calibration_windows(tok, calib_source, calib_nsamples, calib_seqlen,
                                                 vocab_size=base.config.vocab_size)
-                quantize_model(model, calib, qcfg, PipelineOptions(method=method, progress=progress))
+                # Layers stay on the device (no offload): the whole model runs there next.
+                quantize_model(model, calib, qcfg, PipelineOptions(
+                    method=method, progress=progress, device=str(dev), offload=False))
                 if fake_quant_attention:
                     enable_attention_fake_quant(model)
+            model.to(dev)  # the rest: embeddings, final norm, lm_head (and fp methods' layers)
             ppl = perplexity(model, windows, progress, method)
             results.append({"method": method, "ppl": ppl,
                             "seconds": round(time.perf_counter() - t, 2)})

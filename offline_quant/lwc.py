@@ -45,8 +45,8 @@ def learn_clip_factors(
     """
     init = math.log(init_ratio / (1 - init_ratio)) if init_ratio < 1 else 4.0
     n = w_t.shape[0]
-    lo_t = torch.full((n,), init, requires_grad=True)
-    hi_t = torch.full((n,), init, requires_grad=True)
+    lo_t = torch.full((n,), init, device=w_t.device, requires_grad=True)
+    hi_t = torch.full((n,), init, device=w_t.device, requires_grad=True)
     opt = torch.optim.AdamW([lo_t, hi_t], lr=lr, weight_decay=0.0)
     w = w_t.float().detach()
     s = x_q.shape[0]

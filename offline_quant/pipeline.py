@@ -9,6 +9,12 @@ For each decoder layer, in order:
   3. each site gets its transform (R1 → zigzag → R2 for DuQuant) and every linear of the site
      is quantized in the transformed basis and replaced by a fake-quant module;
   4. the quantized layer produces the next layer's inputs (errors propagate as in the paper).
+
+`PipelineOptions.device` runs all of that on another device (a GPU) one layer at a time: the
+model stays where it was loaded, each decoder layer visits the device while it is calibrated,
+quantized and run, and the calibration activations stay on the device. With `offload` the
+layer and its quantized linears then go back (what `duquant quantize` needs to write a model
+larger than the GPU); without it they stay (what `duquant eval` needs to run the model there).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ class PipelineOptions:
     lwc_batch: int = 64  # tokens per LWC step
     batch_size: int = 4
     progress: bool = True
+    device: str | None = None  # resolve_device's spec; None: where the model is
+    offload: bool = True  # with `device`: return each finished layer to the model's device
 
 
 @dataclass
@@ -59,6 +67,37 @@ class QuantizeResult:
     linears: dict[str, QuantizedLinear]
     config: DuQuantConfig
     report: dict = field(default_factory=dict)
+
+
+class DeviceError(ValueError):
+    """--device names no usable device."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' (the first CUDA GPU if one is visible, else the CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {spec}: no CUDA GPU is visible to torch")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {spec}: only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+    return dev
+
+
+def describe_device(dev: torch.device) -> str:
+    """'cpu', or 'cuda:0 (NVIDIA H100 80GB HBM3)': for logs and reports."""
+    if dev.type != "cuda":
+        return str(dev)
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 class _StopForward(Exception):
@@ -89,6 +128,17 @@ def _capture_layer0_inputs(model, ids: torch.Tensor, batch: int):
     kwargs_box.pop("past_key_values", None)
     kwargs_box.pop("past_key_value", None)
     return torch.cat(inps), kwargs_box
+
+
+def _to_device(obj, device: torch.device):
+    """Tensors in (nested tuples/lists/dicts of) layer kwargs → device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
 
 
 def _run_layer(layer, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Tensor:
@@ -193,7 +243,9 @@ def quantize_model(
     alpha, kind, lwc = _method_settings(opts.method, cfg)
     if opts.method == "duquant-lwc":
         cfg = replace(cfg, lwc=True)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # CPU: the same draws on any device
+    home = next(model.parameters()).device
+    dev = resolve_device(opts.device) if opts.device is not None else home
     sites = layer_sites(model.config)
     timings = {"calibration_forward": 0.0, "smoothing": 0.0, "rotation_permutation": 0.0,
                "weight_quantization": 0.0, "lwc": 0.0}
@@ -202,13 +254,14 @@ def quantize_model(
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        inps, kwargs = _capture_layer0_inputs(model, calib_ids, opts.batch_size)
+        inps, kwargs = _capture_layer0_inputs(model, calib_ids.to(home), opts.batch_size)
+        inps, kwargs = inps.to(dev), _to_device(kwargs, dev)
     timings["calibration_forward"] += time.perf_counter() - t0
 
     layers = model.model.layers
     bar = tqdm(range(len(layers)), desc=f"{opts.method} layers", disable=not opts.progress)
     for li in bar:
-        layer = layers[li]
+        layer = layers[li].to(dev)
         t = time.perf_counter()
         with torch.no_grad():
             stats = _collect_stats(layer, sites, inps, kwargs, opts.batch_size, opts.lwc_tokens)
@@ -259,9 +312,9 @@ def quantize_model(
                     mean, block, cfg.rotation_steps, gen, cfg.permutation, shards,
                     cfg.channel_select, smooth=sv if online else None)
             elif kind == "hadamard":
-                tr = hadamard_transform(width, block)
+                tr = hadamard_transform(width, block).to(dev)
             else:
-                tr = identity_transform(width, block)
+                tr = identity_transform(width, block).to(dev)
                 if online:
                     tr = InputTransform(tr.r1, tr.perm, tr.r2, sv, is_identity=True)
             timings["rotation_permutation"] += time.perf_counter() - t
@@ -308,6 +361,14 @@ def quantize_model(
         timings["calibration_forward"] += time.perf_counter() - t
         if not torch.isfinite(inps).all():
             raise FloatingPointError(f"layer {li} produced non-finite activations after quantization")
+        if opts.offload and dev != home:
+            for name in (n for s in sites for n in s.linears):
+                full = f"model.layers.{li}.{name}"
+                linears[full] = linears[full].to(home)
+                parent_name, _, child = name.rpartition(".")
+                setattr(layer.get_submodule(parent_name), child,
+                        QuantLinearModule(linears[full], "fake"))
+            layer.to(home)
 
     report = {
         "method": opts.method,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -15,7 +15,7 @@ from duquant_serve.core.config import DuQuantConfig
 
 from .calibration import calibration_windows
 from .models import load_model, source_description
-from .pipeline import PipelineOptions, quantize_model
+from .pipeline import PipelineOptions, describe_device, quantize_model, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ def quantize_to_checkpoint(
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}")
     opts = opts or PipelineOptions()
+    # A bad --device fails before the model loads. (load_model loads on the CPU: None = cpu.)
+    dev = resolve_device(opts.device or "cpu")
+    opts = replace(opts, device=str(dev))
+    log.info("calibrating and quantizing on %s", describe_device(dev))
     if qcfg.lwc:
         opts.method = "duquant-lwc"
     times: dict[str, float] = {}
@@ -88,6 +92,7 @@ def quantize_to_checkpoint(
         "quantization_config": result.config.to_dict(),
         "calibration": vars(calib),
         "method": opts.method,
+        "device": describe_device(dev),
         "seconds_per_stage": {**{k: round(v, 3) for k, v in times.items()},
                               **result.report["seconds_per_stage"]},
         "layers": result.report["layers"],

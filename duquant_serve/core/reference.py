@@ -16,7 +16,7 @@ part of that sum, so any TP size dividing G gives the same numbers as TP = 1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -68,6 +68,13 @@ class QuantizedLinear:
             transform=self.transform.slice(i * kg, (i + 1) * kg),
             bias=self.bias if i == 0 else None, w_bits=self.w_bits, a_bits=self.a_bits,
             act_clip_ratio=self.act_clip_ratio) for i in range(g)]
+
+    def to(self, device: torch.device | str) -> QuantizedLinear:
+        """A copy with every tensor on `device` (dtypes kept: codes, fp32 scales)."""
+        return replace(
+            self, qweight=self.qweight.to(device), weight_scale=self.weight_scale.to(device),
+            weight_zero=self.weight_zero.to(device), transform=self.transform.to(device),
+            bias=None if self.bias is None else self.bias.to(device))
 
     def weight_codes(self) -> torch.Tensor:
         return unpack_weight_codes(self.qweight, self.w_bits)

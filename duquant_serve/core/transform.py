@@ -95,6 +95,9 @@ def greedy_rotation(
     Each step moves the current largest-|x| channel to position 0 of R̃·diag(1, Q') (one Q' per
     call, as the reference does), applies it, and the prefix of steps with the smallest
     max |x·R| is kept (possibly none: identity).
+
+    x may live on any device: the [T, b] products run there, while the [b, b] rotations and the
+    generator stay on the CPU, so the random draws (and R, up to rounding) do not depend on it.
     """
     if x.dim() != 2:
         raise TransformError(f"greedy_rotation expects [T, b], got {tuple(x.shape)}")
@@ -105,24 +108,28 @@ def greedy_rotation(
     q = torch.eye(b, dtype=torch.float64)
     q[1:, 1:] = random_orthogonal(b - 1, generator)
     base = initial_rotation(b) @ q
+    if channel_select not in ("column", "row"):
+        raise TransformError(f"unknown channel_select {channel_select!r}")
     cur = x.float().clone()
     acc = eye.clone()
     best = eye.clone()
-    best_peak = cur.abs().max().item()
+    # Per-channel |max| of the current x·R: its max is this step's peak and its argmax the next
+    # step's channel, so one pass over [T, b] serves both.
+    col = cur.abs().amax(dim=0)
+    best_peak = col.max().item()
     for _ in range(steps):
         if channel_select == "column":
-            ch = int(cur.abs().amax(dim=0).argmax())
-        elif channel_select == "row":  # reference-code quirk: row index of the flat argmax mod b
+            ch = int(col.argmax())
+        else:  # reference-code quirk: row index of the flat argmax, mod b
             ch = int(cur.abs().argmax()) // b % b
-        else:
-            raise TransformError(f"unknown channel_select {channel_select!r}")
         step = base.clone()
         if ch:
             step[:, [0, ch]] = step[:, [ch, 0]]
             step[[0, ch], :] = step[[ch, 0], :]
         acc = acc @ step
-        cur = cur @ step.float()
-        peak = cur.abs().max().item()
+        cur = cur @ step.to(device=cur.device, dtype=torch.float32)
+        col = cur.abs().amax(dim=0)
+        peak = col.max().item()
         if peak < best_peak:
             best_peak = peak
             best = acc.clone()
@@ -157,8 +164,9 @@ def zigzag_permutation(channel_absmax: torch.Tensor, block: int, shards: int = 1
     shard_w = c // shards
     k = shard_w // block
     out = []
+    absmax = channel_absmax.detach().double().cpu()  # a sort of C values: the CPU's job
     for s in range(shards):
-        vals = channel_absmax[s * shard_w : (s + 1) * shard_w].double()
+        vals = absmax[s * shard_w : (s + 1) * shard_w]
         order = torch.argsort(vals, descending=True, stable=True)
         i = torch.arange(shard_w)
         cycle, pos = i // k, i % k
@@ -195,7 +203,7 @@ def permutation_respects_shards(perm: torch.Tensor, shards: int) -> bool:
 
 
 def block_rotate(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """x [..., C] · BlockDiag(r) with r [b, b] shared by all C/b blocks.
+    """x [..., C] · BlockDiag(r) with r [b, b] shared by all C/b blocks (computed on x's device).
 
     Both operands are made contiguous first: BLAS picks its kernel by memory layout, and a
     strided slice or a column-major rotation rounds differently in the last bit, so callers
@@ -203,7 +211,7 @@ def block_rotate(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     b = r.shape[0]
     shape = x.shape
     xb = x.contiguous().reshape(*shape[:-1], shape[-1] // b, b)
-    return (xb @ r.to(x.dtype).contiguous()).reshape(shape)
+    return (xb @ r.to(device=x.device, dtype=x.dtype).contiguous()).reshape(shape)
 
 
 def rotate_permute_rotate(
@@ -324,7 +332,8 @@ def build_input_transform(
 ) -> InputTransform:
     """Calibrate R1 → zigzag → R2 on x [T, C] (the smoothed mean calibration input).
 
-    `smooth` is only recorded (for online smoothing); x must already be divided by it.
+    `smooth` is only recorded (for online smoothing); x must already be divided by it. The
+    transform's tensors come back on x's device (greedy_rotation says what runs where).
     """
     t, c = x.shape
     if c % (block * shards):
@@ -334,7 +343,7 @@ def build_input_transform(
     y = block_rotate(xf, r1.float())
     if permutation == "zigzag":
         perm = zigzag_permutation(y.abs().amax(dim=0), block, shards)
-        y = y[:, perm]
+        y = y[:, perm.to(y.device)]
         r2 = greedy_rotation(y.reshape(-1, block), steps, generator, channel_select)
     elif permutation == "none":
         perm = torch.arange(c)
@@ -343,7 +352,7 @@ def build_input_transform(
         raise TransformError(f"unknown permutation {permutation!r}")
     return InputTransform(
         r1.float(), perm.long(), r2.float(), None if smooth is None else smooth.float()
-    )
+    ).to(x.device)
 
 
 def orthogonality_error(r: torch.Tensor) -> float:

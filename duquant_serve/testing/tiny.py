@@ -42,10 +42,11 @@ def tiny_config(arch: str, hidden: int = 256, layers: int = 2, heads: int = 4, k
     return AutoConfig.for_model(arch, **kw)
 
 
-def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0,
-                    dtype: torch.dtype = torch.float32, outliers: bool = True, **cfg_kw) -> Path:
-    """Write a random model directory; `outliers` plants massive activation channels the way
-    real LLMs have them (large RMSNorm gains on a few channels), so transforms have work to do."""
+def build_random_model(arch: str = "llama", seed: int = 0, dtype: torch.dtype = torch.float32,
+                       outliers: bool = True, init_std: float = 0.08, **cfg_kw):
+    """A random transformers model in memory; `outliers` plants massive activation channels the
+    way real LLMs have them (large RMSNorm gains on a few channels), so transforms have work
+    to do. Any size: benchmarks build full-width layers of real models with it."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -54,13 +55,19 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0,
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0, 0.08)
+                p.normal_(0, init_std)
         if outliers:
             for layer in model.model.layers:
                 for norm in (layer.input_layernorm, layer.post_attention_layernorm):
                     idx = torch.randperm(norm.weight.numel())[:3]
                     norm.weight[idx] = 20.0
-    model.to(dtype)
+    return model.to(dtype).eval()
+
+
+def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0,
+                    dtype: torch.dtype = torch.float32, outliers: bool = True, **cfg_kw) -> Path:
+    """Write a random model directory (build_random_model) with a byte-level tokenizer."""
+    model = build_random_model(arch, seed, dtype, outliers, **cfg_kw)
     path = Path(path)
     model.save_pretrained(path)
     make_tokenizer().save_pretrained(path)

@@ -20,6 +20,7 @@ def test_quantize_and_eval_each_architecture(tmp_path, arch, wikitext_valid):
     assert ck.model_config["model_type"] == arch
     report = json.loads((out / "duquant_report.json").read_text())
     assert set(report["seconds_per_stage"]) >= {"load_model", "rotation_permutation", "write_and_validate"}
+    assert report["device"] == "cpu"  # --device auto on a machine without CUDA
     site = report["layers"][0]["sites"]["mlp_in"]
     assert site["after"]["max_abs"] < site["before"]["max_abs"]  # planted outliers were spread
 
@@ -33,6 +34,7 @@ def test_quantize_and_eval_each_architecture(tmp_path, arch, wikitext_valid):
     # The checkpoint runs the same quantized model through real integer codes.
     assert abs(ppl_real - ppl_fake) / ppl_fake < 0.005
     assert fq["windows"] == 3 and fq["tokens"] == 192
+    assert fq["device"] == real["device"] == "cpu"
 
 
 def test_eval_methods_and_json(tmp_path, wikitext_valid):
