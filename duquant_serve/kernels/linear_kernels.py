@@ -1,4 +1,4 @@
-"""The W4A4 linear kernels: CUTLASS (sm_90a packed / int8 weights, sm_80), Triton, torch ref.
+"""The W4A4 linear kernels: CUTLASS (sm_90a packed / int8 weights, sm_80), Triton, CPU int8, torch ref.
 
 Each `apply` is a straight line of `torch.ops.duquant.*` calls (ops.py): no data-dependent
 Python, no printing, so torch.compile traces it and vLLM can capture it in CUDA graphs.
@@ -7,6 +7,7 @@ Availability checks (`can_implement`) import Triton / load the extension lazily.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -67,7 +68,8 @@ def _prologue(p: PreparedLinear, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 class TorchRefKernel(LinearKernel):
-    """`core.reference` as one custom op: any device, exact, slow. CPU serving and CI."""
+    """`core.reference` as one custom op: any device, exact, slow. The reference every kernel is
+    tested against, and the CPU fallback where `torch._int_mm` does not run (cpu_int8)."""
 
     name = "torch_ref"
 
@@ -94,6 +96,62 @@ class TorchRefKernel(LinearKernel):
         y = torch.ops.duquant.linear_ref(
             x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale, p.weight_zero,
             p.weight_code_sum, p.bias, p.spec.a_bits, p.act_clip_ratio)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+@functools.cache
+def _int_mm_cpu_missing() -> str | None:
+    """Why `torch._int_mm` cannot serve on this CPU build, or None (probed once, with an
+    answer checked: a build that computes it wrongly must not be chosen)."""
+    try:
+        a = torch.arange(24, dtype=torch.int8).reshape(2, 12) % 16
+        w = torch.arange(36, dtype=torch.int8).reshape(3, 12) % 16
+        got = torch._int_mm(a, w.t())
+    except (AttributeError, NotImplementedError, RuntimeError) as e:
+        return f"torch._int_mm does not run on CPU in this torch build ({e})"
+    if got.dtype != torch.int32 or not torch.equal(got.long(), a.long() @ w.long().t()):
+        return "torch._int_mm gave a wrong answer on CPU"
+    return None
+
+
+class CpuInt8Kernel(LinearKernel):
+    """CPU serving: the reference prologue (the same codes as torch_ref), an int8 GEMM on the
+    codes (`torch._int_mm`: oneDNN, VNNI/AMX where the CPU has them; exact int32) and the fp32
+    epilogue (ops.py), within an output ulp of torch_ref. Weights are held unpacked, int8
+    [N, K] (twice the packed bytes), so nothing is converted per call.
+    benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear."""
+
+    name = "cpu_int8"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        if spec.device_type != "cpu":
+            return False, f"CPU only, layer is on {spec.device_type!r}"
+        if spec.w_bits != 4 or spec.a_bits != 4:
+            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+        if spec.in_features % 2:
+            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
+        if spec.in_features * 15 * 15 >= 2**31:
+            return False, f"in_features {spec.in_features} could overflow the int32 accumulator"
+        why = _int_mm_cpu_missing()
+        return why is None, why
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
+        codes = unpack_int4(qweight.cpu()).to(torch.int8)  # 0..15: int8 holds them as they are
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, codes)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        codes, scale, zero, code_sum = _prologue(p, x2)
+        acc = torch._int_mm(codes, p.qweight.t())  # [N, K] row-major read as [K, N]: no copy
+        y = torch.ops.duquant.epilogue(acc, scale, zero, code_sum, p.weight_scale, p.weight_zero,
+                                       p.weight_code_sum, p.bias, p.spec.in_features, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

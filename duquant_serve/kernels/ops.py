@@ -1,8 +1,10 @@
 """`torch.library` custom ops of duquant (namespace `duquant`), each with its fake right below.
 
-Every op has a CPU implementation that *is* `duquant_serve.core.reference` (so CPU serving, CI
-and `torch.library.opcheck` work with neither Triton nor the CUDA extension) and, where a fast
-path exists, a CUDA implementation that imports Triton / the extension lazily on first call.
+Every op's body *is* `duquant_serve.core.reference` (so CI and `torch.library.opcheck` work
+with neither Triton nor the CUDA extension) and, where a fast path exists, a CUDA implementation
+imports Triton / the extension lazily on first call. One op also has a CPU kernel of its own:
+`epilogue`, fp32 in place like its CUDA one (CPU serving's `cpu_int8` path; tests hold it to the
+reference within rounding).
 Fakes only allocate outputs: the operators check their inputs themselves.
 
 Layouts (K = in_features, N = out_features, M = tokens):
@@ -137,6 +139,23 @@ def epilogue(
 @epilogue.register_fake
 def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bias, k, out_dtype):
     return acc.new_empty(acc.shape, dtype=out_dtype)
+
+
+@epilogue.register_kernel("cpu")
+def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bias, k, out_dtype):
+    # fp32, like the CUDA kernel, in place on one [M, N] buffer: float64 temporaries of the
+    # reference's size made the CPU int8 linear slower than the 16-bit one (allocation and
+    # conversion passes dominated). The bracket acc − Σqx·zw − zx·(Σqw − k·zw) is a rank-2
+    # update, exact while its integers stay below 2^24 (EPILOGUE.md "Exactness"); then two
+    # roundings by the scales (relative error ~1e-7; the reference rounds once).
+    lhs = torch.stack((code_sum.float(), zero.float()), dim=1)  # [M, 2]
+    rhs = torch.stack((weight_zero.float(),
+                       weight_code_sum.float() - k * weight_zero.float()))  # [2, N]
+    y = acc.float().addmm_(lhs, rhs, alpha=-1)
+    y.mul_(scale.float().unsqueeze(1)).mul_(weight_scale.float().unsqueeze(0))
+    if bias is not None:
+        y.add_(bias.float().unsqueeze(0))
+    return y.to(out_dtype)
 
 
 @epilogue.register_kernel("cuda")

@@ -1,7 +1,7 @@
 """The one place that decides which kernel runs a quantized linear.
 
     choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement(spec)` agrees:
-        cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > torch_ref
+        cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8 > torch_ref
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
 The choice is logged once per distinct LayerSpec; when nothing fits, the error lists every
@@ -15,6 +15,7 @@ import os
 
 from .base import LayerSpec, LinearKernel
 from .linear_kernels import (
+    CpuInt8Kernel,
     CutlassSm80Kernel,
     CutlassSm90Int8WeightKernel,
     CutlassSm90Kernel,
@@ -29,6 +30,7 @@ PRIORITY: tuple[type[LinearKernel], ...] = (
     CutlassSm90Int8WeightKernel,
     CutlassSm80Kernel,
     TritonKernel,
+    CpuInt8Kernel,
     TorchRefKernel,
 )
 KERNELS: dict[str, type[LinearKernel]] = {k.name: k for k in PRIORITY}

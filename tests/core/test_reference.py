@@ -4,6 +4,7 @@ import torch
 from duquant_serve.core.reference import (
     QuantizedLinear,
     QuantLinearModule,
+    epilogue_ref,
     fake_quant_linear,
     gemm_epilogue_ref,
     prologue_ref,
@@ -44,6 +45,32 @@ def test_epilogue_formula_against_float64_dequant():
     xd = (qx.double() - zx.double()[:, None]) * sx.double()[:, None]
     wd = (qw.double() - lay.weight_zero.double()[:, None]) * lay.weight_scale.double()[:, None]
     assert torch.allclose(y, xd @ wd.t() + lay.bias.double(), rtol=1e-9, atol=1e-9)
+
+
+def test_epilogue_rank2_form_equals_the_expanded_formula():
+    """epilogue_ref computes the bracket as one rank-2 update; the expanded formula of
+    EPILOGUE.md, term by term in float64, must give the same bits (the bracket is exact either
+    way), including zero points far outside the code range."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        m, n = int(torch.randint(1, 40, (1,), generator=g)), int(torch.randint(1, 50, (1,), generator=g))
+        k = int(torch.randint(2, 20000, (1,), generator=g))
+        acc = torch.randint(0, 225 * k + 1, (m, n), dtype=torch.int32, generator=g)
+        sqx = torch.randint(0, 15 * k + 1, (m,), dtype=torch.int32, generator=g)
+        sqw = torch.randint(0, 15 * k + 1, (n,), dtype=torch.int32, generator=g)
+        zx = torch.randint(-10000, 10001, (m,), generator=g).float()
+        zw = torch.randint(-10000, 10001, (n,), generator=g).float()
+        sx, sw = torch.rand(m, generator=g) * 0.1, torch.rand(n, generator=g) * 0.1
+        bias = torch.randn(n, generator=g) if trial % 2 else None
+        d = lambda t: t.double()  # noqa: E731
+        bracket = (d(acc) - d(zw)[None, :] * d(sqx)[:, None] - d(zx)[:, None] * d(sqw)[None, :]
+                   + k * d(zx)[:, None] * d(zw)[None, :])
+        want = d(sx)[:, None] * d(sw)[None, :] * bracket
+        if bias is not None:
+            want = want + d(bias)[None, :]
+        for dtype in (torch.float64, torch.float32, torch.bfloat16):
+            got = epilogue_ref(acc, sx, zx, sqx, sw, zw, sqw, bias, k, dtype)
+            assert torch.equal(got, want.to(dtype)), (trial, dtype)
 
 
 def test_w4a4_close_to_fp_on_smooth_inputs():

@@ -16,6 +16,7 @@ from kernel_cases import make_layer, make_x
 from duquant_serve.core.reference import w4a4_linear_ref
 from duquant_serve.kernels.base import LayerSpec
 from duquant_serve.kernels.linear_kernels import (
+    CpuInt8Kernel,
     CutlassSm80Kernel,
     CutlassSm90Int8WeightKernel,
     CutlassSm90Kernel,
@@ -43,6 +44,31 @@ def test_torch_ref_kernel_is_the_reference(m, n, k, b):
     y = TorchRefKernel.apply(_prep(TorchRefKernel, lin), x)
     assert y.shape == (1, m, n)
     assert torch.equal(y, w4a4_linear_ref(x, lin))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m", [0, 1, 7, 33, 300])
+@pytest.mark.parametrize("n,k,b", [(40, 576, 64), (100, 192, 64), (3, 256, 128)])
+def test_cpu_int8_kernel_matches_the_reference(m, n, k, b, dtype):
+    # The reference prologue (same codes), an exact int32 accumulator, the fp32 epilogue: only
+    # the epilogue's fp32 scaling separates it from torch_ref.
+    g = torch.Generator().manual_seed(m * 7 + n)
+    lin = make_layer(n, k, b, smooth=m % 2 == 1, bias=n != 3, g=g)
+    p = _prep(CpuInt8Kernel, lin, dtype)
+    assert p.qweight.dtype == torch.int8 and p.qweight.shape == (n, k)
+    x = make_x(m, k, g, dtype).reshape(1, m, k)
+    y = CpuInt8Kernel.apply(p, x)
+    assert y.shape == (1, m, n) and y.dtype == dtype
+    want = TorchRefKernel.apply(_prep(TorchRefKernel, lin, dtype), x)
+    _assert_epilogue_close(y, want)
+
+
+def _assert_epilogue_close(y, want):
+    """fp32 epilogue vs the float64 reference: ~1e-7 relative before the output cast, so at
+    most one unit of the output dtype's last place apart."""
+    ulp = torch.finfo(want.dtype).eps
+    torch.testing.assert_close(y.float(), want.float(), rtol=2 * ulp, atol=2 * ulp * float(
+        want.float().abs().max()) if want.numel() else 0.0)
 
 
 def _rel(a, b):
@@ -111,14 +137,19 @@ def test_prepare_rejects_mismatched_tensors():
                                lin.transform, None, 1.0)
 
 
-def test_apply_compiles_without_graph_breaks():
+@pytest.mark.parametrize("kernel", [TorchRefKernel, CpuInt8Kernel])
+def test_apply_compiles_without_graph_breaks(kernel):
     g = torch.Generator().manual_seed(5)
     lin = make_layer(40, 192, 64, smooth=True, bias=True, g=g)
-    p = _prep(TorchRefKernel, lin)
+    p = _prep(kernel, lin)
     x = make_x(7, 192, g)
     torch._dynamo.reset()
-    f = torch.compile(lambda t: TorchRefKernel.apply(p, t), fullgraph=True, backend="aot_eager")
-    assert torch.equal(f(x), w4a4_linear_ref(x, lin))
+    f = torch.compile(lambda t: kernel.apply(p, t), fullgraph=True, backend="aot_eager")
+    want = w4a4_linear_ref(x, lin)
+    if kernel is TorchRefKernel:
+        assert torch.equal(f(x), want)
+    else:
+        _assert_epilogue_close(f(x), want)
 
 
 @pytest.mark.parametrize("groups", [2, 3])
@@ -138,12 +169,15 @@ def test_grouped_apply_equals_grouped_reference(groups):
                      device_type="cpu")
     ps = TorchRefKernel.prepare_groups(spec, lin)
     assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
+    ps8 = CpuInt8Kernel.prepare_groups(spec, lin)
     # Several inputs and row counts: a last-bit difference shows on a few of them only (seen
     # when the reference rotated strided group slices: 3-4 of these 20 differed).
     for m in (1, 7, 9, 33, 64):
         for _ in range(4):
             x = make_x(m, k, g)
-            assert torch.equal(TorchRefKernel.apply_groups(ps, x), w4a4_linear_ref(x, lin)), m
+            want = w4a4_linear_ref(x, lin)
+            assert torch.equal(TorchRefKernel.apply_groups(ps, x), want), m
+            _assert_epilogue_close(CpuInt8Kernel.apply_groups(ps8, x), want)
     x = make_x(9, k, g)
     want = w4a4_linear_ref(x, lin)
     torch._dynamo.reset()

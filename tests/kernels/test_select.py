@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from duquant_serve.kernels import cutlass as cutlass_mod
+from duquant_serve.kernels import linear_kernels as lk
 from duquant_serve.kernels import select
 from duquant_serve.kernels.base import LayerSpec
 
@@ -27,11 +28,22 @@ H100 = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(9, 0))
 A100 = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(8, 0))
 
 
-def test_cpu_gets_torch_ref_and_logs_once(caplog):
+def test_cpu_gets_int8_and_logs_once(caplog):
     with caplog.at_level(logging.INFO, logger="duquant_serve.kernels.select"):
-        assert select.choose_kernel(CPU).name == "torch_ref"
-        assert select.choose_kernel(CPU).name == "torch_ref"
-    assert sum("selected kernel torch_ref" in r.message for r in caplog.records) == 1
+        assert select.choose_kernel(CPU).name == "cpu_int8"
+        assert select.choose_kernel(CPU).name == "cpu_int8"
+    assert sum("selected kernel cpu_int8" in r.message for r in caplog.records) == 1
+
+
+def test_cpu_falls_back_to_torch_ref(monkeypatch):
+    # Without a working torch._int_mm on CPU (or with cpu_int8 disabled) the reference serves.
+    monkeypatch.setattr(lk, "_int_mm_cpu_missing", lambda: "torch._int_mm does not run on CPU")
+    assert select.choose_kernel(CPU).name == "torch_ref"
+    monkeypatch.undo()
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cpu_int8")
+    assert select.choose_kernel(CPU).name == "torch_ref"
+    ok, why = select.KERNELS["cpu_int8"].can_implement(H100)
+    assert not ok and "CPU only" in why
 
 
 def test_forced_kernel_that_cannot_run_names_its_reason(monkeypatch):
@@ -47,11 +59,12 @@ def test_unknown_kernel_name(monkeypatch):
 
 
 def test_all_disabled_lists_every_reason(monkeypatch):
-    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "torch_ref")
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "torch_ref,cpu_int8")
     with pytest.raises(select.NoKernelError) as e:
         select.choose_kernel(CPU)
     msg = str(e.value)
-    for name in ("cutlass_sm90", "cutlass_sm90_int8w", "cutlass_sm80", "triton", "torch_ref"):
+    for name in ("cutlass_sm90", "cutlass_sm90_int8w", "cutlass_sm80", "triton", "cpu_int8",
+                 "torch_ref"):
         assert f"{name}:" in msg
     assert "disabled by DUQUANT_DISABLED_KERNELS" in msg
 

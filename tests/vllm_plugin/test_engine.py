@@ -31,7 +31,7 @@ def test_every_linear_but_lm_head_runs_duquant(eager_run):
     assert len(layers) == 8, layers
     for name, (method, kernel) in layers.items():
         assert method == "DuQuantLinearMethod", name
-        assert kernel == "torch_ref", name  # choose_kernel's answer on CPU
+        assert kernel == "cpu_int8", name  # choose_kernel's answer on CPU (torch._int_mm)
 
 
 def test_eager_greedy_tokens_equal_offline_reference(eager_run, reference_tokens):

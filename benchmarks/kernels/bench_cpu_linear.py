@@ -1,0 +1,86 @@
+"""CPU W4A4 linears against the 16-bit linear they replace, measured in the same run.
+
+    python benchmarks/kernels/bench_cpu_linear.py [--model smollm2-135m] [--ms 1,16,512,1024]
+        [--dtype float32] [--out DIR]
+
+Per linear shape of --model and per M: `F.linear` in --dtype (the 16-bit baseline; CPU serving
+keeps float32 checkpoints in float32), and the W4A4 kernels that run on CPU (`cpu_int8`, what
+`choose_kernel` picks there, and `torch_ref`). Median of repeated calls after a warm-up,
+single process, the torch threads the machine gives. Writes DIR/cpu_linear.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.gpu_session import MODELS, block_for, make_layer, prepare  # noqa: E402
+from duquant_serve.kernels.select import KERNELS  # noqa: E402
+
+W4A4_KERNELS = ("cpu_int8", "torch_ref")
+
+
+def median_ms(fn, min_s: float = 0.3, min_reps: int = 5) -> float:
+    fn()  # warm-up (first-call allocations, oneDNN primitive creation)
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_reps or time.perf_counter() - start < min_s:
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=sorted(MODELS), default="smollm2-135m")
+    ap.add_argument("--ms", default="1,16,512,1024")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    args = ap.parse_args()
+    dtype = getattr(torch, args.dtype)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for op, (n, k) in MODELS[args.model].items():
+        lin = make_layer(n, k, block_for(k), "cpu", smooth=True, bias=False, g=g)
+        w16 = (torch.randn(n, k, generator=g) / k**0.5).to(dtype)
+        prepared = {name: prepare(KERNELS[name], lin, "cpu", dtype, None)[1]
+                    for name in W4A4_KERNELS}
+        for m in (int(v) for v in args.ms.split(",")):
+            x = torch.randn(m, k, generator=g).to(dtype)
+            row = dict(device=device, model=args.model, op=op, shape=[m, n, k],
+                       dtype=args.dtype,
+                       bf16_ms=median_ms(lambda x=x, w=w16: torch.nn.functional.linear(x, w)))
+            for name, p in prepared.items():
+                row[f"{name}_ms"] = median_ms(lambda p=p, name=name, x=x: KERNELS[name].apply(p, x))
+            row["w4a4_path"] = "cpu_int8"
+            row["w4a4_ms"] = row["cpu_int8_ms"]
+            row["speedup"] = row["bf16_ms"] / row["w4a4_ms"]
+            row["speedup_vs_torch_ref"] = row["torch_ref_ms"] / row["cpu_int8_ms"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    with open(out / "cpu_linear.jsonl", "a") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    print(f"\n{'op':>8} {'M':>5} {'16-bit':>9} {'cpu_int8':>9} {'torch_ref':>9}  speedup")
+    for r in rows:
+        print(f"{r['op']:>8} {r['shape'][0]:>5} {r['bf16_ms']:9.3f} {r['cpu_int8_ms']:9.3f} "
+              f"{r['torch_ref_ms']:9.3f}  {r['speedup']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
