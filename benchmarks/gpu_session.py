@@ -194,6 +194,27 @@ def check_graph_replay(paths: list[str], cap, log) -> list[dict]:
     return rows
 
 
+def check_selftest(dev: str, paths: list[str], shapes, cap, log) -> list[dict]:
+    """The load-time self-test (kernels/selftest.py) per path and shape, on this device: the
+    verdict choose_kernel would act on in a server."""
+    from duquant_serve.kernels import selftest
+
+    rows = []
+    for name in paths:
+        for n, k in shapes:
+            spec = LayerSpec(k, n, block_for(k), has_smooth=True, has_bias=True,
+                             act_dtype=torch.bfloat16, device_type=dev,
+                             capability=cap if dev == "cuda" else None)
+            if not KERNELS[name].can_implement(spec)[0]:
+                continue
+            why, err = selftest.self_test(KERNELS[name], spec)
+            row = dict(check="selftest", path=name, N=n, K=k, passed=why is None,
+                       rel_err=err, why=why)
+            rows.append(row)
+            log(row)
+    return rows
+
+
 def bench_fn(fn, graph: bool, dev: str = "cuda") -> float:
     if dev != "cuda":  # --dry: exercises the script's logic; the figure means nothing
         times = []
@@ -437,6 +458,7 @@ def main() -> None:
     else:
         shapes, ms = CHECK_SHAPES, CHECK_MS
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
+    corr += check_selftest(dev, paths, shapes, cap, log)
     if dev == "cuda":  # CUDA graphs need a GPU; --dry skips this check, and says so
         corr += check_graph_replay(paths, cap, log)
     else:
@@ -467,6 +489,10 @@ def main() -> None:
             key = f"{r['decode']} {r['precision']} {r['phase3']}"
             worst[key] = max(worst.get(key, (0, 0.0, 0)), (r["max_code_diff"], r["frac"],
                                                            r["mismatches"]))
+    for r in corr:
+        if r["check"] == "selftest":
+            print(f"{r['path']:>13} self-test N={r['N']} K={r['K']}: "
+                  f"{'pass' if r['passed'] else r['why']} (rel {r['rel_err']:.1e})")
     for r in corr:
         if r["check"] == "graph":
             print(f"{r['path']:>13} graph replay ({r['decode']} prologue) "

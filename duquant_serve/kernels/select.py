@@ -4,8 +4,10 @@
         cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8 > torch_ref
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
-The choice is logged once per distinct LayerSpec; when nothing fits, the error lists every
-kernel's rejection reason.
+    DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
+A kernel that can implement the spec must also pass its self-test on the device (every kernel
+but torch_ref, the reference itself). The choice is logged once per distinct LayerSpec, with
+the self-test's error; when nothing fits, the error lists every kernel's rejection reason.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 
+from . import selftest
 from .base import LayerSpec, LinearKernel
 from .linear_kernels import (
     CpuInt8Kernel,
@@ -60,12 +63,19 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[Linear
             reasons.append(f"{k.name}: disabled by DUQUANT_DISABLED_KERNELS")
             continue
         ok, why = k.can_implement(spec)
+        err = float("nan")
+        if ok and k is not TorchRefKernel and selftest.enabled():
+            why, err = selftest.self_test(k, spec)
+            ok = why is None
+            if not ok:
+                logger.warning("duquant: kernel %s failed its self-test for %s: %s", k.name,
+                               spec, why)
         if ok:
             key = (spec, k.name)
             if key not in _logged:
                 _logged.add(key)
-                logger.info("duquant: selected kernel %s for %s (%s)", k.name,
-                            layer_name or "layer", spec)
+                logger.info("duquant: selected kernel %s for %s (%s; self-test rel. error %.1e)",
+                            k.name, layer_name or "layer", spec, err)
             return k
         reasons.append(f"{k.name}: {why}")
     head = f"DUQUANT_KERNEL={forced} cannot run" if forced else "no duquant kernel can run"

@@ -40,6 +40,10 @@ def test_all_paths_match_reference_on_gpu(tmp_path):
     for x in graph:
         assert "error" not in x, x
         assert x["nan"] == 0 and x["rel_err"] < 1e-2, x
+    # The load-time self-test passes every path it would hand to a server.
+    checks = [x for x in rows if x.get("check") == "selftest"]
+    assert {x["path"] for x in checks} >= {"triton"}
+    assert all(x["passed"] for x in checks), [x for x in checks if not x["passed"]]
     for x in prologue:
         assert x["max_code_diff"] <= 1, x
         assert x["frac"] <= (5e-3 if x["precision"] == "tf32" else 1e-4), x

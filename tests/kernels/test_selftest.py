@@ -1,0 +1,115 @@
+"""duquant_serve/kernels/selftest.py: a kernel must reproduce core.reference on the device
+before choose_kernel hands it out; one that does not is passed over, with its reason."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from duquant_serve.kernels import select, selftest
+from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.linear_kernels import CpuInt8Kernel
+
+SPEC = LayerSpec(192, 40, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
+                 device_type="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    for var in ("DUQUANT_KERNEL", "DUQUANT_DISABLED_KERNELS", "DUQUANT_KERNEL_SELFTEST"):
+        monkeypatch.delenv(var, raising=False)
+    selftest._results.clear()
+    select._logged.clear()
+    yield
+    selftest._results.clear()
+
+
+class _Broken(CpuInt8Kernel):
+    """cpu_int8 with one defect, chosen by `mode`."""
+
+    name = "broken"
+    mode = "scaled"
+    calls = 0
+
+    @classmethod
+    def apply(cls, p, x):
+        cls.calls += 1
+        y = super().apply(p, x)
+        if cls.mode == "scaled":
+            return y * 1.1  # e.g. a wrong scale in the epilogue
+        if cls.mode == "nan":  # e.g. an output column never written
+            y = y.clone()
+            y[..., 3] = float("nan")
+            return y
+        raise RuntimeError("launch failed")
+
+
+def _install(monkeypatch, mode):
+    monkeypatch.setattr(_Broken, "mode", mode)
+    monkeypatch.setattr(_Broken, "calls", 0)
+    monkeypatch.setattr(select, "PRIORITY", (_Broken, *select.PRIORITY))
+    monkeypatch.setitem(select.KERNELS, "broken", _Broken)
+
+
+def test_a_correct_kernel_passes():
+    why, err = selftest.self_test(CpuInt8Kernel, SPEC)
+    assert why is None and 0 <= err < 1e-5
+
+
+@pytest.mark.parametrize("mode,fragment", [("scaled", "differs from core.reference at M=1"),
+                                           ("nan", "non-finite output"),
+                                           ("raise", "raised RuntimeError: launch failed")])
+def test_a_wrong_kernel_is_passed_over(monkeypatch, caplog, mode, fragment):
+    _install(monkeypatch, mode)
+    with caplog.at_level(logging.INFO, logger="duquant_serve.kernels.select"):
+        assert select.choose_kernel(SPEC).name == "cpu_int8"
+    assert any("broken failed its self-test" in r.message and fragment in r.message
+               for r in caplog.records)
+    # Forced, it is refused with the self-test's reason.
+    monkeypatch.setenv("DUQUANT_KERNEL", "broken")
+    with pytest.raises(select.NoKernelError, match="broken: self-test: "):
+        select.choose_kernel(SPEC)
+
+
+def test_self_test_runs_once_per_spec(monkeypatch):
+    _install(monkeypatch, "scaled")
+    select.choose_kernel(SPEC)
+    calls = _Broken.calls
+    assert calls == 1  # stopped at its first M
+    select.choose_kernel(SPEC)
+    assert _Broken.calls == calls
+    other = LayerSpec(256, 24, 128, act_dtype=torch.bfloat16, device_type="cpu")
+    select.choose_kernel(other)
+    assert _Broken.calls == calls + 1
+
+
+def test_self_test_can_be_switched_off(monkeypatch):
+    _install(monkeypatch, "scaled")
+    monkeypatch.setenv("DUQUANT_KERNEL_SELFTEST", "0")
+    assert select.choose_kernel(SPEC).name == "broken"
+    assert _Broken.calls == 0
+
+
+def test_spec_for_absent_hardware_is_not_run():
+    if torch.cuda.is_available():
+        pytest.skip("checks a machine without CUDA")
+    spec = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(9, 0))
+    assert selftest.self_test(CpuInt8Kernel, spec) == (None, pytest.approx(float("nan"),
+                                                                           nan_ok=True))
+
+
+def test_wide_layers_are_tested_at_most_max_n_wide(monkeypatch):
+    seen = []
+    prepare = CpuInt8Kernel.prepare.__func__
+
+    def spy(cls, spec, *args, **kw):
+        seen.append(spec)
+        return prepare(cls, spec, *args, **kw)
+
+    monkeypatch.setattr(CpuInt8Kernel, "prepare", classmethod(spy))
+    wide = LayerSpec(128, 3000, 64, act_dtype=torch.float32, device_type="cpu")
+    assert selftest.self_test(CpuInt8Kernel, wide)[0] is None
+    assert [s.out_features for s in seen] == [selftest.MAX_N]
+    assert seen[0].in_features == 128 and seen[0].block_size == 64
