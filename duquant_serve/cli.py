@@ -81,7 +81,7 @@ def cmd_eval(args) -> int:
              qcfg=_qcfg(args, False), calib_source=args.calib,
              calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
              fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
-             on_result=on_result, device=args.device)
+             on_result=on_result, device=args.device, kernels=args.kernels)
     return 0
 
 
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc")
     e.add_argument("--fake-quant-attention", action="store_true",
                    help="also fake-quantize attention Q/K/V to 4 bits, as the paper's tables do")
+    e.add_argument("--kernels", action="store_true",
+                   help="checkpoint target: run each linear through the serving kernel chosen for "
+                        "--device (cpu_int8 on CPU, Triton/CUTLASS on GPU) instead of the "
+                        "integer reference")
     e.add_argument("--json", default=None, help="write results JSON here")
     _add_quant_args(e)
 

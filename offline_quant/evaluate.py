@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -18,7 +19,9 @@ from tqdm import tqdm
 
 from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.core.config import QUANT_METHOD, DuQuantConfig
-from duquant_serve.core.reference import QuantLinearModule
+from duquant_serve.core.reference import QuantizedLinear, QuantLinearModule
+from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.select import choose_kernel
 
 from .attention import enable_attention_fake_quant
 from .calibration import calibration_windows, read_text, tokenize_text
@@ -73,9 +76,33 @@ def is_duquant_checkpoint(target: str | Path) -> bool:
     return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
 
 
-def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu"):
-    """Checkpoint → transformers model on `device` whose linears run the stored integer codes
-    (reference W4A4 linear, unpacking the codes), plus its tokenizer. Computes in float32."""
+class KernelLinear(torch.nn.Module):
+    """A checkpoint linear run by the serving kernel `choose_kernel` picks for it on `device`
+    (cpu_int8 on CPU; Triton or CUTLASS on a GPU, after their self-test): what `duquant serve`
+    computes per linear, without vLLM."""
+
+    def __init__(self, layer: QuantizedLinear, device: torch.device, act_dtype: torch.dtype,
+                 name: str) -> None:
+        super().__init__()
+        spec = LayerSpec(
+            layer.in_features // layer.act_groups, layer.out_features,
+            layer.transform.block_size, w_bits=layer.w_bits, a_bits=layer.a_bits,
+            has_smooth=layer.transform.smooth is not None, has_bias=layer.bias is not None,
+            act_dtype=act_dtype, device_type=device.type,
+            capability=torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+        self.kernel = choose_kernel(spec, layer_name=name)
+        self.prepared = self.kernel.prepare_groups(spec, layer, device=device)
+        self.act_dtype = act_dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel.apply_groups(self.prepared, x.to(self.act_dtype)).to(x.dtype)
+
+
+def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
+                          kernels: bool = False):
+    """Checkpoint → transformers model on `device` whose linears run the stored integer codes,
+    plus its tokenizer. Computes in float32. kernels=False: the reference W4A4 linear
+    (`w4a4_linear_ref`, unpacking the codes); True: the serving kernels (KernelLinear)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     ck = load_checkpoint(path)
@@ -84,10 +111,14 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu"):
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(
         {k: v.float() for k, v in ck.tensors.items()}, strict=False)
-    model.to(device)  # before the swap: QuantLinearModules hold no registered tensors
+    device = torch.device(device)
+    model.to(device)  # before the swap: the linear modules hold no registered tensors
     for name, q in ck.linears.items():
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, QuantLinearModule(q.to(device), "int"))
+        q = q.to(device)
+        module = (KernelLinear(q, device, torch.float32, name) if kernels
+                  else QuantLinearModule(q, "int"))
+        setattr(model.get_submodule(parent), child, module)
     model.tie_weights()
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
@@ -108,12 +139,14 @@ def evaluate(
     progress: bool = True,
     on_result=None,
     device: str = "cpu",
+    kernels: bool = False,
 ) -> dict:
     """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}.
 
     `on_result(partial_summary)` is called after each method, so long runs can persist rows.
     `device` (resolve_device's spec) runs quantization and perplexity there; the loaded 16-bit
-    model stays on the CPU and each method works on a copy."""
+    model stays on the CPU and each method works on a copy. `kernels`: a checkpoint's linears
+    run through the serving kernels instead of the integer reference."""
     dev = resolve_device(device)
     results: list[dict] = []
     windows = None
@@ -132,16 +165,21 @@ def evaluate(
 
     if is_duquant_checkpoint(target):
         t = time.perf_counter()
-        model, tok, _ = load_checkpoint_model(target, dev)
+        model, tok, _ = load_checkpoint_model(target, dev, kernels)
         windows = eval_windows(tok, dataset, seqlen, limit)
         if fake_quant_attention:
             enable_attention_fake_quant(model)
         ppl = perplexity(model, windows, progress, "checkpoint")
+        used = Counter(m.kernel.name for m in model.modules() if isinstance(m, KernelLinear))
         results.append({"method": "checkpoint", "ppl": ppl,
+                        "linears": dict(used) if kernels else {"reference": sum(
+                            isinstance(m, QuantLinearModule) for m in model.modules())},
                         "seconds": round(time.perf_counter() - t, 2)})
         if on_result is not None:
             on_result(summary())
     else:
+        if kernels:
+            raise EvalError("--kernels evaluates a DuQuant checkpoint; the target is a 16-bit model")
         bad = [m for m in methods if m not in ALL_METHODS]
         if bad:
             raise EvalError(f"unknown method(s) {bad}; choose from {list(ALL_METHODS)}")

@@ -75,3 +75,24 @@ def test_offload_bookkeeping_keeps_every_result(tmp_path, monkeypatch):
     ids = torch.randint(3, 259, (1, 16), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(here.model(input_ids=ids).logits, moved.model(input_ids=ids).logits)
+
+
+def test_checkpoint_eval_through_the_serving_kernels(tiny_checkpoint, wikitext_valid, tmp_path):
+    # The same checkpoint through the integer reference and through the kernel choose_kernel
+    # picks here (cpu_int8): the same model up to the epilogue's fp32 rounding.
+    import json
+
+    from offline_quant.evaluate import EvalError, evaluate
+
+    _, out = tiny_checkpoint
+    kw = dict(dataset=wikitext_valid, seqlen=64, limit=3, progress=False)
+    ref = evaluate(str(out), methods=[], **kw)["results"][0]
+    assert main(["-q", "eval", str(out), "--dataset", wikitext_valid, "--seqlen", "64",
+                 "--limit", "3", "--kernels", "--json", str(tmp_path / "k.json")]) == 0
+    fast = json.loads((tmp_path / "k.json").read_text())["results"][0]
+    assert set(fast["linears"]) == {"cpu_int8"} and set(ref["linears"]) == {"reference"}
+    assert sum(fast["linears"].values()) == ref["linears"]["reference"] > 0
+    assert abs(fast["ppl"] - ref["ppl"]) / ref["ppl"] < 2e-3
+    src, _ = tiny_checkpoint
+    with pytest.raises(EvalError, match="--kernels evaluates a DuQuant checkpoint"):
+        evaluate(str(src), methods=["fp16"], kernels=True, **kw)
