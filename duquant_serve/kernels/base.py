@@ -62,8 +62,10 @@ class PreparedLinear:
     """
 
     spec: LayerSpec
-    r1: torch.Tensor  # [b, b] float32, column-major (Rᵀ row-major: what the prologue reads)
-    r2: torch.Tensor  # [b, b] float32, column-major
+    # [b, b] float32: column-major (Rᵀ row-major, what the Triton prologue reads), or row-major
+    # where the prologue is the reference (cpu_int8, torch_ref)
+    r1: torch.Tensor
+    r2: torch.Tensor
     perm: torch.Tensor  # [K] int64 gather indices (reference order)
     inv_perm: torch.Tensor  # [K] int32 scatter indices (kernel order)
     smooth: torch.Tensor | None  # [K] float32

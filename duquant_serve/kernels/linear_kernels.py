@@ -7,6 +7,7 @@ Availability checks (`can_implement`) import Triton / load the extension lazily.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -67,6 +68,13 @@ def _prologue(p: PreparedLinear, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
                                       p.spec.a_bits, p.act_clip_ratio)
 
 
+def _rotations_row_major(p: PreparedLinear) -> PreparedLinear:
+    """R1/R2 row-major for kernels whose prologue is the reference: `block_rotate` makes them
+    contiguous on every call otherwise (prepare_common stores them column-major, the layout the
+    Triton prologue reads). Same values, so the same codes; ~15 µs less per linear per call."""
+    return dataclasses.replace(p, r1=p.r1.contiguous(), r2=p.r2.contiguous())
+
+
 class TorchRefKernel(LinearKernel):
     """`core.reference` as one custom op: any device, exact, slow. The reference every kernel is
     tested against, and the CPU fallback where `torch._int_mm` does not run (cpu_int8)."""
@@ -86,9 +94,10 @@ class TorchRefKernel(LinearKernel):
                 weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
-        # Unpacked once here: CPU serving runs this kernel on every forward.
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, unpack_int4(qweight.cpu()))
+        # Unpacked once here, not per call.
+        return _rotations_row_major(prepare_common(
+            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
+            unpack_int4(qweight.cpu())))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +151,9 @@ class CpuInt8Kernel(LinearKernel):
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
         codes = unpack_int4(qweight.cpu()).to(torch.int8)  # 0..15: int8 holds them as they are
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, codes)
+        return _rotations_row_major(prepare_common(
+            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
+            codes))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
