@@ -27,16 +27,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from duquant_serve.core.pack import pack_int4  # noqa: E402
-from duquant_serve.core.quant import quantize_per_channel  # noqa: E402
 from duquant_serve.core.reference import (  # noqa: E402
     QuantizedLinear,
     prologue_ref,
     w4a4_linear_ref,
 )
-from duquant_serve.core.transform import InputTransform, random_orthogonal  # noqa: E402
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
+from duquant_serve.testing.layers import random_activations, random_linear  # noqa: E402
 
 MODELS = {
     "llama2-7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096),
@@ -62,17 +60,7 @@ def block_for(k: int) -> int:
 
 def make_layer(n: int, k: int, b: int, dev: str, smooth: bool, bias: bool,
                g: torch.Generator) -> QuantizedLinear:
-    """Random but realistic quantized linear: orthogonal R1/R2, random perm, per-channel quant."""
-    r1 = random_orthogonal(b, g).float().contiguous()
-    r2 = random_orthogonal(b, g).float().contiguous()
-    perm = torch.randperm(k, generator=g)
-    sm = (torch.rand(k, generator=g) + 0.5) if smooth else None
-    w = torch.randn(n, k, generator=g) / math.sqrt(k)
-    q, s, z = quantize_per_channel(w, 4, 1.0)
-    t = InputTransform(r1, perm, r2, sm)
-    bb = torch.randn(n, generator=g) * 0.1 if bias else None
-    return QuantizedLinear(pack_int4(q).to(dev), s.to(dev), z.to(dev), t.to(dev),
-                           None if bb is None else bb.to(dev), 4, 4, 0.95)
+    return random_linear(n, k, b, smooth, bias, g, clip=0.95).to(dev)
 
 
 def prepare(kernel, lin: QuantizedLinear, dev: str, dtype: torch.dtype, cap):
@@ -110,8 +98,7 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
         b = block_for(k)  # 1472 → 64: a block that does not divide K is refused
         lin = make_layer(n, k, b, dev, smooth=True, bias=True, g=g)
         for m in ms:
-            x = (torch.randn(m, k, generator=g) * 2 + torch.randn(k, generator=g)).to(dev)
-            x = x.to(torch.bfloat16)
+            x = random_activations(m, k, g, torch.bfloat16).to(dev)
             y_ref = w4a4_linear_ref(x.float(), lin)  # fp32 out, exact integer path
             qr, sr, zr, qsr = prologue_ref(x, lin.transform, 4, lin.act_clip_ratio)
             inv = torch.empty_like(lin.transform.perm)
@@ -200,7 +187,7 @@ def check_selftest(dev: str, paths: list[str], shapes, cap, log) -> list[dict]:
     from duquant_serve.kernels import selftest
 
     rows = []
-    for name in paths:
+    for name in (p for p in paths if not KERNELS[p].is_reference):  # as choose_kernel does
         for n, k in shapes:
             spec = LayerSpec(k, n, block_for(k), has_smooth=True, has_bias=True,
                              act_dtype=torch.bfloat16, device_type=dev,

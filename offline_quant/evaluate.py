@@ -20,7 +20,7 @@ from tqdm import tqdm
 from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.core.config import QUANT_METHOD, DuQuantConfig
 from duquant_serve.core.reference import QuantizedLinear, QuantLinearModule
-from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.base import LayerSpec, device_capability
 from duquant_serve.kernels.select import choose_kernel
 
 from .attention import enable_attention_fake_quant
@@ -88,8 +88,7 @@ class KernelLinear(torch.nn.Module):
             layer.in_features // layer.act_groups, layer.out_features,
             layer.transform.block_size, w_bits=layer.w_bits, a_bits=layer.a_bits,
             has_smooth=layer.transform.smooth is not None, has_bias=layer.bias is not None,
-            act_dtype=act_dtype, device_type=device.type,
-            capability=torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
+            act_dtype=act_dtype, device_type=device.type, capability=device_capability(device))
         self.kernel = choose_kernel(spec, layer_name=name)
         self.prepared = self.kernel.prepare_groups(spec, layer, device=device)
         self.act_dtype = act_dtype

@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.gpu_session import MODELS, block_for, make_layer, prepare  # noqa: E402
+from benchmarks.gpu_session import MODELS, block_for, prepare  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
+from duquant_serve.testing.layers import random_linear  # noqa: E402
 
 W4A4_KERNELS = ("cpu_int8", "torch_ref")
 
@@ -55,7 +56,7 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     rows = []
     for op, (n, k) in MODELS[args.model].items():
-        lin = make_layer(n, k, block_for(k), "cpu", smooth=True, bias=False, g=g)
+        lin = random_linear(n, k, block_for(k), smooth=True, bias=False, g=g)
         w16 = (torch.randn(n, k, generator=g) / k**0.5).to(dtype)
         prepared = {name: prepare(KERNELS[name], lin, "cpu", dtype, None)[1]
                     for name in W4A4_KERNELS}

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from duquant_serve.core.pack import pack_int4  # noqa: E402
 from duquant_serve.core.quant import quantize_per_channel  # noqa: E402
-from duquant_serve.core.transform import InputTransform, random_orthogonal  # noqa: E402
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.select import choose_kernel  # noqa: E402
+from duquant_serve.testing.layers import random_transform  # noqa: E402
 
 CONFIGS = {  # hidden, heads, kv_heads, intermediate
     "llama2-7b": (4096, 32, 32, 11008),
@@ -55,9 +55,7 @@ class Linears:
                 continue
             b = 128 if k % 128 == 0 else 64
             gt = torch.Generator().manual_seed(n * 7 + k)  # transforms: own stream, so that
-            t = InputTransform(random_orthogonal(b, gt).float(),  # weights match BF16's
-                               torch.randperm(k, generator=gt), random_orthogonal(b, gt).float(),
-                               None)
+            t = random_transform(k, b, False, gt)  # weights match BF16's
             q, s, z = quantize_per_channel(t.apply_to_weight(w), 4, 1.0)
             spec = LayerSpec(k, n, b, act_dtype=dtype, device_type=dev, capability=cap)
             kern = choose_kernel(spec, layer_name=name)

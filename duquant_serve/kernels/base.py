@@ -53,6 +53,13 @@ class LayerSpec:
             )
 
 
+def device_capability(device: torch.device) -> tuple[int, int] | None:
+    """LayerSpec.capability of a device: (major, minor) on CUDA, None elsewhere."""
+    if device.type != "cuda":
+        return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
 @dataclass
 class PreparedLinear:
     """Kernel-layout tensors of one linear, built once by `LinearKernel.prepare`.
@@ -89,6 +96,8 @@ class LinearKernel(abc.ABC):
     """A way to run y = W4A4_linear(x). Subclasses are stateless; state lives in PreparedLinear."""
 
     name: str = "abstract"
+    # True for the kernel that *is* core.reference: nothing to self-test it against.
+    is_reference: bool = False
 
     @classmethod
     @abc.abstractmethod

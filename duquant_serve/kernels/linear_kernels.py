@@ -80,6 +80,7 @@ class TorchRefKernel(LinearKernel):
     tested against, and the CPU fallback where `torch._int_mm` does not run (cpu_int8)."""
 
     name = "torch_ref"
+    is_reference = True
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:

@@ -6,7 +6,7 @@
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
 A kernel that can implement the spec must also pass its self-test on the device (every kernel
-but torch_ref, the reference itself). The choice is logged once per distinct LayerSpec, with
+but the reference itself, torch_ref). The choice is logged once per distinct LayerSpec, with
 the self-test's error; when nothing fits, the error lists every kernel's rejection reason.
 """
 
@@ -64,7 +64,7 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[Linear
             continue
         ok, why = k.can_implement(spec)
         err = float("nan")
-        if ok and k is not TorchRefKernel and selftest.enabled():
+        if ok and not k.is_reference and selftest.enabled():
             why, err = selftest.self_test(k, spec)
             ok = why is None
             if not ok:

@@ -7,7 +7,9 @@ prefill-sized M, and its output is compared with `core.reference.w4a4_linear_ref
 that errors, returns NaN/inf or misses by more than the output dtype's rounding is passed over,
 with the reason in the log and in the error that lists every kernel's rejection. Why: a kernel
 that is wrong on some GPU / driver / Triton combination would otherwise serve wrong tokens
-silently; this costs milliseconds per distinct layer shape, once per process.
+silently. It runs once per distinct layer shape and process: on the 2-core CPU, 16–240 ms per
+shape for cpu_int8 (SmolLM2 to LLaMA-2 widths; the reference at M = 300 dominates), plus ~1 s
+of one-time initialisation at the first.
 
 DUQUANT_KERNEL_SELFTEST=0 skips it.
 """
@@ -15,15 +17,12 @@ DUQUANT_KERNEL_SELFTEST=0 skips it.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
 import torch
 
-from ..core.pack import pack_int4
-from ..core.quant import quantize_per_channel
-from ..core.reference import QuantizedLinear, w4a4_linear_ref
-from ..core.transform import InputTransform, random_orthogonal
+from ..core.reference import w4a4_linear_ref
+from ..testing.layers import random_activations, random_linear
 from .base import LayerSpec, LinearKernel
 
 SELFTEST_MS = (1, 37, 300)  # decode, a ragged tile, prefill-sized (the M > 256 paths)
@@ -40,23 +39,6 @@ _results: dict[tuple, tuple[str | None, float]] = {}
 
 def enabled() -> bool:
     return os.environ.get("DUQUANT_KERNEL_SELFTEST", "1") != "0"
-
-
-def random_linear(spec: LayerSpec, device: torch.device, seed: int = 0) -> QuantizedLinear:
-    """A random checkpoint linear of `spec`'s shape: orthogonal R1/R2, a random permutation,
-    per-channel 4-bit weights, smoothing and bias where the spec has them."""
-    g = torch.Generator().manual_seed(seed)
-    k, n, b = spec.in_features, spec.out_features, spec.block_size
-    w = torch.randn(n, k, generator=g) / math.sqrt(k)
-    q, scale, zero = quantize_per_channel(w, spec.w_bits, 1.0)
-    transform = InputTransform(
-        random_orthogonal(b, g).float(), torch.randperm(k, generator=g),
-        random_orthogonal(b, g).float(),
-        torch.rand(k, generator=g) + 0.5 if spec.has_smooth else None)
-    bias = torch.randn(n, generator=g) * 0.1 if spec.has_bias else None
-    lin = QuantizedLinear(pack_int4(q), scale, zero, transform, bias, spec.w_bits, spec.a_bits,
-                          0.9)
-    return lin.to(device)
 
 
 def _device(spec: LayerSpec) -> torch.device | None:
@@ -84,16 +66,14 @@ def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
          ) -> tuple[str | None, float]:
     worst = 0.0
     spec = dataclasses.replace(spec, out_features=min(spec.out_features, MAX_N))
+    g = torch.Generator().manual_seed(0)
     try:
-        lin = random_linear(spec, device)
+        lin = random_linear(spec.out_features, spec.in_features, spec.block_size,
+                            spec.has_smooth, spec.has_bias, g).to(device)
         p = kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero, lin.transform,
                            lin.bias, lin.act_clip_ratio, device=device)
-        g = torch.Generator().manual_seed(1)
         for m in SELFTEST_MS:
-            # Per-channel offsets as well as noise: real activations are not centred.
-            x = torch.randn(m, spec.in_features, generator=g) * 2 + torch.randn(
-                spec.in_features, generator=g)
-            x = x.to(device=device, dtype=spec.act_dtype)
+            x = random_activations(m, spec.in_features, g, spec.act_dtype).to(device)
             y = kernel.apply(p, x).float()
             ref = w4a4_linear_ref(x.float(), lin)
             if not torch.isfinite(y).all():

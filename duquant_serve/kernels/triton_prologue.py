@@ -347,11 +347,11 @@ def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
     parts = torch.empty(m * nblk * 2, dtype=torch.float32, device=x.device)
     count = _split_count(x.device)
     codes, scale, zero, qsum = out
-    _prologue_split_kernel[(m, c // b)](
+    _prologue_split_kernel[(m, nblk)](
         x, x.stride(0), smooth if smooth is not None else r1t, r1t, r2t, perm,
         scratch, parts, count, codes, codes.stride(0), scale, zero, qsum,
         c, float(clip_ratio),
-        QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, NBLK_P2=triton.next_power_of_2(c // b),
+        QMAX=(1 << a_bits) - 1, B=b, NBLK=nblk, NBLK_P2=triton.next_power_of_2(nblk),
         KD=min(b, 32), QC=1024, HAS_SMOOTH=smooth is not None,
         USE_LIBDEVICE=not _INTERPRET, num_warps=4, num_stages=1,
     )

@@ -43,7 +43,7 @@ from vllm.model_executor.utils import set_weight_attrs
 from ..checkpoint import CheckpointError, check_tensor, tensor_error
 from ..core.reference import QuantizedLinear
 from ..core.transform import InputTransform, choose_block_size
-from ..kernels.base import LayerSpec
+from ..kernels.base import LayerSpec, device_capability
 from ..kernels.select import choose_kernel
 from . import runtime_info
 from .config import DuQuantVllmConfig
@@ -255,7 +255,7 @@ class DuQuantLinearMethod(LinearMethodBase):
             block_size=st.block,
             w_bits=self.qcfg.w_bits, a_bits=self.qcfg.a_bits, has_smooth=smooth is not None,
             has_bias=bias is not None, act_dtype=layer.params_dtype,
-            device_type=qweight.device.type, capability=_capability(qweight.device))
+            device_type=qweight.device.type, capability=device_capability(qweight.device))
         kernel = choose_kernel(spec, layer_name=st.prefix)
         logger.info_once("duquant: W%dA%d linears run on kernel %s", spec.w_bits, spec.a_bits,
                          kernel.name)
@@ -298,12 +298,6 @@ class DuQuantLinearMethod(LinearMethodBase):
 
 
 DEFAULT_QKV = ["q_proj", "k_proj", "v_proj"]
-
-
-def _capability(device: torch.device) -> tuple[int, int] | None:
-    if device.type != "cuda":
-        return None
-    return tuple(torch.cuda.get_device_capability(device))
 
 
 def _prepared_tensors(p: Any) -> dict[str, torch.Tensor]:
