@@ -103,7 +103,7 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
             qr, sr, zr, qsr = prologue_ref(x, lin.transform, 4, lin.act_clip_ratio)
             inv = torch.empty_like(lin.transform.perm)
             inv[lin.transform.perm] = torch.arange(k, device=lin.transform.perm.device)
-            precs = ["tf32x3", "tf32", "ieee"] if dev == "cuda" else ["ieee"]
+            precs = ["tf32x3", "tf32", "fp16", "ieee"] if dev == "cuda" else ["ieee"]
             variants = [dict(decode="tiled", precision=p, phase3=v)
                         for p, v in itertools.product(precs, ("reload", "recompute"))]
             if m <= SPLIT_MAX_M:  # fp32 on CUDA cores; no phase 3 ("-" is not passed on)
@@ -298,8 +298,10 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     res["prologue_ms"] = bench(prol, graph) / copies
                     from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
-                    for prec, phase3 in itertools.product(("tf32x3", "tf32"),
-                                                          ("reload", "recompute")):
+                    # tf32x3 only where it is the default (≤ 256 tokens); fp16 beside tf32
+                    # everywhere: same code error in emulation, twice the tensor-core rate.
+                    precs = ("tf32x3", "tf32", "fp16") if m <= 256 else ("tf32", "fp16")
+                    for prec, phase3 in itertools.product(precs, ("reload", "recompute")):
                         def prol_p(prec=prec, phase3=phase3):
                             for i in range(copies):
                                 fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm, None,

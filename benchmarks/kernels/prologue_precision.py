@@ -4,6 +4,8 @@ Emulates the operand rounding of each Triton `input_precision` (fp32 accumulatio
     ieee    fp32 operands
     tf32    operands rounded to TF32 (10-bit mantissa, round-to-nearest-even)
     tf32x3  a·b ≈ hi(a)·hi(b) + hi(a)·lo(b) + lo(a)·hi(b), hi = tf32(v), lo = tf32(v − hi)
+    fp16    each b-value row of a divided by the power of two above its max |value|, operands
+            rounded to fp16, the product multiplied back (the Triton kernel's "fp16")
     bf16    operands rounded to bfloat16
 and counts codes that differ from `core.reference.prologue_ref`. The transform is composed from
 `core.transform.block_rotate` and `core.quant.quantize_per_token`; only operand rounding is
@@ -38,6 +40,13 @@ def rot(x: torch.Tensor, r: torch.Tensor, prec: str) -> torch.Tensor:
         return block_rotate(to_tf32(x), to_tf32(r))
     if prec == "bf16":
         return block_rotate(x.bfloat16().float(), r.bfloat16().float())
+    if prec == "fp16":
+        b = r.shape[0]
+        xb = x.reshape(*x.shape[:-1], -1, b)
+        e = torch.frexp(xb.abs().amax(-1, keepdim=True)).exponent  # amax < 2^e (0 for a zero row)
+        s = torch.ldexp(torch.ones_like(xb[..., :1]), e)
+        y = (xb / s).half().double() @ r.half().double()  # fp32 accumulation ≈ exact here
+        return (y * s).float().reshape(x.shape)
     if prec == "tf32x3":
         xh, rh = to_tf32(x), to_tf32(r)
         xl, rl = to_tf32(x - xh), to_tf32(r - rh)
@@ -64,7 +73,7 @@ def main() -> None:
                            random_orthogonal(b, g).float(), None)
         x = llm_like(m, k, g)
         qr, *_ = prologue_ref(x, t, 4, 1.0)
-        for prec in ("ieee", "tf32x3", "tf32", "bf16"):
+        for prec in ("ieee", "tf32x3", "tf32", "fp16", "bf16"):
             y = rot(x, t.r1, prec).index_select(-1, t.perm)
             y = rot(y, t.r2, prec)
             q, *_ = quantize_per_token(y, 4, 1.0, check_finite=False)

@@ -34,11 +34,16 @@ R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each
   "tf32"    one pass, 3× cheaper: 5e-4 .. 2.5e-3 of codes differ, always by 1. Such a code sits
             within TF32 rounding of a .5 boundary, where either neighbour is an equally good
             quantization, so model quality does not move; only bit-exactness does.
+  "fp16"    one pass on fp16 operands, each (token, block) row first divided by a power of two
+            just above its max |value| (exact; undone after the dot): the same 11-bit
+            significands as TF32, hence the same code differences in emulation, at twice the
+            TF32 tensor-core rate (H100: 989 vs 495 dense TFLOP/s). Costs one more read of each
+            row block (its max) per dot phase. Untimed: the GPU session times it beside tf32.
   "bf16"    not offered: codes move by up to 2.
 Default: tf32x3 up to 256 tokens (latency-bound, the extra passes are free), tf32 above, where
 the prologue's 3·2·M·K·b tensor-core FLOPs (2·2·M·K·b with "reload") start to rival the
 GEMM's (docs/kernels.md).
-Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|ieee.
+Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|fp16|ieee.
 
 Opt-in for decode (DUQUANT_PROLOGUE_DECODE=split, ≤ SPLIT_MAX_M tokens): `_prologue_split_kernel`,
 one program per (token, output block) in fp32 on the CUDA cores, the token's last program
@@ -89,26 +94,66 @@ def _codes(w, scale, zero, QMAX: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
 
 
 @triton.jit
-def _rotate_slice(src, src_ok, k_base, smooth_ptr, r_ptr, j,
+def _load_slice(src, src_ok, k_base, smooth_ptr, k0, HAS_SMOOTH: tl.constexpr, KC: tl.constexpr):
+    """[ROWS, KC] fp32 values k0 .. k0 + KC of each row (src / smooth)."""
+    ck = tl.arange(0, KC)
+    v = tl.load(src + (k0 + ck)[None, :], mask=src_ok, other=0.0).to(tl.float32)
+    if HAS_SMOOTH:
+        v = tl.math.div_rn(v, tl.load(smooth_ptr + k_base + (k0 + ck)[None, :], mask=src_ok,
+                                      other=1.0))
+    return v
+
+
+@triton.jit
+def _row_pow2_scale(src, src_ok, k_base, smooth_ptr, HAS_SMOOTH: tl.constexpr, B: tl.constexpr,
+                    KC: tl.constexpr):
+    """(s, 1/s) per row, [ROWS, 1]: the power of two just above the row's max |value| (1 for a
+    zero row), built from the exponent bits so that scaling by it is exact. The "fp16"
+    precision divides each row by s before rounding it to fp16 — no overflow, full relative
+    precision — and multiplies the dot by s after: a per-row factor commutes with the rotation."""
+    amax = tl.zeros([src.shape[0], 1], tl.float32)
+    for k0 in range(0, B, KC):
+        v = _load_slice(src, src_ok, k_base, smooth_ptr, k0, HAS_SMOOTH, KC)
+        amax = tl.maximum(amax, tl.max(tl.abs(v), axis=1, keep_dims=True))
+    # biased exponent E of amax: amax < 2^(E − 126) = s; clamped so that 1/s stays normal.
+    e = tl.minimum(((amax.to(tl.int32, bitcast=True) >> 23) & 0xFF) + 1, 253)
+    e = tl.where(amax > 0, e, 127)
+    return (e << 23).to(tl.float32, bitcast=True), ((254 - e) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rotate_slice(src, src_ok, k_base, smooth_ptr, r_ptr, j, inv_s,
                   HAS_SMOOTH: tl.constexpr, B: tl.constexpr, NS: tl.constexpr,
                   KC: tl.constexpr, PRECISION: tl.constexpr):
     """Columns [j·NS, (j+1)·NS) of (src / smooth) · R for ROWS rows of B values each: src is the
     [ROWS, 1] pointer to each row's first value, k_base its [ROWS, 1] column in x (for smooth).
     The dot runs over K in slices of KC so that only [ROWS, KC] and [KC, NS] operands are live
-    (a whole [ROWS, B] row block and [B, NS] slice of R, split hi/lo for tf32x3, spilled)."""
+    (a whole [ROWS, B] row block and [B, NS] slice of R, split hi/lo for tf32x3, spilled).
+    "fp16": rows pre-scaled by inv_s (`_row_pow2_scale`; the caller multiplies the result back),
+    operands rounded to fp16, fp32 accumulation."""
     ck = tl.arange(0, KC)
     cs = tl.arange(0, NS)
     acc = tl.zeros([src.shape[0], NS], tl.float32)
     for k0 in range(0, B, KC):
-        v = tl.load(src + (k0 + ck)[None, :], mask=src_ok, other=0.0).to(tl.float32)
-        if HAS_SMOOTH:
-            v = tl.math.div_rn(v, tl.load(smooth_ptr + k_base + (k0 + ck)[None, :], mask=src_ok,
-                                          other=1.0))
+        v = _load_slice(src, src_ok, k_base, smooth_ptr, k0, HAS_SMOOTH, KC)
         # r arrives transposed (Rᵀ row-major): element (k, n) of R is at n·B + k, so the
         # [KC, NS] tile is K-contiguous, the operand order sm_90 wgmma needs for tf32.
         r = tl.load(r_ptr + (j * NS + cs)[None, :] * B + (k0 + ck)[:, None])
-        acc = tl.dot(v, r, acc, input_precision=PRECISION)
+        if PRECISION == "fp16":
+            acc = tl.dot((v * inv_s).to(tl.float16), r.to(tl.float16), acc)
+        else:
+            acc = tl.dot(v, r, acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def _rotate_scale(src, src_ok, k_base, smooth_ptr, HAS_SMOOTH: tl.constexpr, B: tl.constexpr,
+                  KC: tl.constexpr, PRECISION: tl.constexpr):
+    """(s, 1/s) of `_row_pow2_scale` under "fp16"; (1, 1), nothing computed, otherwise."""
+    if PRECISION == "fp16":
+        return _row_pow2_scale(src, src_ok, k_base, smooth_ptr, HAS_SMOOTH, B, KC)
+    else:
+        return 1.0, 1.0
 
 
 @triton.jit
@@ -152,9 +197,11 @@ def _prologue_kernel(
         for b0 in range(0, NBLK, CHUNK):
             ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]  # [ROWS, 1]
             k_base = (b0 + blk)[:, None] * B
+            sc, inv = _rotate_scale(x_row + k_base, ok_r, k_base, smooth_ptr, HAS_SMOOTH, B, KC,
+                                    PRECISION)
             for j in tl.static_range(B // NS):
-                y = _rotate_slice(x_row + k_base, ok_r, k_base, smooth_ptr, r1_ptr, j,
-                                  HAS_SMOOTH, B, NS, KC, PRECISION)
+                y = _rotate_slice(x_row + k_base, ok_r, k_base, smooth_ptr, r1_ptr, j, inv,
+                                  HAS_SMOOTH, B, NS, KC, PRECISION) * sc
                 dest = tl.load(inv_perm_ptr + k_base + (j * NS + cs)[None, :], mask=ok_r,
                                other=0)
                 tl.store(s_row + dest, y, mask=ok_r)
@@ -168,9 +215,11 @@ def _prologue_kernel(
             # RELOAD: the whole block's R2 output at once ([ROWS, B], not NS columns), written
             # back over its input once every warp has read that input (the barrier), for phase
             # 3 to load instead of recomputing.
+            sc, inv = _rotate_scale(s_row + k_base, ok_r, k_base, smooth_ptr, False, B, KC,
+                                    PRECISION)
             for j in tl.static_range(1 if RELOAD else B // NS):
-                w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
-                                  False, B, B if RELOAD else NS, KC, PRECISION)
+                w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j, inv,
+                                  False, B, B if RELOAD else NS, KC, PRECISION) * sc
                 wlo = tl.min(tl.where(ok_r, w, float("inf")), axis=1)  # [ROWS]
                 whi = tl.max(tl.where(ok_r, w, float("-inf")), axis=1)
                 lo = tl.minimum(lo, tl.min(tl.reshape(wlo, [BLOCK_M, CHUNK]), axis=1))
@@ -189,12 +238,15 @@ def _prologue_kernel(
         for b0 in range(0, NBLK, CHUNK):
             ok_r = (m_ok & ((b0 + blk) < NBLK))[:, None]
             k_base = (b0 + blk)[:, None] * B
+            if not RELOAD:
+                sc, inv = _rotate_scale(s_row + k_base, ok_r, k_base, smooth_ptr, False, B, KC,
+                                        PRECISION)
             for j in tl.static_range(B // NS):
                 if RELOAD:
                     w = tl.load(s_row + k_base + (j * NS + cs)[None, :], mask=ok_r, other=0.0)
                 else:
-                    w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j,
-                                      False, B, NS, KC, PRECISION)
+                    w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j, inv,
+                                      False, B, NS, KC, PRECISION) * sc
                 qi = tl.where(ok_r, _codes(w, scale_r[:, None], zero_r[:, None], QMAX,
                                            USE_LIBDEVICE), 0)
                 tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + k_base
@@ -289,6 +341,8 @@ def _prologue_split_kernel(
         tl.store(sum_ptr + t, tl.sum(qsum, axis=0))
 
 
+# R1/R2 dot precisions (module docstring).
+PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
 # Columns of R per dot (NS) and the K slice each dot reads (KC): what bounds the live operands.
 NS, KC = 64, 32
 
@@ -397,8 +451,8 @@ def fused_prologue(
     if precision is None:
         precision = os.environ.get("DUQUANT_PROLOGUE_PRECISION") or (
             "ieee" if _INTERPRET else "tf32x3" if m <= 256 else "tf32")
-    if precision not in ("tf32x3", "tf32", "ieee"):
-        raise ValueError(f"prologue precision {precision!r} not in tf32x3, tf32, ieee")
+    if precision not in PRECISIONS:
+        raise ValueError(f"prologue precision {precision!r} not in {', '.join(PRECISIONS)}")
     phase3 = phase3 or os.environ.get("DUQUANT_PROLOGUE_PHASE3") or "recompute"
     if phase3 not in ("reload", "recompute"):
         raise ValueError(f"prologue phase3 {phase3!r} not in reload, recompute")

@@ -74,7 +74,8 @@ def main(arch: int) -> None:
     for m, c, b in ((1, 4096, 128), (64, 4096, 128), (2048, 11008, 128), (1, 576, 64),
                     (2048, 576, 64)):
         bm, chunk, warps = _config(m, c, b)
-        for prec, phase3 in itertools.product(("tf32x3", "tf32"), ("reload", "recompute")):
+        for prec, phase3 in itertools.product(("tf32x3", "tf32", "fp16"),
+                                               ("reload", "recompute")):
             consts = {"QMAX": 15, "B": b, "NBLK": c // b, "CHUNK": chunk, "BLOCK_M": bm,
                       "NS": min(b, NS), "KC": min(b, KC), "HAS_SMOOTH": True, "PRECISION": prec,
                       "RELOAD": phase3 == "reload", "USE_LIBDEVICE": True}

@@ -46,5 +46,6 @@ def test_all_paths_match_reference_on_gpu(tmp_path):
     assert all(x["passed"] for x in checks), [x for x in checks if not x["passed"]]
     for x in prologue:
         assert x["max_code_diff"] <= 1, x
-        assert x["frac"] <= (5e-3 if x["precision"] == "tf32" else 1e-4), x
+        # One-pass TF32 / fp16 operands move ~1e-3 of codes (prologue_precision.py).
+        assert x["frac"] <= (5e-3 if x["precision"] in ("tf32", "fp16") else 1e-4), x
         assert x["sum_diff"] <= x["mismatches"], x

@@ -1,6 +1,6 @@
 """Compile the Triton kernels for sm_90 / sm_80 here (no GPU needed) and check what they became:
-int8 tensor-core MMA in the GEMM (wgmma on sm_90 for M ≥ 64 tiles), tf32 tensor cores in the
-prologue, shared memory within the per-block limit of the target."""
+int8 tensor-core MMA in the GEMM (wgmma on sm_90 for M ≥ 64 tiles), tf32 (or fp16) tensor cores
+in the prologue, shared memory within the per-block limit of the target."""
 
 from __future__ import annotations
 
@@ -56,8 +56,9 @@ def check_report(report: str, arch: int) -> None:
                 # CUDA-core fp32 dots; the last program per token is found by a GPU-scope
                 # acquire-release counter (what makes the other programs' stores visible to it).
                 assert not r["mma"] and any(".gpu.acq_rel.add" in a for a in r["atomics"]), r
-            else:
-                assert any("tf32" in op for op in r["mma"]), r
+            else:  # the R1/R2 dots on tensor cores, in the kernel's operand precision
+                kind = ".f32.f16.f16" if " fp16 " in r["kernel"] else "tf32"
+                assert any(kind in op for op in r["mma"]), r
             limit = RELOAD_STACK_LIMIT if r["kernel"].endswith("reload") else PROLOGUE_STACK_LIMIT
             assert r.get("stack_bytes", 0) <= limit, r
 
