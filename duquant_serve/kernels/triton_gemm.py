@@ -15,9 +15,13 @@ Codes are 0..15, so int8 operands are exact (Triton's int8 dot accumulates in in
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+
+from duquant_serve.kernels import tuned
 
 
 @triton.jit
@@ -124,15 +128,24 @@ def _epilogue_kernel(
     tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _gemm_config(m: int, n: int) -> dict[str, int]:
-    """Tile choice by M bucket (no autotuning: the same shapes must run the same code in tests,
-    benchmarks and serving). Small M is weight-streaming bound, so narrow N tiles put more
-    programs on the SMs; large M uses 128×128 tiles on two warpgroups.
+def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
+                 ) -> dict[str, int]:
+    """The tile config for an [m, k] × [k, n] GEMM: the table tuned on this GPU (`tuned.py`,
+    written by benchmarks/kernels/tune_triton_gemm.py) if it has the shape, else a static
+    choice by M bucket. Never autotuned while serving: the same shapes run the same code in
+    tests, benchmarks and serving.
+
+    Static choice: small M is weight-streaming bound, so narrow N tiles put more programs on
+    the SMs; large M uses 128×128 tiles on two warpgroups.
 
     K tiles are 64 codes above the decode bucket: the packed byte tile is unpacked in registers
     before the dot, and with 128–256-code K tiles ptxas spilled 624–1448 B per thread on sm_90
     (tests/kernels/aot_compile.py). These configs spill nothing on sm_90 and sm_89, ≤ 80 B on
     sm_80. A static choice, not a timed one: benchmarks/gpu_session.py measures it."""
+    if device is not None and k is not None:
+        cfg = tuned.lookup("triton_gemm", device, n, k, m)
+        if cfg is not None:
+            return cfg
     if m <= 16:
         return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
     if m <= 64:
@@ -140,6 +153,18 @@ def _gemm_config(m: int, n: int) -> dict[str, int]:
     if m <= 256:
         return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+
+
+@functools.cache
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
+
+
+def _device_name(device: torch.device) -> str | None:
+    """The CUDA device's name (what tuned tables are keyed by); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def w4a4_gemm_triton(
@@ -166,7 +191,7 @@ def w4a4_gemm_triton(
     out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
     if m == 0:
         return out
-    cfg = dict(config or _gemm_config(m, n))
+    cfg = dict(config or _gemm_config(m, n, k, _device_name(codes.device)))
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
     _w4a4_gemm_kernel[grid](
         codes, codes.stride(0), qweight_g, qweight_g.stride(0),

@@ -40,6 +40,7 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
     assert timing
     for x in timing:
         for key in ("prologue_ms", "prologue_tf32_reload_ms", "prologue_tf32x3_recompute_ms",
+                    "prologue_fp16_reload_ms", "prologue_fp16_recompute_ms",
                     "triton_gemm_ms", "cutlass_fused_gemm_ms",
                     "cutlass_int8w_fused_gemm_ms", "cutlass_gemm_int32_ms",
                     *(f"{name}_ms" for name in KERNELS)):
@@ -89,3 +90,28 @@ def test_decoder_layer_benchmark_dry_run(tmp_path):
         assert x["bf16_ms"] > 0 and x["w4a4_ms"] > 0 and x["kernels"]
         # W4A4 and BF16 layers share weights up to quantization: same output, roughly.
         assert x["w4a4_rel_diff_vs_bf16"] < 0.5, x
+
+
+def test_gemm_tuner_dry_run_writes_a_table_the_kernel_reads(tmp_path, monkeypatch):
+    """benchmarks/kernels/tune_triton_gemm.py --dry: every candidate checked against the
+    reference and timed, the winners written as a table that tuned.lookup serves."""
+    from duquant_serve.kernels import tuned
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernels" / "tune_triton_gemm.py"),
+                        "--dry", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = [json.loads(line) for line in
+            (tmp_path / "tune_triton_gemm.jsonl").read_text().splitlines()]
+    assert rows and all("error" not in x and x["rel_err"] < 1e-2 and x["ms"] > 0 for x in rows)
+    assert sum(x["static"] for x in rows) == 4  # the static config is a candidate every time
+    table = json.loads((tmp_path / tuned.table_name("triton_gemm", "cpu-dry")).read_text())
+    assert "tune_triton_gemm.py --dry" in table["command"]
+    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
+    for e in table["entries"]:
+        best = min((x for x in rows if (x["n"], x["k"], x["m"]) == (e["n"], e["k"], e["m"])),
+                   key=lambda x: x["ms"])
+        assert tuned.lookup("triton_gemm", "cpu-dry", e["n"], e["k"], e["m"]) == best["config"]
+    assert {(e["n"], e["k"], e["m"]) for e in table["entries"]} == {
+        (48, 128, 1), (48, 128, 40), (64, 192, 1), (64, 192, 40)}

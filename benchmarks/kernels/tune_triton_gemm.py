@@ -1,0 +1,172 @@
+"""Tune the Triton W4A4 GEMM's tile config per (N, K, M) on this GPU; write the table the kernel
+reads (`duquant_serve/kernels/tuned.py`).
+
+    python benchmarks/kernels/tune_triton_gemm.py [--models llama2-7b,llama3-8b,smollm2-135m]
+        [--ms 1,16,64,256,1024,4096] [--out DIR] [--budget-s 420]
+    python benchmarks/kernels/tune_triton_gemm.py --dry --out DIR   (CPU, TRITON_INTERPRET=1)
+
+For every linear shape and token count: each candidate config of that M's bucket (the static
+choice always among them) runs on fresh random codes, its output poisoned beforehand and
+compared with `core.reference.gemm_epilogue_ref`; the correct ones are timed
+(`triton.testing.do_bench`, CUDA graphs for M ≤ 256, packed weights rotated over enough
+copies to exceed L2, as benchmarks/gpu_session.py does) and the fastest wins. Writes
+DIR/tune_triton_gemm.jsonl (every candidate) and DIR/<table> (the winners, rewritten after
+each shape so a budget cut keeps what was done). Commit the table under
+duquant_serve/kernels/tuned_configs/, or point DUQUANT_TUNED_CONFIGS at DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.gpu_session import L2_BYTES, MODELS, bench_fn, poison, rel  # noqa: E402
+from duquant_serve.core.reference import gemm_epilogue_ref  # noqa: E402
+from duquant_serve.kernels import tuned  # noqa: E402
+from duquant_serve.kernels.layout import pack_int4_grouped  # noqa: E402
+from duquant_serve.kernels.triton_gemm import _gemm_config, w4a4_gemm_triton  # noqa: E402
+
+KERNEL = "triton_gemm"
+# Each tuned count serves the counts down to the previous one (tuned.py): 2..16 use the 16
+# config, 257..1024 the 1024 one, above 4096 the 4096 one.
+DEFAULT_MS = [1, 16, 64, 256, 1024, 4096]
+
+
+def bench_ms(fn, graph: bool, dev: str) -> float:
+    """Median ms of fn: gpu_session's timing with shorter runs (~20 candidates per shape and
+    count must fit one device call)."""
+    if dev != "cuda":
+        return bench_fn(fn, graph, dev)
+    import triton.testing as tt
+
+    if graph:
+        return float(tt.do_bench_cudagraph(fn, rep=30, return_mode="median"))
+    return float(tt.do_bench(fn, warmup=10, rep=30, return_mode="median"))
+
+
+def _cfg(bm: int, bn: int, bk: int, gm: int, warps: int, stages: int) -> dict[str, int]:
+    return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps,
+                num_stages=stages)
+
+
+def candidates(m: int, n: int) -> list[dict[str, int]]:
+    """The static choice first, then the alternatives worth timing for this M: narrow or wide
+    N tiles and deeper K tiles where weight streaming dominates, bigger tiles and warp counts
+    where the tensor cores do."""
+    if m <= 16:
+        grid = [_cfg(16, bn, bk, 1, 4, st) for bn in (16, 32, 64) for bk in (128, 256, 512)
+                for st in (3, 4)]
+    elif m <= 64:
+        grid = [_cfg(bm, bn, bk, 4, 4, st) for bm in (32, 64) for bn in (32, 64, 128)
+                for bk in (64, 128) for st in (3, 4)]
+    elif m <= 256:
+        grid = [_cfg(bm, bn, 64, 8, w, st) for bm in (64, 128) for bn in (64, 128, 256)
+                for w in (4, 8) for st in (3, 4)]
+    else:
+        grid = [_cfg(bm, bn, bk, 8, 8, st) for bm in (128, 256) for bn in (128, 256)
+                for bk in (64, 128) for st in (3, 4)]
+    static = _gemm_config(m, n)
+    return [static] + [c for c in grid if c != static]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="llama2-7b,llama3-8b,smollm2-135m")
+    ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--budget-s", type=float, default=420)
+    ap.add_argument("--dry", action="store_true", help="CPU interpreter, tiny shapes: logic only")
+    args = ap.parse_args()
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.dry:
+        dev, device_name, triton_version = "cpu", "cpu-dry", "interpreter"
+        shapes, ms = [(48, 128), (64, 192)], [1, 40]
+    else:
+        import triton
+
+        dev, device_name, triton_version = "cuda", torch.cuda.get_device_name(), triton.__version__
+        torch.backends.cuda.matmul.allow_tf32 = False  # the reference's fp32 matmul stays exact
+        shapes = list(dict.fromkeys(nk for mdl in args.models.split(",")
+                                    for nk in MODELS[mdl].values()))
+        ms = [int(v) for v in args.ms.split(",")]
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    table = {"kernel": KERNEL, "device": device_name, "triton": triton_version,
+             "torch": torch.__version__, "command": command, "entries": []}
+    table_path = out / tuned.table_name(KERNEL, device_name)
+    log = open(out / "tune_triton_gemm.jsonl", "a")
+    g = torch.Generator().manual_seed(0)
+    stopped = False
+    for n, k in shapes:
+        qw = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+        sw, zw = torch.rand(n, generator=g) / 16 + 1e-3, torch.randint(0, 16, (n,), generator=g)
+        sqw = qw.sum(-1, dtype=torch.int32)
+        packed = pack_int4_grouped(qw).to(dev)
+        copies = 1 if args.dry else max(2, min(16, math.ceil(3 * L2_BYTES / packed.numel())))
+        weights = [packed.clone() for _ in range(copies)]
+        wvec = [v.to(dev) for v in (sw, zw.float(), sqw)]
+        for m in ms:
+            if time.time() - t0 > args.budget_s:
+                stopped = True
+                break
+            qx = torch.randint(0, 16, (m, k), generator=g, dtype=torch.int8)
+            sx, zx = torch.rand(m, generator=g) / 16 + 1e-3, torch.randint(0, 16, (m,), generator=g)
+            sqx = qx.sum(-1, dtype=torch.int32)
+            ref = gemm_epilogue_ref(qx.to(dev), sx.to(dev), zx.float().to(dev), sqx.to(dev),
+                                    qw.to(dev), *wvec, None, torch.float32)
+            xin = [v.to(dev) for v in (qx, sx, zx.float(), sqx)]
+            best = None
+            cands = candidates(m, n)[:2] if args.dry else candidates(m, n)
+            for i, cfg in enumerate(cands):
+                row = dict(device=device_name, n=n, k=k, m=m, config=cfg, static=i == 0)
+                try:
+                    poison(dev)
+                    y = w4a4_gemm_triton(*xin, weights[0], *wvec, None, torch.bfloat16, config=cfg)
+                    row["rel_err"] = rel(y.float(), ref)
+                    if not row["rel_err"] < 1e-2:  # NaN (an unwritten tile) fails too
+                        raise RuntimeError(f"wrong result, rel err {row['rel_err']}")
+
+                    def run(cfg=cfg, xin=xin, wvec=wvec, weights=weights):
+                        for w in weights:
+                            w4a4_gemm_triton(*xin, w, *wvec, None, torch.bfloat16, config=cfg)
+
+                    row["ms"] = bench_ms(run, m <= 256, dev) / copies
+                except Exception as e:  # a config that does not compile, launch or match
+                    row["error"] = repr(e)[:300]
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if "ms" in row and (best is None or row["ms"] < best["ms"]):
+                    best = row
+                if i == 0:
+                    static_ms = row.get("ms")
+            if best is None:
+                print(f"n={n} k={k} m={m}: no candidate ran correctly", flush=True)
+                continue
+            table["entries"].append(dict(n=n, k=k, m=m, config=best["config"], ms=best["ms"],
+                                         static_ms=static_ms))
+            print(f"n={n:6d} k={k:6d} m={m:5d}: best {best['ms'] * 1e3:8.1f} us "
+                  f"(static {static_ms * 1e3 if static_ms else float('nan'):8.1f} us) "
+                  f"{best['config']}", flush=True)
+        # Rewrite after every shape: a budget cut keeps the shapes done so far.
+        if table["entries"]:
+            tuned.parse_table(table, str(table_path), KERNEL)  # what the kernel will accept
+            table_path.write_text(json.dumps(table, indent=1) + "\n")
+        if stopped:
+            print("time budget reached: the table holds the shapes done so far", flush=True)
+            break
+    print(f"wrote {table_path} ({len(table['entries'])} entries) in {time.time() - t0:.0f}s")
+    return 0 if table["entries"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
