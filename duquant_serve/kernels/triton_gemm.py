@@ -138,10 +138,10 @@ def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
     Static choice: small M is weight-streaming bound, so narrow N tiles put more programs on
     the SMs; large M uses 128×128 tiles on two warpgroups.
 
-    K tiles are 64 codes above the decode bucket: the packed byte tile is unpacked in registers
-    before the dot, and with 128–256-code K tiles ptxas spilled 624–1448 B per thread on sm_90
-    (tests/kernels/aot_compile.py). These configs spill nothing on sm_90 and sm_89, ≤ 80 B on
-    sm_80. A static choice, not a timed one: benchmarks/gpu_session.py measures it."""
+    Compiled as served (aligned pointers and strides), every bucket's main loop is pipelined
+    with cp.async and spills nothing on sm_80/89/90 (tests/kernels/aot_compile.py,
+    docs/kernels.md). A static choice, not a timed one: benchmarks/gpu_session.py measures it,
+    and benchmarks/kernels/tune_triton_gemm.py replaces it per GPU and shape."""
     if device is not None and k is not None:
         cfg = tuned.lookup("triton_gemm", device, n, k, m)
         if cfg is not None:

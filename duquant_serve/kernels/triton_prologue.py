@@ -12,7 +12,7 @@ Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
   phase 1  for each chunk of blocks: x / smooth times R1 on the tensor cores, treating (token,
            block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b], computed NS output columns at a
            time, each as a loop over K slices of KC (so only [rows, KC] and [KC, NS] operands
-           are live: no spills, 8–16 KB of shared memory) — then *scatter* the result through
+           are live: ≤ 40 B of spill, 8–32 KB of shared memory) — then *scatter* the result through
            inv_perm into the program's own fp32 scratch rows. The scratch is sized by the
            number of programs, not by M (one program per SM at K = 14336: 132·4·14336·4 B =
            30 MB, inside H100's 50 MB L2).
@@ -26,9 +26,8 @@ Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
   for one 4-byte store to L2-resident scratch (phase 3 loads the same bytes either way), at the
   cost of a [ROWS, b] accumulator. Which is faster depends on whether the prologue is bound by
   tensor cores or by L2 and was not measured: the GPU session times both
-  (benchmarks/gpu_session.py). Spills on sm_90 (ptxas, per thread): "recompute" none;
-  "reload" none in tf32, up to 48 B in tf32x3 under Triton 3.9 and up to 336 B under Triton
-  3.6, the lent GPUs' (docs/kernels.md).
+  (benchmarks/gpu_session.py). Spills (ptxas, per thread, sm_80/89/90, Triton 3.9 and 3.6):
+  at most 40 B in any variant (docs/kernels.md).
 R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each on CPU):
   "tf32x3"  three TF32 passes ≈ fp32: ~1e-6 of codes differ from the reference (by 1)
   "tf32"    one pass, 3× cheaper: 5e-4 .. 2.5e-3 of codes differ, always by 1. Such a code sits
@@ -351,14 +350,12 @@ def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
     """(BLOCK_M, CHUNK, num_warps). Decode (≤ 16 tokens): one token per program, so M tokens
     spread over M programs, its blocks as the dot rows (16..64). Otherwise 4 tokens × 16 blocks
     = 64 dot rows, a warpgroup's wgmma M tile on sm_90 (Triton uses mma.sync below 64 rows).
-    Static facts of these configs (Triton AOT + ptxas, tests/kernels/aot_compile.py): 8–16 KB
-    of shared memory on sm_80/89/90; no spills on sm_90, 8–40 B in the 64-row tf32x3 configs
-    on sm_80/89."""
+    Static facts of these configs (Triton AOT + ptxas, tests/kernels/aot_compile.py): 8–32 KB
+    of shared memory on sm_80/89/90, at most 40 B of spill per thread."""
     nblk = c // b
     if m <= 16:
         return 1, max(16, min(64, triton.next_power_of_2(nblk))), 4
-    # 8 warps (two warpgroups of m64n32 wgmma) halve each thread's share of the [64, NS] tiles:
-    # on sm_90 the tf32 configs use 161–182 registers instead of 223–255 with spills.
+    # 8 warps (two warpgroups of m64n32 wgmma) halve each thread's share of the [64, NS] tiles.
     return 4, 16, 8
 
 

@@ -17,14 +17,12 @@ pytest.importorskip("triton")
 SCRIPT = Path(__file__).with_name("aot_compile.py")
 ROOT = Path(__file__).resolve().parents[2]
 SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024, 89: 99 * 1024}
-# Prologue spills per thread: ≤ 40 B seen (sm_80/89) after the K-sliced dots; the version that
-# held whole [rows, b] operands spilled up to 2.9 KB on sm_90, 14 KB on sm_89 (docs/kernels.md).
+# Compiled as a serving launch is (aligned pointers, strides and N/K/C multiples of 16:
+# aot_compile.runtime_attrs), no GEMM config spills and no prologue variant spills more than
+# 40 B per thread on sm_80/89/90 under Triton 3.9 or 3.6. (Compiled without those attributes,
+# the numbers this file used to bound, the GEMM went unpipelined and spilled up to 3.6 KB.)
 PROLOGUE_STACK_LIMIT = 64
-# The prologue's opt-in "reload" phase 3 holds a [rows, b] accumulator: no spills in tf32,
-# up to 336 B per thread in tf32x3 under Triton 3.6 (docs/kernels.md). Recorded, loosely bounded.
-RELOAD_STACK_LIMIT = 512
-# GEMM: ≤ 80 B on sm_80 with 64-code K tiles; 128–256-code tiles spilled up to 1.5 KB.
-GEMM_STACK_LIMIT = 128
+GEMM_STACK_LIMIT = 0
 
 
 def compile_report(arch: int, first_on_path: Path | None = None) -> str:
@@ -49,6 +47,8 @@ def check_report(report: str, arch: int) -> None:
             assert any(".s32.s8.s8" in op for op in r["mma"]), r
             if arch == 90 and r["kernel"] != "gemm M=1":
                 assert any(op.startswith("wgmma") for op in r["mma"]), r
+            # Software-pipelined main loop: its loads are cp.async copies into shared memory.
+            assert r["async_copies"] > 0, r
             if "stack_bytes" in r:
                 assert r["stack_bytes"] <= GEMM_STACK_LIMIT, r
         elif r["kernel"].startswith("prologue"):
@@ -59,8 +59,7 @@ def check_report(report: str, arch: int) -> None:
             else:  # the R1/R2 dots on tensor cores, in the kernel's operand precision
                 kind = ".f32.f16.f16" if " fp16 " in r["kernel"] else "tf32"
                 assert any(kind in op for op in r["mma"]), r
-            limit = RELOAD_STACK_LIMIT if r["kernel"].endswith("reload") else PROLOGUE_STACK_LIMIT
-            assert r.get("stack_bytes", 0) <= limit, r
+            assert r.get("stack_bytes", 0) <= PROLOGUE_STACK_LIMIT, r
 
 
 def test_triton_kernels_compile_for_sm90():
