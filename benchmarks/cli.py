@@ -17,6 +17,7 @@ SUITES = {
     "serve-ppl": ("serve_ppl.py", "perplexity through `duquant serve` vs `duquant eval`"),
     "serve-lm-eval": ("serve/lm_eval_server.py", "lm-eval loglikelihoods through the server: 16-bit vs W4A4"),
     "quantize": ("quantize/bench_quantize.py", "offline quantization time per device; CPU vs GPU agreement"),
+    "tune-gemm": ("kernels/tune_triton_gemm.py", "Triton GEMM tile tuning on this GPU -> its config table"),
     "accuracy": ("accuracy/run_smollm2_ppl.sh", "SmolLM2 WikiText-2 perplexity, every method"),
 }
 
