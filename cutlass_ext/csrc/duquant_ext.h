@@ -40,6 +40,10 @@ int duquant_w4a4_gemm_sm90(const duquant_w4a4_args* args, void* workspace,
 // even k, widened to int8 in registers (w4a4_sm90_packed.cu). k % 32 == 0, n % 8 == 0.
 int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args* args, void* workspace,
                                   size_t workspace_bytes, cudaStream_t stream);
+// Workspace (bytes) the two fused kernels need for these arguments (pointers unused): the
+// stream-K decode tiles reduce partial accumulators there. Allocate it per call.
+int duquant_w4a4_gemm_sm90_workspace(const duquant_w4a4_args* args, size_t* bytes);
+int duquant_w4a4_gemm_sm90_packed_workspace(const duquant_w4a4_args* args, size_t* bytes);
 // sm_90a: D[M,N] (int32) = A[M,K] (int8 codes) · B[N,K]ᵀ (int8 codes).
 int duquant_gemm_s8s8s32_sm90(const int8_t* a, const int8_t* b, int32_t* d, int m, int n, int k,
                               void* workspace, size_t workspace_bytes, cudaStream_t stream);

@@ -27,6 +27,12 @@ extern "C" int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args*, void*, si
                                              cudaStream_t) {
   return DUQUANT_ERR_ARCH;
 }
+extern "C" int duquant_w4a4_gemm_sm90_workspace(const duquant_w4a4_args*, size_t*) {
+  return DUQUANT_ERR_ARCH;
+}
+extern "C" int duquant_w4a4_gemm_sm90_packed_workspace(const duquant_w4a4_args*, size_t*) {
+  return DUQUANT_ERR_ARCH;
+}
 #endif
 
 #ifndef DUQUANT_BUILT_SM80

@@ -14,15 +14,16 @@ using namespace duquant_sm90;
 
 struct Dispatch {
   template <class ElementD>
-  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
+  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s, size_t* need) {
     using namespace cutlass::gemm;
     using C1 = Shape<_1, _1, _1>;
     if (p->m <= 64)
       return W4A4Gemm<int8_t, Shape<_64, _128, _128>, C1, KernelTmaWarpSpecialized,
-                      cutlass::epilogue::TmaWarpSpecialized, ElementD, false>::run(p, ws, wsb, s);
+                      cutlass::epilogue::TmaWarpSpecialized, ElementD, false>::run(p, ws, wsb, s,
+                                                                                   need);
     return W4A4Gemm<int8_t, Shape<_128, _256, _128>, C1, KernelTmaWarpSpecializedCooperative,
                     cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
-                    false>::run(p, ws, wsb, s);
+                    false>::run(p, ws, wsb, s, need);
   }
 };
 
@@ -31,4 +32,9 @@ struct Dispatch {
 extern "C" int duquant_w4a4_gemm_sm90(const duquant_w4a4_args* p, void* workspace,
                                       size_t workspace_bytes, cudaStream_t stream) {
   return w4a4_entry<Dispatch>(p, 16, workspace, workspace_bytes, stream);
+}
+
+extern "C" int duquant_w4a4_gemm_sm90_workspace(const duquant_w4a4_args* p, size_t* bytes) {
+  if (bytes == nullptr) return DUQUANT_ERR_SHAPE;
+  return w4a4_entry<Dispatch>(p, 16, nullptr, 0, nullptr, bytes);
 }

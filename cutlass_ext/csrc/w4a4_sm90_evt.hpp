@@ -102,20 +102,34 @@ using Sm90Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
         sizeof(typename CollectiveEpilogue::SharedStorage))>,
     KernelSchedule>::CollectiveOp;
 
-template <class Mainloop, class Epilogue>
+// TileScheduler: void (one CTA per output tile) or cutlass::gemm::StreamKScheduler, which
+// splits the K loop of too few output tiles over every SM (cooperative kernels only).
+template <class Mainloop, class Epilogue, class TileScheduler = void>
 using Sm90Gemm = cutlass::gemm::device::GemmUniversalAdapter<
-    cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>>;
+    cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                         TileScheduler>>;
+
+// SMs of the current device, queried once per device: stream-K splits work by it.
+inline int sm_count() {
+  static int counts[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (counts[dev] == 0)
+    counts[dev] = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(dev);
+  return counts[dev];
+}
 
 // The epilogue's own arguments (its fusion tree's, or {alpha, beta}) inside Gemm::Arguments.
 template <class Gemm>
 using EpilogueThreadArgs = decltype(std::declval<typename Gemm::Arguments>().epilogue.thread);
 
 // Runs one GEMM of `rows × cols × k` (packed strides) and maps CUTLASS's status to the C ABI's
-// error codes: a shape it cannot implement or a short workspace is refused, never run.
+// error codes: a shape it cannot implement or a short workspace is refused, never run. With
+// `need` set it runs nothing and stores the workspace the launch would need there.
 template <class Gemm, class A, class B, class D>
 int run_gemm(int rows, int cols, int k, const A* a, const B* b, D* d,
              EpilogueThreadArgs<Gemm> const& epi, void* workspace, size_t workspace_bytes,
-             cudaStream_t stream) {
+             cudaStream_t stream, size_t* need = nullptr) {
   using Kernel = typename Gemm::GemmKernel;
   auto sa = cutlass::make_cute_packed_stride(typename Kernel::StrideA{}, make_shape(rows, k, 1));
   auto sb = cutlass::make_cute_packed_stride(typename Kernel::StrideB{}, make_shape(cols, k, 1));
@@ -127,8 +141,13 @@ int run_gemm(int rows, int cols, int k, const A* a, const B* b, D* d,
                                 {rows, cols, k, 1},
                                 {a, sa, b, sb},
                                 {epi, nullptr, sc, d, sd}};
+  args.hw_info.sm_count = sm_count();
   Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return DUQUANT_ERR_SHAPE;
+  if (need != nullptr) {
+    *need = Gemm::get_workspace_size(args);
+    return DUQUANT_OK;
+  }
   if (Gemm::get_workspace_size(args) > workspace_bytes) return DUQUANT_ERR_WORKSPACE;
   if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess)
     return DUQUANT_ERR_INIT;
@@ -139,7 +158,7 @@ int run_gemm(int rows, int cols, int k, const A* a, const B* b, D* d,
 // ElementW: the weight operand's element (int8_t, or cutlass::int4b_t read packed two per byte
 // and widened to int8 in registers by the mixed-input mainloop). Activation codes are int8.
 template <class ElementW, class Tile, class Cluster, class KernelSchedule, class EpiSchedule,
-          class ElementD, bool kSwapAB>
+          class ElementD, bool kSwapAB, class TileScheduler = void>
 struct W4A4Gemm {
   using Epi = W4A4Evt<Tile, ElementD, kSwapAB>;
   // Unswapped: A = activations [M, K], B = weights [N, K]. Swapped: A = weights, B =
@@ -156,32 +175,35 @@ struct W4A4Gemm {
       ElementD, LayoutD, kAlignD, EpiSchedule, typename Epi::Op>::CollectiveOp;
   using Gemm = Sm90Gemm<Sm90Mainloop<ElementA, ElementB, Tile, Cluster, KernelSchedule,
                                      CollectiveEpilogue>,
-                        CollectiveEpilogue>;
+                        CollectiveEpilogue, TileScheduler>;
 
   static int run(const duquant_w4a4_args* p, void* workspace, size_t workspace_bytes,
-                 cudaStream_t stream) {
+                 cudaStream_t stream, size_t* need) {
     const void* a = kSwapAB ? p->b : p->a;
     const void* b = kSwapAB ? p->a : p->b;
     return run_gemm<Gemm>(kSwapAB ? p->n : p->m, kSwapAB ? p->m : p->n, p->k,
                           static_cast<const ElementA*>(a), static_cast<const ElementB*>(b),
                           static_cast<ElementD*>(p->d), Epi::arguments(p), workspace,
-                          workspace_bytes, stream);
+                          workspace_bytes, stream, need);
   }
 };
 
 // The C entry point of a fused kernel: checks what every tile config needs (positive sizes,
 // K % k_multiple for the TMA rows of the weight codes, N % 8), then the output type picks
-// Dispatch::run<bfloat16_t | half_t>, which picks the tile by M.
+// Dispatch::run<bfloat16_t | half_t>, which picks the tile by M. With `need` set, nothing runs:
+// the workspace that launch needs is stored there (the *_workspace entry points).
 template <class Dispatch>
 int w4a4_entry(const duquant_w4a4_args* p, int k_multiple, void* workspace,
-               size_t workspace_bytes, cudaStream_t stream) {
+               size_t workspace_bytes, cudaStream_t stream, size_t* need = nullptr) {
   if (p == nullptr || p->m <= 0 || p->n <= 0 || p->k <= 0) return DUQUANT_ERR_SHAPE;
   if (p->k % k_multiple || p->n % 8) return DUQUANT_ERR_SHAPE;
   switch (p->out_dtype) {
     case DUQUANT_BF16:
-      return Dispatch::template run<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream);
+      return Dispatch::template run<cutlass::bfloat16_t>(p, workspace, workspace_bytes, stream,
+                                                         need);
     case DUQUANT_FP16:
-      return Dispatch::template run<cutlass::half_t>(p, workspace, workspace_bytes, stream);
+      return Dispatch::template run<cutlass::half_t>(p, workspace, workspace_bytes, stream,
+                                                     need);
     default:
       return DUQUANT_ERR_SHAPE;
   }

@@ -20,23 +20,26 @@ namespace {
 using namespace duquant_sm90;
 
 struct Dispatch {
-  // Token tiles by M bucket: decode streams weights with a 16-wide token tile, prefill uses
-  // two consumer warp groups on 128 × 128.
+  // Token tiles by M bucket. Decode (M ≤ 64) streams weights: 128 weight rows per tile leave a
+  // 4096-output layer only 32 tiles for 132 SMs, so the stream-K scheduler splits their K loops
+  // over every SM (partial accumulators reduced in the workspace, then the epilogue once per
+  // tile); stream-K needs the cooperative kernel (two consumer warp groups, 64 rows each).
+  // Prefill uses 128 × 128 cooperative tiles, one CTA per tile.
   template <class ElementD>
-  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s) {
+  static int run(const duquant_w4a4_args* p, void* ws, size_t wsb, cudaStream_t s, size_t* need) {
     using namespace cutlass::gemm;
     using W = cutlass::int4b_t;
     using C1 = Shape<_1, _1, _1>;
-    using WS = cutlass::epilogue::TmaWarpSpecialized;
+    using Coop = KernelTmaWarpSpecializedCooperative;
+    using CoopEpi = cutlass::epilogue::TmaWarpSpecializedCooperative;
     if (p->m <= 16)
-      return W4A4Gemm<W, Shape<_128, _16, _128>, C1, KernelTmaWarpSpecialized, WS, ElementD,
-                      true>::run(p, ws, wsb, s);
+      return W4A4Gemm<W, Shape<_128, _16, _128>, C1, Coop, CoopEpi, ElementD, true,
+                      StreamKScheduler>::run(p, ws, wsb, s, need);
     if (p->m <= 64)
-      return W4A4Gemm<W, Shape<_128, _64, _128>, C1, KernelTmaWarpSpecialized, WS, ElementD,
-                      true>::run(p, ws, wsb, s);
-    return W4A4Gemm<W, Shape<_128, _128, _128>, C1, KernelTmaWarpSpecializedCooperative,
-                    cutlass::epilogue::TmaWarpSpecializedCooperative, ElementD,
-                    true>::run(p, ws, wsb, s);
+      return W4A4Gemm<W, Shape<_128, _64, _128>, C1, Coop, CoopEpi, ElementD, true,
+                      StreamKScheduler>::run(p, ws, wsb, s, need);
+    return W4A4Gemm<W, Shape<_128, _128, _128>, C1, Coop, CoopEpi, ElementD, true>::run(
+        p, ws, wsb, s, need);
   }
 };
 
@@ -45,4 +48,10 @@ struct Dispatch {
 extern "C" int duquant_w4a4_gemm_sm90_packed(const duquant_w4a4_args* p, void* workspace,
                                              size_t workspace_bytes, cudaStream_t stream) {
   return w4a4_entry<Dispatch>(p, 32, workspace, workspace_bytes, stream);
+}
+
+extern "C" int duquant_w4a4_gemm_sm90_packed_workspace(const duquant_w4a4_args* p,
+                                                       size_t* bytes) {
+  if (bytes == nullptr) return DUQUANT_ERR_SHAPE;
+  return w4a4_entry<Dispatch>(p, 32, nullptr, 0, nullptr, bytes);
 }

@@ -60,6 +60,10 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
             for fused in (lib.duquant_w4a4_gemm_sm90, lib.duquant_w4a4_gemm_sm90_packed):
                 fused.argtypes = [ctypes.POINTER(W4A4Args), vp, ctypes.c_size_t, vp]
                 fused.restype = i
+            for query in (lib.duquant_w4a4_gemm_sm90_workspace,
+                          lib.duquant_w4a4_gemm_sm90_packed_workspace):
+                query.argtypes = [ctypes.POINTER(W4A4Args), ctypes.POINTER(ctypes.c_size_t)]
+                query.restype = i
         except AttributeError as e:
             tried.append(f"{p} (stale build: {e}; rebuild with cutlass_ext/build.sh)")
             continue
@@ -80,15 +84,22 @@ def built_archs() -> set[str]:
     return {a for bit, a in ((1, "sm80"), (2, "sm90a")) if bits & bit}
 
 
-_WORKSPACE: dict[torch.device, torch.Tensor] = {}
-
-
-def _workspace(dev: torch.device) -> torch.Tensor:
-    # The tile schedulers used need no workspace today; 1 MiB covers a future split-K without
-    # an allocation per call (the library refuses, rather than overruns, if it is too small).
-    if dev not in _WORKSPACE:
-        _WORKSPACE[dev] = torch.empty(1 << 20, dtype=torch.uint8, device=dev)
-    return _WORKSPACE[dev]
+@functools.lru_cache(maxsize=4096)
+def _fused_workspace_bytes(packed: bool, m: int, n: int, k: int, out_dtype: int,
+                           device_index: int | None) -> int:
+    """Workspace the fused kernel's tile config for this problem needs (0 unless stream-K),
+    asked of the library once per shape and device (its SM count enters the split)."""
+    lib, err = _load()
+    if lib is None:
+        raise RuntimeError(err)
+    query = (lib.duquant_w4a4_gemm_sm90_packed_workspace if packed
+             else lib.duquant_w4a4_gemm_sm90_workspace)
+    args = W4A4Args(*([None] * 10), m, n, k, out_dtype)
+    size = ctypes.c_size_t(0)
+    with torch.cuda.device(device_index):
+        _check(query(ctypes.byref(args), ctypes.byref(size)),
+               f"{query.__name__}(M={m}, N={n}, K={k})")
+    return size.value
 
 
 def _check(rc: int, what: str) -> None:
@@ -110,10 +121,10 @@ def gemm_s8_sm90_cuda(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     d = torch.empty((m, n), dtype=torch.int32, device=a.device)
     if m == 0:
         return d
-    ws = _workspace(a.device)
     stream = torch.cuda.current_stream(a.device).cuda_stream
+    # Its tile schedulers need no workspace (the library refuses, never overruns, if one did).
     rc = lib.duquant_gemm_s8s8s32_sm90(a.data_ptr(), b.data_ptr(), d.data_ptr(), m, n, k,
-                                       ws.data_ptr(), ws.numel(), stream)
+                                       None, 0, stream)
     _check(rc, f"duquant_gemm_s8s8s32_sm90(M={m}, N={n}, K={k})")
     return d
 
@@ -173,9 +184,13 @@ def w4a4_gemm_sm90_cuda(
                     sqx.data_ptr(), uu.data_ptr(), vv.data_ptr(), ww.data_ptr(),
                     bias.data_ptr() if bias is not None else None, m, n, k,
                     _OUT_DTYPES[out_dtype])
-    ws = _workspace(codes.device)
-    stream = torch.cuda.current_stream(codes.device).cuda_stream
     fn = lib.duquant_w4a4_gemm_sm90_packed if packed else lib.duquant_w4a4_gemm_sm90
-    rc = fn(ctypes.byref(args), ws.data_ptr(), ws.numel(), stream)
+    # Per call, like the prologue's scratch: the caching allocator makes it a lookup, a CUDA
+    # graph takes it from its own pool, and concurrent streams never share one (the stream-K
+    # decode tiles keep partial sums and arrival flags there).
+    need = _fused_workspace_bytes(packed, m, n, k, _OUT_DTYPES[out_dtype], codes.device.index)
+    ws = torch.empty(max(need, 1), dtype=torch.uint8, device=codes.device)
+    stream = torch.cuda.current_stream(codes.device).cuda_stream
+    rc = fn(ctypes.byref(args), ws.data_ptr(), need, stream)
     _check(rc, f"{fn.__name__}(M={m}, N={n}, K={k})")
     return out

@@ -54,8 +54,34 @@ def test_build_sm80_sm90a_and_load(tmp_path):
     lib = ctypes.CDLL(str(so))
     assert lib.duquant_built_archs() == 3
     for sym in ("duquant_gemm_s8s8s32_sm90", "duquant_w4a4_gemm_sm90",
-                "duquant_w4a4_gemm_sm90_packed", "duquant_gemm_u4u4s32_sm80"):
+                "duquant_w4a4_gemm_sm90_packed", "duquant_gemm_u4u4s32_sm80",
+                "duquant_w4a4_gemm_sm90_workspace", "duquant_w4a4_gemm_sm90_packed_workspace"):
         assert hasattr(lib, sym)
+    _check_workspace_queries(so)
+
+
+def _check_workspace_queries(so: Path) -> None:
+    """The workspace queries answer on the host (no GPU here): refusals for shapes no config
+    implements, 0 bytes for one-CTA-per-tile configs. The stream-K decode tiles' figure needs
+    the device's SM count, so it is only asked for in the GPU session."""
+    code = (
+        "import sys, ctypes; sys.path.insert(0, sys.argv[2]);"
+        "from duquant_serve.kernels import cutlass as c;"
+        "lib = ctypes.CDLL(sys.argv[1]);"
+        "q = lib.duquant_w4a4_gemm_sm90_workspace;"
+        "q.argtypes = [ctypes.POINTER(c.W4A4Args), ctypes.POINTER(ctypes.c_size_t)];"
+        "n = ctypes.c_size_t(7);"
+        "print(q(ctypes.byref(c.W4A4Args(*([None] * 10), 4096, 4096, 4100, 0)), ctypes.byref(n)),"
+        "      q(ctypes.byref(c.W4A4Args(*([None] * 10), 4096, 4096, 4096, 0)), None),"
+        "      q(ctypes.byref(c.W4A4Args(*([None] * 10), 2048, 4096, 4096, 0)), ctypes.byref(n)),"
+        "      n.value)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(so), str(ROOT)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    # K = 4100: not a multiple of 16 → refused; no output pointer → refused; the 128×256
+    # cooperative prefill tile (one CTA per tile) needs none.
+    assert r.stdout.split() == ["1", "1", "0", "0"], r.stdout
 
 
 def _check_sm90_sass(build: Path) -> None:
