@@ -125,4 +125,4 @@ def lookup(kernel: str, device: str, n: int, k: int, m: int) -> dict[str, int] |
     if hit is None:
         return None
     ms, cfgs = hit
-    return cfgs[min(bisect.bisect_left(ms, m), len(ms) - 1)]
+    return dict(cfgs[min(bisect.bisect_left(ms, m), len(ms) - 1)])  # a copy: the cache's stays
