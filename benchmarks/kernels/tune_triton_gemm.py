@@ -2,7 +2,7 @@
 reads (`duquant_serve/kernels/tuned.py`).
 
     python benchmarks/kernels/tune_triton_gemm.py [--models llama2-7b,llama3-8b,smollm2-135m]
-        [--ms 1,16,64,256,1024,4096] [--out DIR] [--budget-s 420]
+        [--shapes NxK,...] [--ms 1,16,64,256,1024,4096] [--out DIR] [--budget-s 420]
     python benchmarks/kernels/tune_triton_gemm.py --dry --out DIR   (CPU, TRITON_INTERPRET=1)
 
 For every linear shape and token count: each candidate config of that M's bucket (the static
@@ -80,9 +80,23 @@ def candidates(m: int, n: int) -> list[dict[str, int]]:
     return [static] + [c for c in grid if c != static]
 
 
+def parse_shape(text: str) -> tuple[int, int]:
+    """"NxK" → (N, K), refused unless the Triton GEMM can run it (K % 64 == 0)."""
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--shapes: {text!r} is not NxK (e.g. 2048x4096)") from None
+    if n <= 0 or k <= 0 or k % 64:
+        raise SystemExit(f"--shapes: {text!r} needs N > 0 and K a positive multiple of 64")
+    return n, k
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="llama2-7b,llama3-8b,smollm2-135m")
+    ap.add_argument("--shapes", help="NxK,... instead of --models' linears: other models, or "
+                                     "one tensor-parallel rank's shard (N/TP for qkv and "
+                                     "gate_up, K/TP for o and down)")
     ap.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)))
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--budget-s", type=float, default=420)
@@ -102,6 +116,8 @@ def main() -> int:
         shapes = list(dict.fromkeys(nk for mdl in args.models.split(",")
                                     for nk in MODELS[mdl].values()))
         ms = [int(v) for v in args.ms.split(",")]
+    if args.shapes:
+        shapes = [parse_shape(v) for v in args.shapes.split(",")]
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     table = {"kernel": KERNEL, "device": device_name, "triton": triton_version,
              "torch": torch.__version__, "command": command, "entries": []}

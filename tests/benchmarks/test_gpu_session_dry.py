@@ -115,3 +115,17 @@ def test_gemm_tuner_dry_run_writes_a_table_the_kernel_reads(tmp_path, monkeypatc
         assert tuned.lookup("triton_gemm", "cpu-dry", e["n"], e["k"], e["m"]) == best["config"]
     assert {(e["n"], e["k"], e["m"]) for e in table["entries"]} == {
         (48, 128, 1), (48, 128, 40), (64, 192, 1), (64, 192, 40)}
+
+
+def test_gemm_tuner_takes_explicit_shapes_and_refuses_bad_ones(tmp_path):
+    script = str(ROOT / "benchmarks" / "kernels" / "tune_triton_gemm.py")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, script, "--dry", "--shapes", "32x128", "--out",
+                        str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    table = json.loads((tmp_path / "triton_gemm__cpu_dry.json").read_text())
+    assert {(e["n"], e["k"]) for e in table["entries"]} == {(32, 128)}
+    for bad, why in (("32x100", "multiple of 64"), ("4096", "not NxK")):
+        r = subprocess.run([sys.executable, script, "--dry", "--shapes", bad, "--out",
+                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode != 0 and why in r.stderr, r.stderr[-2000:]
