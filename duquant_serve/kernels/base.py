@@ -105,6 +105,13 @@ class LinearKernel(abc.ABC):
         """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
 
     @classmethod
+    def shape_specific(cls, spec: LayerSpec, device: torch.device) -> bool:
+        """True if this layer's exact (N, K) runs code other shapes do not (a tile config tuned
+        for it): the load-time self-test then builds the layer at full width instead of at
+        most selftest.MAX_N outputs."""
+        return False
+
+    @classmethod
     def prepare(
         cls,
         spec: LayerSpec,

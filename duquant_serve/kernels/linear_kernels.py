@@ -173,6 +173,15 @@ class TritonKernel(LinearKernel):
     name = "triton"
 
     @classmethod
+    def shape_specific(cls, spec: LayerSpec, device: torch.device) -> bool:
+        # A tuned tile table (kernels/tuned.py) for this GPU that holds the layer's shape.
+        from . import triton_gemm, tuned
+
+        name = triton_gemm._device_name(torch.device(device))
+        return name is not None and tuned.lookup(
+            "triton_gemm", name, spec.out_features, spec.in_features, 1) is not None
+
+    @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
         why = _common_gpu_checks(spec) or _triton_missing()
         if why:

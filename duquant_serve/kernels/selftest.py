@@ -28,7 +28,8 @@ from .base import LayerSpec, LinearKernel
 SELFTEST_MS = (1, 37, 300)  # decode, a ragged tile, prefill-sized (the M > 256 paths)
 # Output channels tested: the layer's own K, block and options, but at most this many outputs
 # (a multiple of every kernel's N alignment), so a 57344-wide gate_up costs no more than a
-# small layer to build and check.
+# small layer to build and check — unless the kernel runs shape-specific code for the layer
+# (`LinearKernel.shape_specific`: a tuned tile config), which is then tested at full width.
 MAX_N = 512
 # ‖y − ref‖ / ‖ref‖ above this fails. bf16 output rounding alone is ~3e-3; a broken kernel
 # (wrong layout, missing barrier, bad epilogue) is off by 1e-1 or more.
@@ -65,7 +66,8 @@ def self_test(kernel: type[LinearKernel], spec: LayerSpec) -> tuple[str | None, 
 def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
          ) -> tuple[str | None, float]:
     worst = 0.0
-    spec = dataclasses.replace(spec, out_features=min(spec.out_features, MAX_N))
+    if not kernel.shape_specific(spec, device):
+        spec = dataclasses.replace(spec, out_features=min(spec.out_features, MAX_N))
     g = torch.Generator().manual_seed(0)
     try:
         lin = random_linear(spec.out_features, spec.in_features, spec.block_size,
