@@ -316,6 +316,14 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
 
                         res["prologue_split_ms"] = bench(prol_split, graph) / copies
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
+                    # Which tiles ran: a tuned table's (kernels/tuned.py) or the static choice.
+                    from duquant_serve.kernels import tuned
+                    from duquant_serve.kernels.triton_gemm import _device_name, _gemm_config
+
+                    name = _device_name(q.device)
+                    res["triton_gemm_config"] = _gemm_config(m, n, k, name)
+                    res["triton_gemm_tuned"] = name is not None and \
+                        tuned.lookup("triton_gemm", name, n, k, m) is not None
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
                     # int8 GEMM with int32 out, no epilogue.

@@ -46,6 +46,8 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
                     *(f"{name}_ms" for name in KERNELS)):
             assert x[key] > 0, key
         assert x.get("prologue_split_ms", 0) > 0 or x["M"] > 16, x
+        # The Triton GEMM's tiles are recorded: the static choice here (no table for a CPU).
+        assert x["triton_gemm_tuned"] is False and x["triton_gemm_config"]["BLOCK_K"] >= 64
         # Packed sm_90 weights hold half the bytes of int8 ones (plus the same vectors).
         mem = x["w4a4_weight_bytes"]
         assert mem["cutlass_sm90"] < mem["cutlass_sm90_int8w"]
