@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import bisect
 import functools
+import importlib.metadata
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 SHIPPED_DIR = Path(__file__).with_name("tuned_configs")
 
@@ -86,6 +90,14 @@ def parse_table(data: Any, source: str, kernel: str) -> dict[tuple[int, int], li
     return {nk: sorted(by_m.items()) for nk, by_m in out.items()}
 
 
+def triton_version() -> str | None:
+    """The installed Triton's version, read without importing it (None if not installed)."""
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def search_dirs(extra: str | None = None) -> tuple[Path, ...]:
     """DUQUANT_TUNED_CONFIGS (or `extra`) first, then the shipped tables."""
     extra = os.environ.get("DUQUANT_TUNED_CONFIGS") if extra is None else extra
@@ -107,6 +119,13 @@ def load_table(kernel: str, device: str, dirs: tuple[Path, ...]) -> dict[tuple[i
         if data.get("device") != device:
             raise TunedConfigError(f"{path}: tuned on {data.get('device')!r}, file name says "
                                    f"{device!r}")
+        made, running = data.get("triton"), triton_version()
+        if made and running and str(made).split(".")[:2] != running.split(".")[:2]:
+            # Still used (the load-time self-test checks tuned shapes at full width), but the
+            # timings that chose them came from another compiler.
+            logger.warning("%s was tuned under Triton %s, this process runs %s: its configs "
+                           "are used but may no longer be the fastest; re-tune with "
+                           "`duquant bench tune-gemm`", path, made, running)
         return table
     return {}
 

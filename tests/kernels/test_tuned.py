@@ -127,3 +127,21 @@ def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
     assert used == [odd]
     ref = gemm_epilogue_ref(qx, sx, zx, sqx, qw, sw, zw, sqw, None, torch.float32)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
+
+
+def test_table_from_another_triton_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton="2.1.0")
+    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
+    monkeypatch.setattr(tuned, "triton_version", lambda: "3.6.0")
+    with caplog.at_level("WARNING", logger="duquant_serve.kernels.tuned"):
+        assert lookup("triton_gemm", DEVICE, 64, 128, 1) == cfg()
+    assert "tuned under Triton 2.1.0, this process runs 3.6.0" in caplog.text
+
+
+def test_table_from_the_same_triton_minor_is_quiet(tmp_path, monkeypatch, caplog):
+    write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton="3.6.0")
+    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
+    monkeypatch.setattr(tuned, "triton_version", lambda: "3.6.1")
+    with caplog.at_level("WARNING", logger="duquant_serve.kernels.tuned"):
+        assert lookup("triton_gemm", DEVICE, 64, 128, 1) == cfg()
+    assert "tuned under" not in caplog.text
