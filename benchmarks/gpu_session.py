@@ -202,7 +202,8 @@ def check_selftest(dev: str, paths: list[str], shapes, cap, log) -> list[dict]:
     return rows
 
 
-def bench_fn(fn, graph: bool, dev: str = "cuda") -> float:
+def bench_fn(fn, graph: bool, dev: str = "cuda", rep: int = 100) -> float:
+    """Median ms of fn (do_bench / do_bench_cudagraph over `rep` ms; on CPU, --dry, of 3)."""
     if dev != "cuda":  # --dry: exercises the script's logic; the figure means nothing
         times = []
         for _ in range(3):
@@ -213,12 +214,15 @@ def bench_fn(fn, graph: bool, dev: str = "cuda") -> float:
     import triton.testing as tt
 
     if graph:
-        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
-    return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        return float(tt.do_bench_cudagraph(fn, rep=rep, return_mode="median"))
+    return float(tt.do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
 def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, log,
                 deadline: float) -> list[dict]:
+    from duquant_serve.kernels import tuned
+    from duquant_serve.kernels.triton_gemm import _device_name, _gemm_config
+
     rows = []
     devname = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     g = torch.Generator().manual_seed(7)
@@ -317,13 +321,10 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                         res["prologue_split_ms"] = bench(prol_split, graph) / copies
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # Which tiles ran: a tuned table's (kernels/tuned.py) or the static choice.
-                    from duquant_serve.kernels import tuned
-                    from duquant_serve.kernels.triton_gemm import _device_name, _gemm_config
-
                     name = _device_name(q.device)
                     res["triton_gemm_config"] = _gemm_config(m, n, k, name)
-                    res["triton_gemm_tuned"] = name is not None and \
-                        tuned.lookup("triton_gemm", name, n, k, m) is not None
+                    res["triton_gemm_tuned"] = bool(
+                        name and tuned.counts("triton_gemm", name, n, k))
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
                     # int8 GEMM with int32 out, no epilogue.

@@ -41,16 +41,9 @@ KERNEL = "triton_gemm"
 DEFAULT_MS = [1, 16, 64, 256, 1024, 4096]
 
 
-def bench_ms(fn, graph: bool, dev: str) -> float:
-    """Median ms of fn: gpu_session's timing with shorter runs (~20 candidates per shape and
-    count must fit one device call)."""
-    if dev != "cuda":
-        return bench_fn(fn, graph, dev)
-    import triton.testing as tt
-
-    if graph:
-        return float(tt.do_bench_cudagraph(fn, rep=30, return_mode="median"))
-    return float(tt.do_bench(fn, warmup=10, rep=30, return_mode="median"))
+# gpu_session's timing with shorter runs: ~20 candidates per shape and count must fit one
+# device call.
+BENCH_REP_MS = 30
 
 
 def _cfg(bm: int, bn: int, bk: int, gm: int, warps: int, stages: int) -> dict[str, int]:
@@ -122,7 +115,7 @@ def main() -> int:
     table = {"kernel": KERNEL, "device": device_name, "triton": triton_version,
              "torch": torch.__version__, "command": command, "entries": []}
     table_path = out / tuned.table_name(KERNEL, device_name)
-    log = open(out / "tune_triton_gemm.jsonl", "a")
+    log = (out / "tune_triton_gemm.jsonl").open("a")
     g = torch.Generator().manual_seed(0)
     stopped = False
     for n, k in shapes:
@@ -158,7 +151,7 @@ def main() -> int:
                         for w in weights:
                             w4a4_gemm_triton(*xin, w, *wvec, None, torch.bfloat16, config=cfg)
 
-                    row["ms"] = bench_ms(run, m <= 256, dev) / copies
+                    row["ms"] = bench_fn(run, m <= 256, dev, rep=BENCH_REP_MS) / copies
                 except Exception as e:  # a config that does not compile, launch or match
                     row["error"] = repr(e)[:300]
                 log.write(json.dumps(row) + "\n")

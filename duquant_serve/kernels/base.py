@@ -105,11 +105,12 @@ class LinearKernel(abc.ABC):
         """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
 
     @classmethod
-    def shape_specific(cls, spec: LayerSpec, device: torch.device) -> bool:
-        """True if this layer's exact (N, K) runs code other shapes do not (a tile config tuned
-        for it): the load-time self-test then builds the layer at full width instead of at
-        most selftest.MAX_N outputs."""
-        return False
+    def tuned_counts(cls, spec: LayerSpec, device: torch.device) -> tuple[int, ...]:
+        """Token counts at which this layer's exact (N, K) runs code tuned for it on `device`
+        (one per tuned tile config), or () if none does. The load-time self-test then builds
+        the layer at full width, not at most selftest.MAX_N outputs, and runs these counts
+        too, so every tuned config that will serve is checked."""
+        return ()
 
     @classmethod
     def prepare(

@@ -173,13 +173,14 @@ class TritonKernel(LinearKernel):
     name = "triton"
 
     @classmethod
-    def shape_specific(cls, spec: LayerSpec, device: torch.device) -> bool:
-        # A tuned tile table (kernels/tuned.py) for this GPU that holds the layer's shape.
+    def tuned_counts(cls, spec: LayerSpec, device: torch.device) -> tuple[int, ...]:
+        # The GEMM's tuned tile table (kernels/tuned.py) for this GPU, if it holds the shape.
         from . import triton_gemm, tuned
 
         name = triton_gemm._device_name(torch.device(device))
-        return name is not None and tuned.lookup(
-            "triton_gemm", name, spec.out_features, spec.in_features, 1) is not None
+        if name is None:
+            return ()
+        return tuned.counts("triton_gemm", name, spec.out_features, spec.in_features)
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:

@@ -28,8 +28,9 @@ from .base import LayerSpec, LinearKernel
 SELFTEST_MS = (1, 37, 300)  # decode, a ragged tile, prefill-sized (the M > 256 paths)
 # Output channels tested: the layer's own K, block and options, but at most this many outputs
 # (a multiple of every kernel's N alignment), so a 57344-wide gate_up costs no more than a
-# small layer to build and check — unless the kernel runs shape-specific code for the layer
-# (`LinearKernel.shape_specific`: a tuned tile config), which is then tested at full width.
+# small layer to build and check — unless the kernel runs code tuned for the layer's exact
+# shape (`LinearKernel.tuned_counts`), which is then tested at full width and at each tuned
+# token count.
 MAX_N = 512
 # ‖y − ref‖ / ‖ref‖ above this fails. bf16 output rounding alone is ~3e-3; a broken kernel
 # (wrong layout, missing barrier, bad epilogue) is off by 1e-1 or more.
@@ -66,7 +67,8 @@ def self_test(kernel: type[LinearKernel], spec: LayerSpec) -> tuple[str | None, 
 def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
          ) -> tuple[str | None, float]:
     worst = 0.0
-    if not kernel.shape_specific(spec, device):
+    tuned = kernel.tuned_counts(spec, device)
+    if not tuned:
         spec = dataclasses.replace(spec, out_features=min(spec.out_features, MAX_N))
     g = torch.Generator().manual_seed(0)
     try:
@@ -74,7 +76,7 @@ def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
                             spec.has_smooth, spec.has_bias, g).to(device)
         p = kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero, lin.transform,
                            lin.bias, lin.act_clip_ratio, device=device)
-        for m in SELFTEST_MS:
+        for m in sorted(set(SELFTEST_MS) | set(tuned)):
             x = random_activations(m, spec.in_features, g, spec.act_dtype).to(device)
             y = kernel.apply(p, x).float()
             ref = w4a4_linear_ref(x.float(), lin)

@@ -136,6 +136,13 @@ def _bucketed(kernel: str, device: str, n: int, k: int, extra: str):
     return ([m for m, _ in rows], [c for _, c in rows]) if rows else None
 
 
+def counts(kernel: str, device: str, n: int, k: int) -> tuple[int, ...]:
+    """The token counts (n, k) was tuned at on `device`, ascending; () if it was not. Running
+    at each one runs each of its tuned configs."""
+    hit = _bucketed(kernel, device, n, k, os.environ.get("DUQUANT_TUNED_CONFIGS", ""))
+    return tuple(hit[0]) if hit else ()
+
+
 def lookup(kernel: str, device: str, n: int, k: int, m: int) -> dict[str, int] | None:
     """The tuned config for an [m, k] × [k, n] problem on `device`, or None (no table, or the
     shape is not in it): the config tuned at the smallest tuned count ≥ m, else the largest.

@@ -21,11 +21,8 @@ def test_unknown_suite_lists_the_suites(capsys):
 def test_suite_runs_its_script_with_the_arguments(monkeypatch, tmp_path, capsys):
     # A throwaway suite: the script runs in-process with exactly the arguments after the name,
     # and its exit code comes back.
+    monkeypatch.setattr(cli, "HERE", tmp_path)  # the source tree stays untouched
     monkeypatch.setitem(cli.SUITES, "echo", ("_echo.py", "test"))
-    script = cli.HERE / "_echo.py"
-    script.write_text("import sys\nprint('ARGS', sys.argv[1:])\nsys.exit(3)\n")
-    try:
-        assert cli.main(["echo", "--out", str(tmp_path)]) == 3
-    finally:
-        script.unlink()
+    (tmp_path / "_echo.py").write_text("import sys\nprint('ARGS', sys.argv[1:])\nsys.exit(3)\n")
+    assert cli.main(["echo", "--out", str(tmp_path)]) == 3
     assert f"ARGS ['--out', '{tmp_path}']" in capsys.readouterr().out

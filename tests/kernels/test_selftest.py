@@ -100,39 +100,34 @@ def test_spec_for_absent_hardware_is_not_run():
                                                                            nan_ok=True))
 
 
-def test_wide_layers_are_tested_at_most_max_n_wide(monkeypatch):
-    seen = []
+@pytest.mark.parametrize("tuned,width,ms", [
+    ((), selftest.MAX_N, [1, 37, 300]),  # capped: costs no more than a small layer
+    ((16, 1024), 3000, [1, 16, 37, 300, 1024]),  # tuned code: full width, every tuned count
+])
+def test_self_test_width_and_counts(monkeypatch, tuned, width, ms):
+    seen, run_ms = [], []
     prepare = CpuInt8Kernel.prepare.__func__
+    apply = CpuInt8Kernel.apply.__func__
 
-    def spy(cls, spec, *args, **kw):
+    def spy_prepare(cls, spec, *args, **kw):
         seen.append(spec)
         return prepare(cls, spec, *args, **kw)
 
-    monkeypatch.setattr(CpuInt8Kernel, "prepare", classmethod(spy))
+    def spy_apply(cls, p, x):
+        run_ms.append(x.shape[0])
+        return apply(cls, p, x)
+
+    monkeypatch.setattr(CpuInt8Kernel, "prepare", classmethod(spy_prepare))
+    monkeypatch.setattr(CpuInt8Kernel, "apply", classmethod(spy_apply))
+    monkeypatch.setattr(CpuInt8Kernel, "tuned_counts", classmethod(lambda cls, spec, d: tuned))
     wide = LayerSpec(128, 3000, 64, act_dtype=torch.float32, device_type="cpu")
     assert selftest.self_test(CpuInt8Kernel, wide)[0] is None
-    assert [s.out_features for s in seen] == [selftest.MAX_N]
+    assert [s.out_features for s in seen] == [width]
     assert seen[0].in_features == 128 and seen[0].block_size == 64
+    assert run_ms == ms
 
 
-def test_shape_specific_layers_are_tested_at_full_width(monkeypatch):
-    # A kernel with code for this exact shape (a tuned tile config) is checked on that code.
-    seen = []
-    prepare = CpuInt8Kernel.prepare.__func__
-
-    def spy(cls, spec, *args, **kw):
-        seen.append(spec)
-        return prepare(cls, spec, *args, **kw)
-
-    monkeypatch.setattr(CpuInt8Kernel, "prepare", classmethod(spy))
-    monkeypatch.setattr(CpuInt8Kernel, "shape_specific",
-                        classmethod(lambda cls, spec, device: spec.out_features == 1000))
-    wide = LayerSpec(128, 1000, 64, act_dtype=torch.float32, device_type="cpu")
-    assert selftest.self_test(CpuInt8Kernel, wide)[0] is None
-    assert [s.out_features for s in seen] == [1000]
-
-
-def test_triton_is_shape_specific_where_a_tuned_table_holds_the_shape(tmp_path, monkeypatch):
+def test_triton_tuned_counts_come_from_the_table_for_the_shape(tmp_path, monkeypatch):
     import json
 
     from duquant_serve.kernels import triton_gemm, tuned
@@ -141,12 +136,12 @@ def test_triton_is_shape_specific_where_a_tuned_table_holds_the_shape(tmp_path, 
     cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
     (tmp_path / tuned.table_name("triton_gemm", "Fake GPU")).write_text(json.dumps(
         {"kernel": "triton_gemm", "device": "Fake GPU",
-         "entries": [dict(n=4096, k=4096, m=16, config=cfg)]}))
+         "entries": [dict(n=4096, k=4096, m=m, config=cfg) for m in (256, 16)]}))
     monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
     spec = LayerSpec(4096, 4096, 128, device_type="cuda")
     other = LayerSpec(4096, 11008, 128, device_type="cuda")
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(triton_gemm, "_device_name", lambda d: "Fake GPU" if d.type == "cuda" else None)
-    assert TritonKernel.shape_specific(spec, cuda)
-    assert not TritonKernel.shape_specific(other, cuda)
-    assert not TritonKernel.shape_specific(spec, torch.device("cpu"))
+    assert TritonKernel.tuned_counts(spec, cuda) == (16, 256)
+    assert TritonKernel.tuned_counts(other, cuda) == ()
+    assert TritonKernel.tuned_counts(spec, torch.device("cpu")) == ()

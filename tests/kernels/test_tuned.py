@@ -42,6 +42,8 @@ def test_lookup_serves_each_count_from_the_next_tuned_one(tmp_path, monkeypatch)
     assert lookup("triton_gemm", DEVICE, 4096, 4096, 17) == b
     assert lookup("triton_gemm", DEVICE, 4096, 4096, 65) == c
     assert lookup("triton_gemm", DEVICE, 4096, 4096, 100_000) == c  # above all: the largest
+    assert tuned.counts("triton_gemm", DEVICE, 4096, 4096) == (16, 64, 1024)
+    assert tuned.counts("triton_gemm", DEVICE, 4096, 11008) == ()
     # A shape, device or kernel the table does not hold: no tuned config.
     assert lookup("triton_gemm", DEVICE, 4096, 11008, 16) is None
     assert lookup("triton_gemm", "Other GPU", 4096, 4096, 16) is None
@@ -129,19 +131,14 @@ def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
 
 
-def test_table_from_another_triton_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
-    write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton="2.1.0")
+@pytest.mark.parametrize("made,running,warns", [
+    ("2.1.0", "3.6.0", True),  # another minor version: used, with a warning to re-tune
+    ("3.6.0", "3.6.1", False),  # the same minor version: quiet
+])
+def test_table_from_another_triton(tmp_path, monkeypatch, caplog, made, running, warns):
+    write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton=made)
     monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
-    monkeypatch.setattr(tuned, "triton_version", lambda: "3.6.0")
+    monkeypatch.setattr(tuned, "triton_version", lambda: running)
     with caplog.at_level("WARNING", logger="duquant_serve.kernels.tuned"):
         assert lookup("triton_gemm", DEVICE, 64, 128, 1) == cfg()
-    assert "tuned under Triton 2.1.0, this process runs 3.6.0" in caplog.text
-
-
-def test_table_from_the_same_triton_minor_is_quiet(tmp_path, monkeypatch, caplog):
-    write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton="3.6.0")
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
-    monkeypatch.setattr(tuned, "triton_version", lambda: "3.6.1")
-    with caplog.at_level("WARNING", logger="duquant_serve.kernels.tuned"):
-        assert lookup("triton_gemm", DEVICE, 64, 128, 1) == cfg()
-    assert "tuned under" not in caplog.text
+    assert (f"tuned under Triton {made}, this process runs {running}" in caplog.text) == warns
