@@ -181,6 +181,63 @@ def check_graph_replay(paths: list[str], cap, log) -> list[dict]:
     return rows
 
 
+def check_split_k(dev: str, log) -> list[dict]:
+    """The Triton GEMM with K split over 2, 3 and SPLIT_K_MAX programs per tile (forced, on
+    the static tiles): right against the reference, and the same bits over many back-to-back
+    launches, eager and replayed from a CUDA graph. The partials are integers, so every
+    correct launch is bit-identical: one whose last program read a partial before it was
+    written, or found a counter not reset, shows up as a differing launch."""
+    from duquant_serve.core.reference import gemm_epilogue_ref
+    from duquant_serve.kernels.layout import pack_int4_grouped
+    from duquant_serve.kernels.triton_gemm import SPLIT_K_MAX, launch_config, w4a4_gemm_triton
+
+    rows = []
+    g = torch.Generator().manual_seed(5)
+    launches = 200 if dev == "cuda" else 2
+    shapes = [(1000, 1472), (4096, 4096)] if dev == "cuda" else [(40, 576)]
+    for n, k in shapes:
+        qw = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
+        wv = [torch.rand(n, generator=g) / 16 + 1e-3, torch.randint(0, 16, (n,), generator=g)
+              .float(), qw.sum(-1, dtype=torch.int32)]
+        packed, wv = pack_int4_grouped(qw).to(dev), [v.to(dev) for v in wv]
+        for m in (1, 7, 64):
+            qx = torch.randint(0, 16, (m, k), generator=g, dtype=torch.int8)
+            xv = [torch.rand(m, generator=g) / 16 + 1e-3,
+                  torch.randint(0, 16, (m,), generator=g).float(), qx.sum(-1, dtype=torch.int32)]
+            qx, xv = qx.to(dev), [v.to(dev) for v in xv]
+            ref = gemm_epilogue_ref(qx, xv[0], xv[1], xv[2], qw.to(dev), *wv, None, torch.float32)
+            for split in (2, 3, SPLIT_K_MAX):
+                cfg = dict(launch_config(m, n, k, qx.device), SPLIT_K=split)
+
+                def gemm(cfg=cfg, qx=qx, xv=xv, packed=packed, wv=wv):
+                    return w4a4_gemm_triton(qx, *xv, packed, *wv, None, torch.bfloat16,
+                                            config=cfg)
+
+                row = dict(check="split_k", M=m, N=n, K=k, split=split, config=cfg,
+                           launches=launches)
+                try:
+                    poison(dev)
+                    first = gemm()
+                    row["rel_err"] = rel(first.float(), ref)
+                    outs = [gemm() for _ in range(launches)]  # back to back, no sync between
+                    row["differing"] = sum(not torch.equal(y, first) for y in outs)
+                    if dev == "cuda":
+                        graph = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(graph):
+                            outs = [gemm() for _ in range(10)]
+                        differing = 0
+                        for _ in range(launches // 10):
+                            poison(dev)
+                            graph.replay()
+                            differing += sum(not torch.equal(y, first) for y in outs)
+                        row["graph_differing"] = differing
+                except Exception as e:  # report, keep going
+                    row["error"] = repr(e)[:300]
+                rows.append(row)
+                log(row)
+    return rows
+
+
 def check_selftest(dev: str, paths: list[str], shapes, cap, log) -> list[dict]:
     """The load-time self-test (kernels/selftest.py) per path and shape, on this device: the
     verdict choose_kernel would act on in a server."""
@@ -221,7 +278,7 @@ def bench_fn(fn, graph: bool, dev: str = "cuda", rep: int = 100) -> float:
 def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, log,
                 deadline: float) -> list[dict]:
     from duquant_serve.kernels import tuned
-    from duquant_serve.kernels.triton_gemm import _device_name, _gemm_config
+    from duquant_serve.kernels.triton_gemm import _device_name, launch_config
 
     rows = []
     devname = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
@@ -322,7 +379,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # Which tiles ran: a tuned table's (kernels/tuned.py) or the static choice.
                     name = _device_name(q.device)
-                    res["triton_gemm_config"] = _gemm_config(m, n, k, name)
+                    res["triton_gemm_config"] = launch_config(m, n, k, q.device)
                     res["triton_gemm_tuned"] = bool(
                         name and tuned.counts("triton_gemm", name, n, k))
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
@@ -457,6 +514,8 @@ def main() -> None:
         shapes, ms = CHECK_SHAPES, CHECK_MS
     corr = check_correctness(dev, paths, ms, shapes, cap, log)
     corr += check_selftest(dev, paths, shapes, cap, log)
+    if "triton" in paths:
+        corr += check_split_k(dev, log)
     if dev == "cuda":  # CUDA graphs need a GPU; --dry skips this check, and says so
         corr += check_graph_replay(paths, cap, log)
     else:
@@ -495,6 +554,11 @@ def main() -> None:
         if r["check"] == "graph":
             print(f"{r['path']:>13} graph replay ({r['decode']} prologue) "
                   f"rel={r.get('rel_err', r.get('error'))}")
+    for r in corr:
+        if r["check"] == "split_k":
+            print(f"       triton split-K={r['split']} M={r['M']:<3} N={r['N']:<5} K={r['K']:<5} "
+                  f"rel={r.get('rel_err', r.get('error'))} differing launches "
+                  f"{r.get('differing')}/{r['launches']} eager, {r.get('graph_differing')} graph")
     print("prologue worst (max|dcode|, frac, count) by kernel, precision, phase 3:", worst)
     if timing:
         print("\n== timing (ms, medians) ==")

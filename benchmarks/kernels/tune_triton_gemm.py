@@ -31,9 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.gpu_session import L2_BYTES, MODELS, bench_fn, poison, rel  # noqa: E402
 from duquant_serve.core.reference import gemm_epilogue_ref  # noqa: E402
-from duquant_serve.kernels import tuned  # noqa: E402
+from duquant_serve.kernels import device_state, tuned  # noqa: E402
 from duquant_serve.kernels.layout import pack_int4_grouped  # noqa: E402
-from duquant_serve.kernels.triton_gemm import _gemm_config, w4a4_gemm_triton  # noqa: E402
+from duquant_serve.kernels.triton_gemm import (  # noqa: E402
+    SPLIT_K_MAX,
+    _gemm_config,
+    _static_split_k,
+    w4a4_gemm_triton,
+)
 
 KERNEL = "triton_gemm"
 # Each tuned count serves the counts down to the previous one (tuned.py): 2..16 use the 16
@@ -46,17 +51,20 @@ DEFAULT_MS = [1, 16, 64, 256, 1024, 4096]
 BENCH_REP_MS = 30
 
 
-def _cfg(bm: int, bn: int, bk: int, gm: int, warps: int, stages: int) -> dict[str, int]:
+def _cfg(bm: int, bn: int, bk: int, gm: int, warps: int, stages: int,
+         split: int = 1) -> dict[str, int]:
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps,
-                num_stages=stages)
+                num_stages=stages, SPLIT_K=split)
 
 
-def candidates(m: int, n: int) -> list[dict[str, int]]:
+def candidates(m: int, n: int, k: int, sms: int | None) -> list[dict[str, int]]:
     """The static choice first, then the alternatives worth timing for this M: narrow or wide
     N tiles and deeper K tiles where weight streaming dominates, bigger tiles and warp counts
-    where the tensor cores do. Compiled as served for sm_90 (Triton 3.6, the lent GPUs'), all
-    of them are cp.async-pipelined and spill nothing; the two tile shapes that spilled 1.3 KB
-    per thread there (128×256 on 4 warps, 256×256) are left out."""
+    where the tensor cores do; and, where a tile grid leaves more than half of the `sms` SMs
+    idle, the same tiles with K split to fill them once or twice. Compiled as served for
+    sm_90 (Triton 3.6, the lent GPUs'), all the tile shapes are cp.async-pipelined and spill
+    nothing; the two that spilled 1.3 KB per thread there (128×256 on 4 warps, 256×256) are
+    left out."""
     if m <= 16:
         grid = [_cfg(16, bn, bk, 1, 4, st) for bn in (16, 32, 64) for bk in (128, 256, 512)
                 for st in (3, 4)]
@@ -69,8 +77,15 @@ def candidates(m: int, n: int) -> list[dict[str, int]]:
     else:
         grid = [_cfg(bm, bn, bk, 8, 8, st) for bm, bn in ((128, 128), (128, 256), (256, 128))
                 for bk in (64, 128) for st in (3, 4)]
-    static = _gemm_config(m, n)
-    return [static] + [c for c in grid if c != static]
+    split = []
+    for c in grid:
+        tiles = -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"])
+        one_wave = _static_split_k(tiles, k, c["BLOCK_K"], sms)
+        if one_wave > 1:
+            split += [dict(c, SPLIT_K=s) for s in (one_wave, 2 * one_wave)
+                      if s <= SPLIT_K_MAX and s * c["BLOCK_K"] <= k]  # no empty runs
+    static = _gemm_config(m, n, k, None, sms)
+    return list({json.dumps(c, sort_keys=True): c for c in [static, *grid, *split]}.values())
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -100,11 +115,13 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.dry:
         dev, device_name, triton_version = "cpu", "cpu-dry", "interpreter"
-        shapes, ms = [(48, 128), (64, 192)], [1, 40]
+        shapes, ms = [(48, 512), (64, 192)], [1, 40]
+        sms = 8  # a pretend GPU small enough that the dry shapes get split-K candidates
     else:
         import triton
 
         dev, device_name, triton_version = "cuda", torch.cuda.get_device_name(), triton.__version__
+        sms = device_state.sm_count(torch.device(dev))
         torch.backends.cuda.matmul.allow_tf32 = False  # the reference's fp32 matmul stays exact
         shapes = list(dict.fromkeys(nk for mdl in args.models.split(",")
                                     for nk in MODELS[mdl].values()))
@@ -137,7 +154,9 @@ def main() -> int:
                                     qw.to(dev), *wvec, None, torch.float32)
             xin = [v.to(dev) for v in (qx, sx, zx.float(), sqx)]
             best = None
-            cands = candidates(m, n)[:2] if args.dry else candidates(m, n)
+            cands = candidates(m, n, k, sms)
+            if args.dry:  # the static choice, another tile shape, and a split one if any
+                cands = cands[:2] + [c for c in cands if c["SPLIT_K"] > 1][:1]
             for i, cfg in enumerate(cands):
                 row = dict(device=device_name, n=n, k=k, m=m, config=cfg, static=i == 0)
                 try:

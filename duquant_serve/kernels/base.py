@@ -23,6 +23,7 @@ import torch
 
 from ..core.reference import QuantizedLinear, tree_sum
 from ..core.transform import InputTransform
+from . import device_state
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,8 @@ def prepare_common(
     if (bias is not None) != spec.has_bias:
         raise ValueError("spec.has_bias disagrees with the bias tensor")
     dev = torch.device(device) if device is not None else qweight.device
+    # The split kernels' counters, made now: inside a CUDA-graph capture they could not be.
+    device_state.create_counters(dev)
     codes = unpack_weight_codes(qweight.cpu(), spec.w_bits)
     perm = transform.perm.long().cpu()
     inv = torch.empty_like(perm)

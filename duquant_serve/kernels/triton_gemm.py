@@ -11,17 +11,48 @@ Weights stay packed 4-bit in memory (the decode win) in the grouped layout of `l
 64-code group, the low nibbles are codes 0..31 and the high nibbles codes 32..63, so each loaded
 byte tile yields two int8 operands for two `tl.dot`s against contiguous activation columns.
 Codes are 0..15, so int8 operands are exact (Triton's int8 dot accumulates in int32).
+
+Where the output tiles are fewer than the SMs (decode at narrow N: tensor-parallel shards,
+small models), K is split over several programs per tile (split-K); the last to arrive sums
+the int32 partials, which is exact, so the result does not depend on the split or the order.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-from duquant_serve.kernels import tuned
+from duquant_serve.kernels import device_state, tuned
+
+
+@triton.jit
+def _epilogue_store(
+    acc, rm, rn, M, N, K,
+    sx_ptr, zx_ptr, sqx_ptr,
+    sw_ptr, zw_ptr, sqw_ptr,
+    bias_ptr, out_ptr, stride_om,
+    HAS_BIAS: tl.constexpr,
+):
+    """out[rm, rn] = sx·sw·(acc − zw·Σqx − zx·(Σqw − K·zw)) + bias for one int32 tile."""
+    m_ok = rm < M
+    n_ok = rn < N
+    sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
+    zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
+    sqx = tl.load(sqx_ptr + rm, mask=m_ok, other=0).to(tl.float32)
+    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
+    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
+    sqw = tl.load(sqw_ptr + rn, mask=n_ok, other=0).to(tl.float32)
+    wcorr = sqw - K * zw  # Σqw − K·zw: folds the K·zx·zw term into the zx term
+    bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
+    y = (sx[:, None] * sw[None, :]) * bracket
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -32,15 +63,22 @@ def _w4a4_gemm_kernel(
     sw_ptr, zw_ptr, sqw_ptr,
     bias_ptr,
     out_ptr, stride_om,
+    ws_ptr, count_ptr,
     M, N, K,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
 ):
     """y = sx·sw·(Σ_k qx·qw − zw·Σqx − zx·(Σqw − K·zw)) + bias on one [BLOCK_M, BLOCK_N] tile,
-    weights read packed (grouped layout). Must match core.reference.gemm_epilogue_ref."""
+    weights read packed (grouped layout). Must match core.reference.gemm_epilogue_ref.
+
+    SPLIT_K > 1: program (tile, s) sums the s-th of SPLIT_K runs of whole K tiles, stores its
+    int32 partial to the workspace and arrives at the tile's counter (GPU-scope acq_rel); the
+    last to arrive adds the others' partials (integers: exact, in any order) to its own, runs
+    the epilogue and resets the counter. Decode grids with few output tiles thus use more SMs."""
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -62,8 +100,15 @@ def _w4a4_gemm_kernel(
     lo_col = (i // 32) * 64 + (i % 32)
     a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
     p_cols = p_ptr + rn.to(tl.int64)[None, :] * stride_pn
+    if SPLIT_K == 1:
+        k_lo = 0
+        k_hi = K
+    else:
+        span = tl.cdiv(K, SPLIT_K * BLOCK_K) * BLOCK_K
+        k_lo = tl.program_id(1) * span
+        k_hi = tl.minimum(K, k_lo + span)  # the last runs may be short, or empty
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         ka = k0 + lo_col
         ka_ok = ka < K  # K % 64 == 0, so a group is either all in or all out
         a_lo = tl.load(a_rows + ka[None, :], mask=m_ok[:, None] & ka_ok[None, :], other=0)
@@ -77,19 +122,30 @@ def _w4a4_gemm_kernel(
         acc = tl.dot(a_lo, w_lo, acc, out_dtype=tl.int32)
         acc = tl.dot(a_hi, w_hi, acc, out_dtype=tl.int32)
 
-    sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
-    zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
-    sqx = tl.load(sqx_ptr + rm, mask=m_ok, other=0).to(tl.float32)
-    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
-    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
-    sqw = tl.load(sqw_ptr + rn, mask=n_ok, other=0).to(tl.float32)
-    wcorr = sqw - K * zw  # Σqw − K·zw: folds the K·zx·zw term into the zx term
-    bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
-    y = (sx[:, None] * sw[None, :]) * bracket
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
-    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    if SPLIT_K == 1:
+        _epilogue_store(acc, rm, rn, M, N, K, sx_ptr, zx_ptr, sqx_ptr, sw_ptr, zw_ptr, sqw_ptr,
+                        bias_ptr, out_ptr, stride_om, HAS_BIAS)
+    else:
+        s = tl.program_id(1)
+        tile_elems: tl.constexpr = BLOCK_M * BLOCK_N
+        tm = tl.arange(0, BLOCK_M)
+        tn = tl.arange(0, BLOCK_N)
+        within = tm[:, None] * BLOCK_N + tn[None, :]
+        ws_tile = ws_ptr + pid.to(tl.int64) * (SPLIT_K * tile_elems)
+        tl.store(ws_tile + s * tile_elems + within, acc)
+        # Every thread's stores happen before the (single-thread) release of the counter.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + pid, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            tl.debug_barrier()
+            tl.store(count_ptr + pid, 0)  # ready for the next launch (a stream runs in order)
+            for o in range(SPLIT_K):
+                if o != s:
+                    # .cg: read at L2, where the other programs' stores are, never a stale L1
+                    # line.
+                    acc += tl.load(ws_tile + o * tile_elems + within, cache_modifier=".cg")
+            _epilogue_store(acc, rm, rn, M, N, K, sx_ptr, zx_ptr, sqx_ptr, sw_ptr, zw_ptr,
+                            sqw_ptr, bias_ptr, out_ptr, stride_om, HAS_BIAS)
 
 
 @triton.jit
@@ -109,34 +165,41 @@ def _epilogue_kernel(
     core.reference.gemm_epilogue_ref given acc = qx·qwᵀ."""
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_ok = rm < M
-    n_ok = rn < N
-    ok = m_ok[:, None] & n_ok[None, :]
+    ok = (rm < M)[:, None] & (rn < N)[None, :]
     acc = tl.load(acc_ptr + rm.to(tl.int64)[:, None] * stride_am + rn[None, :], mask=ok, other=0)
-    sx = tl.load(sx_ptr + rm, mask=m_ok, other=0.0)
-    zx = tl.load(zx_ptr + rm, mask=m_ok, other=0.0)
-    sqx = tl.load(sqx_ptr + rm, mask=m_ok, other=0).to(tl.float32)
-    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
-    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
-    sqw = tl.load(sqw_ptr + rn, mask=n_ok, other=0).to(tl.float32)
-    wcorr = sqw - K * zw
-    bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
-    y = (sx[:, None] * sw[None, :]) * bracket
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
-    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=ok)
+    _epilogue_store(acc, rm, rn, M, N, K, sx_ptr, zx_ptr, sqx_ptr, sw_ptr, zw_ptr, sqw_ptr,
+                    bias_ptr, out_ptr, stride_om, HAS_BIAS)
 
 
-def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
-                 ) -> dict[str, int]:
-    """The tile config for an [m, k] × [k, n] GEMM: the table tuned on this GPU (`tuned.py`,
-    written by benchmarks/kernels/tune_triton_gemm.py) if it has the shape, else a static
-    choice by M bucket. Never autotuned while serving: the same shapes run the same code in
-    tests, benchmarks and serving.
+# Split-K (the kernel's SPLIT_K): at most this many runs of K per tile, each of at least
+# MIN_K_TILES_PER_SPLIT K tiles, and only for grids of at most SPLIT_TILES_MAX output tiles
+# (one arrival counter each, device_state.arrival_counters).
+SPLIT_K_MAX = 8
+MIN_K_TILES_PER_SPLIT = 2
+SPLIT_TILES_MAX = device_state.COUNTER_SLOTS[device_state.SPLIT_K_GEMM]
+
+
+def _static_split_k(tiles: int, k: int, block_k: int, sms: int | None) -> int:
+    """How many runs of K each output tile is split over when the tile grid alone would leave
+    SMs idle: enough programs for one per SM, each still streaming ≥ MIN_K_TILES_PER_SPLIT K
+    tiles. 1 where the grid fills the SMs, off CUDA, or above SPLIT_TILES_MAX tiles."""
+    if sms is None or tiles > SPLIT_TILES_MAX:
+        return 1
+    k_tiles = -(-k // block_k)
+    return max(1, min(sms // tiles, k_tiles // MIN_K_TILES_PER_SPLIT, SPLIT_K_MAX))
+
+
+def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None,
+                 sms: int | None = None) -> dict[str, int]:
+    """The tile config for an [m, k] × [k, n] GEMM on the GPU named `device` with `sms` SMs: the
+    table tuned on this GPU (`tuned.py`, written by benchmarks/kernels/tune_triton_gemm.py) if
+    it has the shape, else a static choice by M bucket. Never autotuned while serving: the
+    same shapes run the same code in tests, benchmarks and serving.
 
     Static choice: small M is weight-streaming bound, so narrow N tiles put more programs on
-    the SMs; large M uses 128×128 tiles on two warpgroups.
+    the SMs, and where the tiles are still fewer than half the SMs, K is split over more
+    programs (`_static_split_k`; needs k and sms); large M uses 128×128 tiles on two
+    warpgroups.
 
     Compiled as served (aligned pointers and strides), every bucket's main loop is pipelined
     with cp.async and spills nothing on sm_80/89/90 (tests/kernels/aot_compile.py,
@@ -147,12 +210,16 @@ def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
         if cfg is not None:
             return cfg
     if m <= 16:
-        return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
-    if m <= 64:
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_warps=4, num_stages=4)
-    if m <= 256:
-        return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+        cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
+    elif m <= 64:
+        cfg = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=64, GROUP_M=4, num_warps=4, num_stages=4)
+    elif m <= 256:
+        cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
+    else:
+        cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    cfg["SPLIT_K"] = 1 if k is None else _static_split_k(tiles, k, cfg["BLOCK_K"], sms)
+    return cfg
 
 
 @functools.cache
@@ -165,6 +232,33 @@ def _device_name(device: torch.device) -> str | None:
     if device.type != "cuda":
         return None
     return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def launch_config(m: int, n: int, k: int, device: torch.device,
+                  config: dict[str, int] | None = None) -> dict[str, int]:
+    """The config a launch of this shape on `device` runs: `config` (SPLIT_K defaulting to 1)
+    or `_gemm_config`'s, unsplit where the grid has more tiles than SPLIT_TILES_MAX — a tuned
+    split config also serves the counts above its own, where splitting is neither possible
+    (one counter per tile) nor needed."""
+    cfg = dict(config or _gemm_config(m, n, k, _device_name(device),
+                                      device_state.sm_count(device)))
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    cfg["SPLIT_K"] = cfg.get("SPLIT_K", 1) if tiles <= SPLIT_TILES_MAX and _split_k_on() else 1
+    return cfg
+
+
+def _split_k_on() -> bool:
+    """DUQUANT_SPLIT_K=0 turns split-K off everywhere (static and tuned configs): an operator's
+    switch should a GPU or driver ever disagree with the counter hand-off."""
+    v = os.environ.get("DUQUANT_SPLIT_K", "1")
+    if v not in ("0", "1"):
+        raise ValueError(f"DUQUANT_SPLIT_K={v!r}: use 1 (split where SMs would idle) or 0 (never)")
+    return v == "1"
+
+
+def split_counters(device: torch.device | str) -> torch.Tensor:
+    """The split-K GEMM's per-tile arrival counters on `device` (created at load by `prepare`)."""
+    return device_state.arrival_counters(device_state.SPLIT_K_GEMM, device)
 
 
 def w4a4_gemm_triton(
@@ -180,7 +274,8 @@ def w4a4_gemm_triton(
     out_dtype: torch.dtype,
     config: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """codes int8 [M, K], qweight_g uint8 [N, K/2] (grouped) → y [M, N] out_dtype."""
+    """codes int8 [M, K], qweight_g uint8 [N, K/2] (grouped) → y [M, N] out_dtype. `config`
+    overrides the tile config (`_gemm_config`'s keys; SPLIT_K defaults to 1)."""
     m, k = codes.shape
     n = qweight_g.shape[0]
     if k % 64 or qweight_g.shape[1] * 2 != k:
@@ -191,13 +286,22 @@ def w4a4_gemm_triton(
     out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
     if m == 0:
         return out
-    cfg = dict(config or _gemm_config(m, n, k, _device_name(codes.device)))
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
-    _w4a4_gemm_kernel[grid](
+    dev = codes.device
+    cfg = launch_config(m, n, k, dev, config)
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    if cfg["SPLIT_K"] > 1:
+        # int32 partials [tiles, SPLIT_K, BLOCK_M, BLOCK_N], per call like all scratch (a CUDA
+        # graph captures it from its own pool; streams do not share it).
+        ws = torch.empty(tiles * cfg["SPLIT_K"] * cfg["BLOCK_M"] * cfg["BLOCK_N"],
+                         dtype=torch.int32, device=dev)
+        count = split_counters(dev)
+    else:
+        ws = count = code_sum  # never read when SPLIT_K == 1
+    _w4a4_gemm_kernel[(tiles, cfg["SPLIT_K"])](
         codes, codes.stride(0), qweight_g, qweight_g.stride(0),
         scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
         bias if bias is not None else weight_scale,  # never read when HAS_BIAS is False
-        out, out.stride(0), m, n, k,
+        out, out.stride(0), ws, count, m, n, k,
         HAS_BIAS=bias is not None, **cfg,
     )
     return out

@@ -51,13 +51,14 @@ quantizing its row (docs/kernels.md; untimed, so not the default).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
+
+from duquant_serve.kernels import device_state
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -359,34 +360,19 @@ def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
     return 4, 16, 8
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 # Scratch is allocated per call: the caching allocator makes that a lookup, a CUDA graph
 # captures it from the graph's own pool, and each stream gets its own block. (A grow-only
 # buffer shared across calls would leave graphs captured before a regrowth pointing at freed
 # memory, and would race between streams.)
 
-# The split decode prologue serves up to SPLIT_MAX_M tokens. Its per-token arrival counters
-# are the one state kept across calls: zero before each launch, and each launch leaves them at
-# zero. They are created by an eager call, never inside a CUDA-graph capture, whose zero-fill
-# would only run at replay.
-SPLIT_MAX_M = 16
-_split_counters: dict[torch.device, torch.Tensor] = {}
+# The split decode prologue serves up to SPLIT_MAX_M tokens, one arrival counter per token
+# (device_state.arrival_counters: the one state kept across calls).
+SPLIT_MAX_M = device_state.COUNTER_SLOTS[device_state.SPLIT_PROLOGUE]
 
 
-def _split_count(device: torch.device) -> torch.Tensor:
-    count = _split_counters.get(device)
-    if count is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(
-                "the split decode prologue's counters must be created outside CUDA-graph "
-                "capture: run one eager forward (vLLM's warm-up does) before capturing")
-        count = torch.zeros(SPLIT_MAX_M, dtype=torch.int32, device=device)
-        _split_counters[device] = count
-    return count
+def split_counters(device: torch.device | str) -> torch.Tensor:
+    """The split decode prologue's per-token arrival counters on `device` (made at load)."""
+    return device_state.arrival_counters(device_state.SPLIT_PROLOGUE, device)
 
 
 def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
@@ -396,7 +382,7 @@ def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
     # fp32 scratch [M, C]; block min/max [M, C/b, 2].
     scratch = torch.empty(m * c, dtype=torch.float32, device=x.device)
     parts = torch.empty(m * nblk * 2, dtype=torch.float32, device=x.device)
-    count = _split_count(x.device)
+    count = split_counters(x.device)
     codes, scale, zero, qsum = out
     _prologue_split_kernel[(m, nblk)](
         x, x.stride(0), smooth if smooth is not None else r1t, r1t, r2t, perm,
@@ -470,7 +456,7 @@ def fused_prologue(
     tiles = triton.cdiv(m, block_m)
     if max_programs is None:
         if x.is_cuda:
-            sms = _sm_count(x.device.index if x.device.index is not None else 0)
+            sms = device_state.sm_count(x.device)
             # At least one program per SM; more only while the scratch stays ~16 MiB (L2 is 50 MB
             # on H100). Wide inputs exceed that at one per SM (docs/kernels.md).
             cap = max(sms, (16 << 20) // (block_m * c * 4))

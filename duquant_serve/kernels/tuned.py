@@ -5,7 +5,7 @@ describes:
 
     {"kernel": "triton_gemm", "device": "NVIDIA H100 80GB HBM3", "triton": "3.6.0",
      "command": "...", "entries": [{"n": 4096, "k": 4096, "m": 16,
-                                    "config": {"BLOCK_M": 16, ..., "num_stages": 4}}, ...]}
+                                    "config": {"BLOCK_M": 16, ..., "SPLIT_K": 2}}, ...]}
 
 Tables ship in `tuned_configs/` beside this file; `DUQUANT_TUNED_CONFIGS=DIR` adds a directory
 searched first (tune your own GPU and point the server at the result). A config tuned at token
@@ -40,6 +40,7 @@ SCHEMAS: dict[str, dict[str, tuple[Any, str]]] = {
         "GROUP_M": (lambda v: v >= 1, ">= 1"),
         "num_warps": (lambda v: v in (1, 2, 4, 8, 16), "one of 1, 2, 4, 8, 16"),
         "num_stages": (lambda v: 1 <= v <= 8, "between 1 and 8"),
+        "SPLIT_K": (lambda v: 1 <= v <= 8, "between 1 and 8"),  # triton_gemm.SPLIT_K_MAX
     },
 }
 

@@ -34,6 +34,10 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
     assert all(x["passed"] for x in checks)
     # The CUDA-graph replay check needs a GPU: the dry run says it skipped it.
     assert any("graph replay check skipped" in x.get("info", "") for x in rows)
+    # The split-K GEMM, forced over several splits: right, and the same bits launch after launch.
+    split_k = [x for x in rows if x.get("check") == "split_k"]
+    assert {x["split"] for x in split_k} == {2, 3, 8}
+    assert all(x["rel_err"] < 1e-2 and x["differing"] == 0 for x in split_k), split_k
     split = [x for x in rows if x.get("decode") == "split"]
     assert {x["M"] for x in split} == {1, 7} and all(x["mismatches"] == 0 for x in split)
     timing = [x for x in rows if "bf16_ms" in x]
@@ -108,6 +112,10 @@ def test_gemm_tuner_dry_run_writes_a_table_the_kernel_reads(tmp_path, monkeypatc
             (tmp_path / "tune_triton_gemm.jsonl").read_text().splitlines()]
     assert rows and all("error" not in x and x["rel_err"] < 1e-2 and x["ms"] > 0 for x in rows)
     assert sum(x["static"] for x in rows) == 4  # the static config is a candidate every time
+    # On the dry run's pretend 8-SM GPU, one decode grid of 48 outputs leaves SMs idle: split-K
+    # candidates are timed there (and only where K has the tiles for it).
+    split = [x for x in rows if x["config"]["SPLIT_K"] > 1]
+    assert split and all((x["n"], x["k"]) == (48, 512) for x in split), split
     table = json.loads((tmp_path / tuned.table_name("triton_gemm", "cpu-dry")).read_text())
     assert "tune_triton_gemm.py --dry" in table["command"]
     monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
@@ -116,7 +124,7 @@ def test_gemm_tuner_dry_run_writes_a_table_the_kernel_reads(tmp_path, monkeypatc
                    key=lambda x: x["ms"])
         assert tuned.lookup("triton_gemm", "cpu-dry", e["n"], e["k"], e["m"]) == best["config"]
     assert {(e["n"], e["k"], e["m"]) for e in table["entries"]} == {
-        (48, 128, 1), (48, 128, 40), (64, 192, 1), (64, 192, 40)}
+        (48, 512, 1), (48, 512, 40), (64, 192, 1), (64, 192, 40)}
 
 
 def test_gemm_tuner_takes_explicit_shapes_and_refuses_bad_ones(tmp_path):

@@ -34,9 +34,9 @@ from duquant_serve.testing import cuda_tools
 GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
             "sx_ptr": "*fp32", "zx_ptr": "*fp32", "sqx_ptr": "*i32", "sw_ptr": "*fp32",
             "zw_ptr": "*fp32", "sqw_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16",
-            "stride_om": "i32", "M": "i32", "N": "i32", "K": "i32", "HAS_BIAS": "constexpr",
-            "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-            "GROUP_M": "constexpr"}
+            "stride_om": "i32", "ws_ptr": "*i32", "count_ptr": "*i32", "M": "i32", "N": "i32",
+            "K": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+            "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "SPLIT_K": "constexpr"}
 EPI_SIG = {"acc_ptr": "*i32", "stride_am": "i32", "sx_ptr": "*fp32", "zx_ptr": "*fp32",
            "sqx_ptr": "*i32", "sw_ptr": "*fp32", "zw_ptr": "*fp32", "sqw_ptr": "*i32",
            "bias_ptr": "*bf16", "out_ptr": "*bf16", "stride_om": "i32", "M": "i32", "N": "i32",
@@ -79,10 +79,15 @@ def _mma_ops(ptx: str) -> list[str]:
 def main(arch: int) -> None:
     target = GPUTarget("cuda", arch, 32)
     jobs = []
-    for m, n in ((1, 4096), (64, 4096), (256, 4096), (4096, 4096)):
-        cfg = dict(_gemm_config(m, n))
+    # The static buckets at full grids, then split-K ones as H100 (132 SMs) would get them at
+    # narrow N (a tensor-parallel shard of qkv; SmolLM2's 576).
+    for m, n, k, sms in ((1, 4096, 4096, None), (64, 4096, 4096, None), (256, 4096, 4096, None),
+                         (4096, 4096, 4096, None), (1, 1536, 4096, 132), (64, 576, 576, 132)):
+        cfg = dict(_gemm_config(m, n, k, None, sms))
         opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
-        jobs.append((f"gemm M={m}", _w4a4_gemm_kernel, GEMM_SIG, {"HAS_BIAS": True, **cfg}, opts))
+        split = f" split={cfg['SPLIT_K']}" if cfg["SPLIT_K"] > 1 else ""
+        jobs.append((f"gemm M={m}{split}", _w4a4_gemm_kernel, GEMM_SIG,
+                     {"HAS_BIAS": True, **cfg}, opts))
     jobs.append(("epilogue", _epilogue_kernel, EPI_SIG,
                  {"HAS_BIAS": True, "BLOCK_M": 32, "BLOCK_N": 128}, {"num_warps": 4}))
     for m, c, b in ((1, 4096, 128), (64, 4096, 128), (2048, 11008, 128), (1, 576, 64),

@@ -133,7 +133,8 @@ def test_triton_tuned_counts_come_from_the_table_for_the_shape(tmp_path, monkeyp
     from duquant_serve.kernels import triton_gemm, tuned
     from duquant_serve.kernels.linear_kernels import TritonKernel
 
-    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4)
+    cfg = dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, GROUP_M=1, num_warps=4, num_stages=4,
+               SPLIT_K=1)
     (tmp_path / tuned.table_name("triton_gemm", "Fake GPU")).write_text(json.dumps(
         {"kernel": "triton_gemm", "device": "Fake GPU",
          "entries": [dict(n=4096, k=4096, m=m, config=cfg) for m in (256, 16)]}))

@@ -7,6 +7,7 @@ import torch
 
 import duquant_serve.kernels.ops  # noqa: F401  (registers torch.ops.duquant.*)
 from duquant_serve.core.reference import gemm_epilogue_ref
+from duquant_serve.kernels import triton_gemm
 from duquant_serve.kernels.layout import pack_int4_grouped, unpack_int4_grouped
 from duquant_serve.kernels.triton_gemm import epilogue_triton, w4a4_gemm_triton
 
@@ -91,3 +92,61 @@ def test_gemm_launcher_configs_match_reference(m):
     y = w4a4_gemm_triton(qx.view(torch.int8), sx, zx, sqx, pack_int4_grouped(qw), sw, zw, sqw,
                          b, torch.float32)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("m,n,k,split,bk", [
+    (1, 40, 576, 3, 128),   # a short last run of K
+    (7, 100, 1472, 4, 64),  # several N tiles, 23 K tiles over 4 runs
+    (33, 72, 192, 2, 64),   # several M tiles
+    (3, 64, 576, 8, 64),    # more runs than K needs: the last three are empty
+])
+def test_split_k_matches_reference(m, n, k, split, bk):
+    # Each output tile's K is summed by `split` programs; the last to arrive adds the others'
+    # int32 partials and runs the epilogue, then leaves the tile's counter at zero.
+    g = torch.Generator().manual_seed(m * 7 + split)
+    qx, qw, sx, zx, sw, zw, b = _operands(m, n, k, True, g)
+    sqx, sqw = qx.sum(-1, dtype=torch.int32), qw.sum(-1, dtype=torch.int32)
+    ref = gemm_epilogue_ref(qx, sx, zx, sqx, qw, sw, zw, sqw, b, torch.float32)
+    cfg = dict(SMALL_CFG, BLOCK_K=bk, SPLIT_K=split)
+    for _ in range(2):  # a second launch starts from the counters the first left
+        y = w4a4_gemm_triton(qx.view(torch.int8), sx, zx, sqx, pack_int4_grouped(qw), sw, zw,
+                             sqw, b, torch.float32, config=cfg)
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    assert int(triton_gemm.split_counters(y.device).abs().sum()) == 0
+
+
+def test_static_split_k_fills_idle_sms():
+    # H100's 132 SMs: 48 decode tiles (a TP-8 shard of LLaMA-2's qkv) → 2 runs of K each;
+    # 128 tiles already fill the SMs; K too short for two runs of 2 tiles stays whole; off CUDA
+    # (no SM count) nothing splits.
+    assert triton_gemm._gemm_config(1, 1536, 4096, None, 132)["SPLIT_K"] == 2
+    assert triton_gemm._gemm_config(1, 4096, 4096, None, 132)["SPLIT_K"] == 1
+    assert triton_gemm._gemm_config(1, 576, 576, None, 132)["SPLIT_K"] == 1
+    assert triton_gemm._gemm_config(1, 1536, 4096, None, None)["SPLIT_K"] == 1
+    assert triton_gemm._static_split_k(1, 1 << 20, 64, 132) == triton_gemm.SPLIT_K_MAX
+    assert triton_gemm._static_split_k(9, 576, 64, 132) == 4  # 9 K tiles: 4 runs of ≥ 2
+
+
+def test_split_k_off_above_the_counters(monkeypatch):
+    # A tuned split config also serves larger counts; once the grid outgrows the counters it
+    # runs unsplit (and still right).
+    monkeypatch.setattr(triton_gemm, "SPLIT_TILES_MAX", 2)
+    monkeypatch.setattr(triton_gemm, "split_counters", lambda d: pytest.fail("split at 3 tiles"))
+    g = torch.Generator().manual_seed(9)
+    qx, qw, sx, zx, sw, zw, b = _operands(33, 40, 192, False, g)
+    sqx, sqw = qx.sum(-1, dtype=torch.int32), qw.sum(-1, dtype=torch.int32)
+    ref = gemm_epilogue_ref(qx, sx, zx, sqx, qw, sw, zw, sqw, None, torch.float32)
+    y = w4a4_gemm_triton(qx.view(torch.int8), sx, zx, sqx, pack_int4_grouped(qw), sw, zw, sqw,
+                         None, torch.float32, config=dict(SMALL_CFG, BLOCK_N=64, SPLIT_K=2))
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_split_k_switch(monkeypatch):
+    # DUQUANT_SPLIT_K=0 unsplits tuned and forced configs too; a value other than 0/1 is refused.
+    cfg = dict(SMALL_CFG, SPLIT_K=4)
+    assert triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)["SPLIT_K"] == 4
+    monkeypatch.setenv("DUQUANT_SPLIT_K", "0")
+    assert triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)["SPLIT_K"] == 1
+    monkeypatch.setenv("DUQUANT_SPLIT_K", "off")
+    with pytest.raises(ValueError, match="DUQUANT_SPLIT_K='off'"):
+        triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)

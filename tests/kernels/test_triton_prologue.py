@@ -135,7 +135,7 @@ def test_split_decode_prologue_matches_reference(m, k, b, smooth):
     for a, r in zip(_compare(x, t, 0.9, decode="split"), out, strict=True):
         assert torch.equal(a, r)
     # Each launch leaves its per-token arrival counters at zero for the next one.
-    count = triton_prologue._split_counters[x.device]
+    count = triton_prologue.split_counters(x.device)
     assert count.shape == (SPLIT_MAX_M,) and int(count.abs().sum()) == 0
 
 

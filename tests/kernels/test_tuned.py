@@ -15,9 +15,9 @@ from duquant_serve.kernels.tuned import TunedConfigError, lookup, parse_table, t
 DEVICE = "NVIDIA Test GPU 80GB"
 
 
-def cfg(bm=16, bn=32, bk=256, gm=1, warps=4, stages=4):
+def cfg(bm=16, bn=32, bk=256, gm=1, warps=4, stages=4, split=1):
     return dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=gm, num_warps=warps,
-                num_stages=stages)
+                num_stages=stages, SPLIT_K=split)
 
 
 def write_table(d, entries, device=DEVICE, **over):
@@ -61,6 +61,9 @@ def test_lookup_serves_each_count_from_the_next_tuned_one(tmp_path, monkeypatch)
     (lambda t: t["entries"][0]["config"].update(BLOCK_N=48), "BLOCK_N=48"),
     (lambda t: t["entries"][0]["config"].update(num_warps=3), "num_warps=3"),
     (lambda t: t["entries"][0]["config"].update(num_stages=True), "num_stages=True"),
+    (lambda t: t["entries"][0]["config"].update(SPLIT_K=0), "SPLIT_K=0 is not between 1 and 8"),
+    (lambda t: t["entries"][0]["config"].update(
+        SPLIT_K=triton_gemm.SPLIT_K_MAX + 1), "SPLIT_K=9"),
     (lambda t: t["entries"].append(dict(t["entries"][0])), "second entry"),
     (lambda t: t.update(device="NVIDIA A100"), "tuned on 'NVIDIA A100'"),
 ])
@@ -106,11 +109,12 @@ def test_shipped_tables_parse():
 
 
 def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
-    # A config the static choice never makes (16×16 tiles, 128-code K tiles) serves M = 5 on
-    # the fake device: _gemm_config returns it, and the kernel computes the right answer with it.
+    # A config the static choice never makes (16×16 tiles, 128-code K tiles, K split in two)
+    # serves M = 5 on the fake device: _gemm_config returns it, and the kernel computes the
+    # right answer with it.
     g = torch.Generator().manual_seed(3)
-    n, k, m = 40, 192, 5
-    odd = cfg(16, 16, 128, 1, 4, 2)
+    n, k, m = 40, 384, 5
+    odd = cfg(16, 16, 128, 1, 4, 2, split=2)
     write_table(tmp_path, [dict(n=n, k=k, m=16, config=odd)])
     monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
     assert triton_gemm._gemm_config(m, n, k, DEVICE) == odd
