@@ -357,7 +357,13 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                         torch.bfloat16)
 
                     res["prologue_ms"] = bench(prol, graph) / copies
-                    from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
+                    from duquant_serve.kernels import device_state
+                    from duquant_serve.kernels.triton_prologue import (
+                        SPLIT_MAX_M,
+                        TOKEN_TILES,
+                        fused_prologue,
+                    )
+                    from duquant_serve.kernels.triton_prologue import _config as _prologue_config
 
                     # tf32x3 only where it is the default (≤ 256 tokens); fp16 beside tf32
                     # everywhere: same code error in emulation, twice the tensor-core rate.
@@ -376,6 +382,18 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                                                4, 0.95, perm=pt[i].perm, decode="split")
 
                         res["prologue_split_ms"] = bench(prol_split, graph) / copies
+                    # Tokens per program of the tiled kernel: the static rule's choice, and
+                    # each tile timed where the rule's thresholds fall (default precision).
+                    res["prologue_tokens"] = _prologue_config(
+                        m, k, pt[0].r1.shape[0], device_state.sm_count(xs[0].device))[0]
+                    if 16 < m <= 1024:
+                        for tok in TOKEN_TILES:
+                            def prol_t(tok=tok):
+                                for i in range(copies):
+                                    fused_prologue(xs[i], pt[i].r1, pt[i].r2, pt[i].inv_perm,
+                                                   None, 4, 0.95, tokens=tok)
+
+                            res[f"prologue_tokens{tok}_ms"] = bench(prol_t, graph) / copies
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # Which tiles ran: a tuned table's (kernels/tuned.py) or the static choice.
                     name = _device_name(q.device)
@@ -523,7 +541,7 @@ def main() -> None:
     timing: list[dict] = []
     if args.mode != "check":
         if args.dry:
-            models, tms = {"tiny": {"qkv": (72, 576)}}, [1, 7]
+            models, tms = {"tiny": {"qkv": (72, 576)}}, [1, 17]  # decode, and above 16 tokens
         elif args.mode == "quick":
             models = {"llama2-7b": {"o": (4096, 4096), "gate_up": (22016, 4096)},
                       "smollm2-135m": {"qkv": (960, 576)}}

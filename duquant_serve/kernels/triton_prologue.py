@@ -8,7 +8,8 @@ Must match `duquant_serve.core.reference.prologue_ref` (tests/kernels/test_trito
 codes may differ only where summation order or operand precision moves x'/s across a rounding
 boundary, by 1.
 
-Structure (one program per tile of BLOCK_M tokens, persistent over tiles):
+Structure (one program per tile of BLOCK_M tokens — 1, 2 or 4, as many as keep every SM busy:
+`_config` — persistent over tiles):
   phase 1  for each chunk of blocks: x / smooth times R1 on the tensor cores, treating (token,
            block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b], computed NS output columns at a
            time, each as a loop over K slices of KC (so only [rows, KC] and [KC, NS] operands
@@ -347,17 +348,38 @@ PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
 NS, KC = 64, 32
 
 
-def _config(m: int, c: int, b: int) -> tuple[int, int, int]:
-    """(BLOCK_M, CHUNK, num_warps). Decode (≤ 16 tokens): one token per program, so M tokens
-    spread over M programs, its blocks as the dot rows (16..64). Otherwise 4 tokens × 16 blocks
-    = 64 dot rows, a warpgroup's wgmma M tile on sm_90 (Triton uses mma.sync below 64 rows).
+TOKEN_TILES = (1, 2, 4)  # tokens per program the tiled kernel is compiled for
+
+
+def _config(m: int, c: int, b: int, sms: int | None = None,
+            tokens: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_M, CHUNK, num_warps) for M tokens of width C on a GPU of `sms` SMs; `tokens`
+    forces the tokens per program (TOKEN_TILES; the GPU session times each).
+
+    One token per program: its blocks are the dot rows (16..64), and M tokens spread over M
+    programs. Several per program (2 × 32 or 4 × 16 blocks): 64 dot rows at any width from
+    K = 32·b (2 tokens) or 16·b (4), a warpgroup's wgmma M tile on sm_90 (Triton uses mma.sync
+    below 64 rows), and each R1/R2 slice loaded from L2 serves more tokens. So one token per
+    program up to 16 tokens and wherever several would leave SMs idle (below 2·sms tokens), 2
+    below 4·sms, then 4; off CUDA (no SM count) 4 above 16. A static rule from SM counts, not
+    a timed one (benchmarks/gpu_session.py times every tile).
     Static facts of these configs (Triton AOT + ptxas, tests/kernels/aot_compile.py): 8–32 KB
     of shared memory on sm_80/89/90, at most 40 B of spill per thread."""
-    nblk = c // b
-    if m <= 16:
-        return 1, max(16, min(64, triton.next_power_of_2(nblk))), 4
-    # 8 warps (two warpgroups of m64n32 wgmma) halve each thread's share of the [64, NS] tiles.
-    return 4, 16, 8
+    if tokens is None:
+        if m <= 16:
+            tokens = 1
+        elif sms is None:
+            tokens = 4
+        else:
+            tokens = 1 if m < 2 * sms else 2 if m < 4 * sms else 4
+    if tokens not in TOKEN_TILES:
+        raise ValueError(f"prologue tokens per program {tokens} not in {TOKEN_TILES}")
+    # Up to 64 dot rows, never more blocks per token than it has (rounded up to a power of two,
+    # at least 16: a narrow input pads rather than shrink the tile below an MMA's).
+    chunk = max(16, min(64 // tokens, triton.next_power_of_2(c // b)))
+    # 64 rows: 8 warps (two warpgroups of wgmma) halve each thread's share of the [64, NS]
+    # tiles (on 4, one token of 64 blocks spilled up to 216 B under tf32x3 reload on sm_80).
+    return tokens, chunk, 8 if tokens * chunk == 64 else 4
 
 
 # Scratch is allocated per call: the caching allocator makes that a lookup, a CUDA graph
@@ -410,13 +432,15 @@ def fused_prologue(
     phase3: str | None = None,
     perm: torch.Tensor | None = None,
     decode: str | None = None,
+    tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
     inv_perm: int32 [C] with inv_perm[perm[i]] = i. phase3: "recompute" (default) or "reload"
     (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). decode: "tiled" (default) or
     "split": up to SPLIT_MAX_M tokens through `_prologue_split_kernel`, which needs `perm`
-    (computed here if not given; DUQUANT_PROLOGUE_DECODE overrides). Launcher of both kernels.
+    (computed here if not given; DUQUANT_PROLOGUE_DECODE overrides). tokens: tokens per
+    program of the tiled kernel (`_config` chooses by default). Launcher of both kernels.
     """
     if x.dim() != 2:
         raise ValueError(f"fused_prologue expects [M, C], got {tuple(x.shape)}")
@@ -452,11 +476,11 @@ def fused_prologue(
         perm = torch.argsort(inv_perm) if perm is None else perm.contiguous()
         return _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio,
                                (codes, scale, zero, qsum))
-    block_m, chunk, num_warps = _config(m, c, b)
+    sms = device_state.sm_count(x.device)
+    block_m, chunk, num_warps = _config(m, c, b, sms, tokens)
     tiles = triton.cdiv(m, block_m)
     if max_programs is None:
         if x.is_cuda:
-            sms = device_state.sm_count(x.device)
             # At least one program per SM; more only while the scratch stays ~16 MiB (L2 is 50 MB
             # on H100). Wide inputs exceed that at one per SM (docs/kernels.md).
             cap = max(sms, (16 << 20) // (block_m * c * 4))

@@ -50,6 +50,9 @@ def test_gpu_session_dry_run_covers_every_path(tmp_path):
                     *(f"{name}_ms" for name in KERNELS)):
             assert x[key] > 0, key
         assert x.get("prologue_split_ms", 0) > 0 or x["M"] > 16, x
+        # Above 16 tokens every token tile of the tiled prologue is timed.
+        assert x["prologue_tokens"] in (1, 2, 4)
+        assert x["M"] <= 16 or all(x[f"prologue_tokens{t}_ms"] > 0 for t in (1, 2, 4)), x
         # The Triton GEMM's tiles are recorded: the static choice here (no table for a CPU).
         assert x["triton_gemm_tuned"] is False and x["triton_gemm_config"]["BLOCK_K"] >= 64
         # Packed sm_90 weights hold half the bytes of int8 ones (plus the same vectors).

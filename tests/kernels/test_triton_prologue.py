@@ -41,6 +41,34 @@ def test_prologue_matches_reference(m, k, b, smooth, phase3):
     _compare(make_x(m, k, g), t, 0.9, phase3=phase3)
 
 
+@pytest.mark.parametrize("tokens", triton_prologue.TOKEN_TILES)
+@pytest.mark.parametrize("m,k,b,smooth", [(7, 256, 128, True), (33, 576, 64, False),
+                                          (9, 2048, 64, True)])
+def test_prologue_every_token_tile(m, k, b, smooth, tokens):
+    # 1, 2 or 4 tokens per program (the GPU picks by SM count): the same codes as the
+    # reference, partial last tiles (33, 9 tokens) and padded blocks (K = 256 is 2 blocks)
+    # included; K = 2048 at b = 64 fills 2 × 32 dot rows with real blocks.
+    g = torch.Generator().manual_seed(m * 13 + k + tokens)
+    t = make_transform(k, b, smooth, g)
+    _compare(make_x(m, k, g), t, 0.9, tokens=tokens, max_programs=2)
+
+
+def test_token_tile_rule():
+    # One token per program while fewer than 2 per SM (132 SMs), then 2, then 4; decode is
+    # always 1; off CUDA (no SM count) 4 above 16 tokens.
+    cfg = triton_prologue._config
+    assert [cfg(m, 4096, 128, 132)[0] for m in (1, 16, 17, 263, 264, 527, 528, 8192)] == \
+        [1, 1, 1, 1, 2, 2, 4, 4]
+    assert cfg(17, 4096, 128)[0] == 4 and cfg(16, 4096, 128)[0] == 1
+    # Dot rows: a token's blocks (≥ 16, ≤ 64) at 1 per program; 64 rows at 2 and 4 per program
+    # once the input has the blocks; 2 × 16 for a narrow one (SmolLM2: 9 blocks).
+    assert cfg(1, 11008, 128, 132)[:2] == (1, 64) and cfg(1, 576, 64, 132)[:2] == (1, 16)
+    assert cfg(300, 4096, 128, 132)[:2] == (2, 32) and cfg(300, 576, 64, 132)[:2] == (2, 16)
+    assert cfg(9000, 4096, 128, 132)[:2] == (4, 16)
+    with pytest.raises(ValueError, match="tokens per program 3"):
+        cfg(64, 4096, 128, 132, tokens=3)
+
+
 @pytest.mark.parametrize("m,k,b", [(7, 256, 128), (33, 576, 64)])
 def test_prologue_reload_equals_recompute(m, k, b):
     # Phase 3 quantizes what phase 2 wrote back ("reload") or recomputes it with the same dot
