@@ -48,14 +48,14 @@ def arrival_counters(owner: str, device: torch.device | str) -> torch.Tensor:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError(
                 f"the {owner}'s arrival counters must be created outside CUDA-graph capture: "
-                "run one eager forward (vLLM's warm-up does; `prepare` does at load) first")
+                "load layers with prepare_common, which makes them, or run one eager forward first")
         count = torch.zeros(COUNTER_SLOTS[owner], dtype=torch.int32, device=device)
         _counters[(owner, device)] = count
     return count
 
 
 def create_counters(device: torch.device | str) -> None:
-    """Every owner's counters on a CUDA `device`, made eagerly (kernels' `prepare`, at load)."""
+    """Every owner's counters on a CUDA `device`, made eagerly (prepare_common, at load)."""
     if torch.device(device).type == "cuda":
         for owner in COUNTER_SLOTS:
             arrival_counters(owner, device)

@@ -257,7 +257,7 @@ def _split_k_on() -> bool:
 
 
 def split_counters(device: torch.device | str) -> torch.Tensor:
-    """The split-K GEMM's per-tile arrival counters on `device` (created at load by `prepare`)."""
+    """The split-K GEMM's per-tile arrival counters on `device` (made at load, prepare_common)."""
     return device_state.arrival_counters(device_state.SPLIT_K_GEMM, device)
 
 
