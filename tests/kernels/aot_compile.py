@@ -92,8 +92,7 @@ def main(arch: int) -> None:
                  {"HAS_BIAS": True, "BLOCK_M": 32, "BLOCK_N": 128}, {"num_warps": 4}))
     # Every token tile (1, 2 and 4 per program, as H100's 132 SMs get them) at real widths.
     for m, c, b in ((1, 4096, 128), (64, 11008, 128), (300, 4096, 128), (2048, 11008, 128),
-                    (1, 576, 64),
-                    (300, 576, 64), (2048, 576, 64)):
+                    (1, 576, 64), (300, 576, 64), (2048, 576, 64)):
         bm, chunk, warps = _config(m, c, b, 132)
         for prec, phase3 in itertools.product(("tf32x3", "tf32", "fp16"),
                                                ("reload", "recompute")):
