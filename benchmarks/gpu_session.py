@@ -181,6 +181,14 @@ def check_graph_replay(paths: list[str], cap, log) -> list[dict]:
     return rows
 
 
+def gemm_side(rows: int, k: int, g: torch.Generator) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One side of a random W4A4 GEMM: uint8 codes [rows, K] in 0..15 and their [scale, zero,
+    code sum] vectors (fp32, fp32, int32), as the prologue or a checkpoint gives them."""
+    q = torch.randint(0, 16, (rows, k), generator=g, dtype=torch.uint8)
+    return q, [torch.rand(rows, generator=g) / 16 + 1e-3,
+               torch.randint(0, 16, (rows,), generator=g).float(), q.sum(-1, dtype=torch.int32)]
+
+
 def check_split_k(dev: str, log) -> list[dict]:
     """The Triton GEMM with K split over 2, 3 and SPLIT_K_MAX programs per tile (forced, on
     the static tiles): right against the reference, and the same bits over many back-to-back
@@ -196,15 +204,11 @@ def check_split_k(dev: str, log) -> list[dict]:
     launches = 200 if dev == "cuda" else 2
     shapes = [(1000, 1472), (4096, 4096)] if dev == "cuda" else [(40, 576)]
     for n, k in shapes:
-        qw = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
-        wv = [torch.rand(n, generator=g) / 16 + 1e-3, torch.randint(0, 16, (n,), generator=g)
-              .float(), qw.sum(-1, dtype=torch.int32)]
+        qw, wv = gemm_side(n, k, g)
         packed, wv = pack_int4_grouped(qw).to(dev), [v.to(dev) for v in wv]
         for m in (1, 7, 64):
-            qx = torch.randint(0, 16, (m, k), generator=g, dtype=torch.int8)
-            xv = [torch.rand(m, generator=g) / 16 + 1e-3,
-                  torch.randint(0, 16, (m,), generator=g).float(), qx.sum(-1, dtype=torch.int32)]
-            qx, xv = qx.to(dev), [v.to(dev) for v in xv]
+            qx, xv = gemm_side(m, k, g)
+            qx, xv = qx.view(torch.int8).to(dev), [v.to(dev) for v in xv]
             ref = gemm_epilogue_ref(qx, xv[0], xv[1], xv[2], qw.to(dev), *wv, None, torch.float32)
             for split in (2, 3, SPLIT_K_MAX):
                 cfg = dict(launch_config(m, n, k, qx.device), SPLIT_K=split)

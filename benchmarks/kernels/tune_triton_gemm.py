@@ -29,14 +29,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.gpu_session import L2_BYTES, MODELS, bench_fn, poison, rel  # noqa: E402
+from benchmarks.gpu_session import L2_BYTES, MODELS, bench_fn, gemm_side, poison, rel  # noqa: E402
 from duquant_serve.core.reference import gemm_epilogue_ref  # noqa: E402
 from duquant_serve.kernels import device_state, tuned  # noqa: E402
 from duquant_serve.kernels.layout import pack_int4_grouped  # noqa: E402
 from duquant_serve.kernels.triton_gemm import (  # noqa: E402
-    SPLIT_K_MAX,
     _gemm_config,
     _static_split_k,
+    tile_count,
     w4a4_gemm_triton,
 )
 
@@ -46,7 +46,7 @@ KERNEL = "triton_gemm"
 DEFAULT_MS = [1, 16, 64, 256, 1024, 4096]
 
 
-# gpu_session's timing with shorter runs: ~20 candidates per shape and count must fit one
+# gpu_session's timing with shorter runs: 12–48 candidates per shape and count must fit one
 # device call.
 BENCH_REP_MS = 30
 
@@ -60,11 +60,11 @@ def _cfg(bm: int, bn: int, bk: int, gm: int, warps: int, stages: int,
 def candidates(m: int, n: int, k: int, sms: int | None) -> list[dict[str, int]]:
     """The static choice first, then the alternatives worth timing for this M: narrow or wide
     N tiles and deeper K tiles where weight streaming dominates, bigger tiles and warp counts
-    where the tensor cores do; and, where a tile grid leaves more than half of the `sms` SMs
-    idle, the same tiles with K split to fill them once or twice. Compiled as served for
-    sm_90 (Triton 3.6, the lent GPUs'), all the tile shapes are cp.async-pipelined and spill
-    nothing; the two that spilled 1.3 KB per thread there (128×256 on 4 warps, 256×256) are
-    left out."""
+    where the tensor cores do; and, up to 64 tokens, where a tile grid leaves more than half of
+    the `sms` SMs idle, the same tiles with K split to fill them (the static rule's split).
+    Compiled as served for sm_90 (Triton 3.6, the lent GPUs'), all the tile shapes are
+    cp.async-pipelined and spill nothing; the two that spilled 1.3 KB per thread there
+    (128×256 on 4 warps, 256×256) are left out."""
     if m <= 16:
         grid = [_cfg(16, bn, bk, 1, 4, st) for bn in (16, 32, 64) for bk in (128, 256, 512)
                 for st in (3, 4)]
@@ -77,13 +77,11 @@ def candidates(m: int, n: int, k: int, sms: int | None) -> list[dict[str, int]]:
     else:
         grid = [_cfg(bm, bn, bk, 8, 8, st) for bm, bn in ((128, 128), (128, 256), (256, 128))
                 for bk in (64, 128) for st in (3, 4)]
-    split = []
-    for c in grid:
-        tiles = -(-m // c["BLOCK_M"]) * -(-n // c["BLOCK_N"])
-        one_wave = _static_split_k(tiles, k, c["BLOCK_K"], sms)
-        if one_wave > 1:
-            split += [dict(c, SPLIT_K=s) for s in (one_wave, 2 * one_wave)
-                      if s <= SPLIT_K_MAX and s * c["BLOCK_K"] <= k]  # no empty runs
+    # Split variants only where weights stream (M ≤ 64), one per tile shape: every SPLIT_K is
+    # its own compile, which costs more of the device call than the timing.
+    split = [dict(c, SPLIT_K=_static_split_k(tile_count(m, n, c), k, c["BLOCK_K"], sms))
+             for c in grid] if m <= 64 else []
+    split = [c for c in split if c["SPLIT_K"] > 1]
     static = _gemm_config(m, n, k, None, sms)
     return list({json.dumps(c, sort_keys=True): c for c in [static, *grid, *split]}.values())
 
@@ -136,23 +134,18 @@ def main() -> int:
     g = torch.Generator().manual_seed(0)
     stopped = False
     for n, k in shapes:
-        qw = torch.randint(0, 16, (n, k), generator=g, dtype=torch.uint8)
-        sw, zw = torch.rand(n, generator=g) / 16 + 1e-3, torch.randint(0, 16, (n,), generator=g)
-        sqw = qw.sum(-1, dtype=torch.int32)
+        qw, wvec = gemm_side(n, k, g)
         packed = pack_int4_grouped(qw).to(dev)
         copies = 1 if args.dry else max(2, min(16, math.ceil(3 * L2_BYTES / packed.numel())))
         weights = [packed.clone() for _ in range(copies)]
-        wvec = [v.to(dev) for v in (sw, zw.float(), sqw)]
+        wvec = [v.to(dev) for v in wvec]
         for m in ms:
             if time.time() - t0 > args.budget_s:
                 stopped = True
                 break
-            qx = torch.randint(0, 16, (m, k), generator=g, dtype=torch.int8)
-            sx, zx = torch.rand(m, generator=g) / 16 + 1e-3, torch.randint(0, 16, (m,), generator=g)
-            sqx = qx.sum(-1, dtype=torch.int32)
-            ref = gemm_epilogue_ref(qx.to(dev), sx.to(dev), zx.float().to(dev), sqx.to(dev),
-                                    qw.to(dev), *wvec, None, torch.float32)
-            xin = [v.to(dev) for v in (qx, sx, zx.float(), sqx)]
+            qx, xvec = gemm_side(m, k, g)
+            xin = [v.to(dev) for v in (qx.view(torch.int8), *xvec)]
+            ref = gemm_epilogue_ref(*xin, qw.to(dev), *wvec, None, torch.float32)
             best = None
             cands = candidates(m, n, k, sms)
             if args.dry:  # the static choice, another tile shape, and a split one if any

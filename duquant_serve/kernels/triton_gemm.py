@@ -179,11 +179,16 @@ MIN_K_TILES_PER_SPLIT = 2
 SPLIT_TILES_MAX = device_state.COUNTER_SLOTS[device_state.SPLIT_K_GEMM]
 
 
+def tile_count(m: int, n: int, cfg: dict[str, int]) -> int:
+    """Output tiles of an [m, n] result under `cfg`: the grid's first dimension."""
+    return triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+
+
 def _static_split_k(tiles: int, k: int, block_k: int, sms: int | None) -> int:
     """How many runs of K each output tile is split over when the tile grid alone would leave
     SMs idle: enough programs for one per SM, each still streaming ≥ MIN_K_TILES_PER_SPLIT K
-    tiles. 1 where the grid fills the SMs, off CUDA, or above SPLIT_TILES_MAX tiles."""
-    if sms is None or tiles > SPLIT_TILES_MAX:
+    tiles. 1 where the grid fills the SMs (so never above SPLIT_TILES_MAX tiles) or off CUDA."""
+    if sms is None:
         return 1
     k_tiles = -(-k // block_k)
     return max(1, min(sms // tiles, k_tiles // MIN_K_TILES_PER_SPLIT, SPLIT_K_MAX))
@@ -217,8 +222,7 @@ def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
         cfg = dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
     else:
         cfg = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    cfg["SPLIT_K"] = 1 if k is None else _static_split_k(tiles, k, cfg["BLOCK_K"], sms)
+    cfg["SPLIT_K"] = 1 if k is None else _static_split_k(tile_count(m, n, cfg), k, cfg["BLOCK_K"], sms)
     return cfg
 
 
@@ -242,8 +246,8 @@ def launch_config(m: int, n: int, k: int, device: torch.device,
     (one counter per tile) nor needed."""
     cfg = dict(config or _gemm_config(m, n, k, _device_name(device),
                                       device_state.sm_count(device)))
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    cfg["SPLIT_K"] = cfg.get("SPLIT_K", 1) if tiles <= SPLIT_TILES_MAX and _split_k_on() else 1
+    fits = tile_count(m, n, cfg) <= SPLIT_TILES_MAX
+    cfg["SPLIT_K"] = cfg.get("SPLIT_K", 1) if fits and _split_k_on() else 1
     return cfg
 
 
@@ -288,16 +292,16 @@ def w4a4_gemm_triton(
         return out
     dev = codes.device
     cfg = launch_config(m, n, k, dev, config)
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    grid = (tile_count(m, n, cfg), cfg["SPLIT_K"])
     if cfg["SPLIT_K"] > 1:
         # int32 partials [tiles, SPLIT_K, BLOCK_M, BLOCK_N], per call like all scratch (a CUDA
         # graph captures it from its own pool; streams do not share it).
-        ws = torch.empty(tiles * cfg["SPLIT_K"] * cfg["BLOCK_M"] * cfg["BLOCK_N"],
+        ws = torch.empty(grid[0] * grid[1] * cfg["BLOCK_M"] * cfg["BLOCK_N"],
                          dtype=torch.int32, device=dev)
         count = split_counters(dev)
     else:
         ws = count = code_sum  # never read when SPLIT_K == 1
-    _w4a4_gemm_kernel[(tiles, cfg["SPLIT_K"])](
+    _w4a4_gemm_kernel[grid](
         codes, codes.stride(0), qweight_g, qweight_g.stride(0),
         scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
         bias if bias is not None else weight_scale,  # never read when HAS_BIAS is False
