@@ -5,8 +5,10 @@
 
 Per linear shape of --model and per M: `F.linear` in --dtype (the 16-bit baseline; CPU serving
 keeps float32 checkpoints in float32), and the W4A4 kernels that run on CPU (`cpu_int8`, what
-`choose_kernel` picks there, and `torch_ref`). Median of repeated calls after a warm-up,
-single process, the torch threads the machine gives. Writes DIR/cpu_linear.jsonl.
+`choose_kernel` picks there, and `torch_ref`), eager; then `F.linear` and `cpu_int8` again
+under torch.compile with inductor and dynamic token counts, which is how vLLM runs a model on
+CPU (`*_compiled_ms`, `speedup_compiled`). Median of repeated calls after a warm-up, single
+process, the torch threads the machine gives. Writes DIR/cpu_linear.jsonl.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def main() -> int:
         w16 = (torch.randn(n, k, generator=g) / k**0.5).to(dtype)
         prepared = {name: prepare(KERNELS[name], lin, "cpu", dtype, None)[1]
                     for name in W4A4_KERNELS}
+        compiled = {  # one compile per function, dynamic in M, as vLLM compiles on CPU
+            "bf16": torch.compile(lambda x, w=w16: torch.nn.functional.linear(x, w),
+                                  dynamic=True, backend="inductor"),
+            "cpu_int8": torch.compile(
+                lambda x, p=prepared["cpu_int8"]: KERNELS["cpu_int8"].apply(p, x),
+                dynamic=True, backend="inductor"),
+        }
         for m in (int(v) for v in args.ms.split(",")):
             x = torch.randn(m, k, generator=g).to(dtype)
             row = dict(device=device, model=args.model, op=op, shape=[m, n, k],
@@ -71,15 +80,21 @@ def main() -> int:
             row["w4a4_ms"] = row["cpu_int8_ms"]
             row["speedup"] = row["bf16_ms"] / row["w4a4_ms"]
             row["speedup_vs_torch_ref"] = row["torch_ref_ms"] / row["cpu_int8_ms"]
+            for name, fn in compiled.items():
+                row[f"{name}_compiled_ms"] = median_ms(lambda fn=fn, x=x: fn(x))
+            row["speedup_compiled"] = row["bf16_compiled_ms"] / row["cpu_int8_compiled_ms"]
             rows.append(row)
             print(json.dumps(row), flush=True)
     with open(out / "cpu_linear.jsonl", "a") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    print(f"\n{'op':>8} {'M':>5} {'16-bit':>9} {'cpu_int8':>9} {'torch_ref':>9}  speedup")
+    print(f"\n{'':14} {'eager':>38} {'compiled (inductor)':>31}")
+    print(f"{'op':>8} {'M':>5} {'16-bit':>9} {'cpu_int8':>9} {'torch_ref':>9} {'speedup':>8}"
+          f" {'16-bit':>9} {'cpu_int8':>9} {'speedup':>8}")
     for r in rows:
         print(f"{r['op']:>8} {r['shape'][0]:>5} {r['bf16_ms']:9.3f} {r['cpu_int8_ms']:9.3f} "
-              f"{r['torch_ref_ms']:9.3f}  {r['speedup']:.2f}x")
+              f"{r['torch_ref_ms']:9.3f} {r['speedup']:7.2f}x {r['bf16_compiled_ms']:9.3f} "
+              f"{r['cpu_int8_compiled_ms']:9.3f} {r['speedup_compiled']:7.2f}x")
     return 0
 
 

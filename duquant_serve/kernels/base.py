@@ -3,8 +3,9 @@
 The plugin (or a benchmark) describes one linear (per tensor-parallel shard) with a frozen
 `LayerSpec`, asks `select.choose_kernel(spec)` for a kernel once, calls `kernel.prepare(...)`
 once at load to turn checkpoint tensors into the kernel's own layout, then calls
-`kernel.apply(prepared, x)` per forward. `apply` only calls `torch.ops.duquant.*` custom ops, so
-it has no Python branching on data, no printing and no I/O (torch.compile-safe).
+`kernel.apply(prepared, x)` per forward. `apply` only calls `torch.ops.duquant.*` custom ops (on
+CPU, `cpu_int8`: the plain torch functions behind them, which inductor can fuse), so it has no
+Python branching on data, no printing and no I/O (torch.compile-safe).
 
 Checkpoint tensors `prepare` expects (core/reference.py::QuantizedLinear):
     qweight      [N, K/2] uint8   two 4-bit codes per byte along K, low nibble = even k
@@ -135,7 +136,7 @@ class LinearKernel(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
-        """x [..., K] act dtype → y [..., N] act dtype. Custom ops only."""
+        """x [..., K] act dtype → y [..., N] act dtype. Custom ops (or their plain bodies) only."""
 
     @classmethod
     def prepare_groups(cls, spec: LayerSpec, layer: QuantizedLinear,

@@ -1,7 +1,8 @@
 """The W4A4 linear kernels: CUTLASS (sm_90a packed / int8 weights, sm_80), Triton, CPU int8, torch ref.
 
-Each `apply` is a straight line of `torch.ops.duquant.*` calls (ops.py): no data-dependent
-Python, no printing, so torch.compile traces it and vLLM can capture it in CUDA graphs.
+Each `apply` is a straight line of `torch.ops.duquant.*` calls (ops.py), or on CPU (`cpu_int8`)
+of the plain torch functions behind them: no data-dependent Python, no printing, so
+torch.compile traces it and vLLM can capture it in CUDA graphs.
 Availability checks (`can_implement`) import Triton / load the extension lazily.
 """
 
@@ -16,7 +17,7 @@ import torch
 
 from ..core.pack import unpack_int4
 from ..core.transform import InputTransform
-from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
+from . import ops  # also registers torch.ops.duquant.*
 from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
 from .layout import SIGNED_OFFSET, pack_int4_grouped, to_signed_int4
 
@@ -129,7 +130,13 @@ class CpuInt8Kernel(LinearKernel):
     codes (`torch._int_mm`: oneDNN, VNNI/AMX where the CPU has them; exact int32) and the fp32
     epilogue (ops.py), within an output ulp of torch_ref. Weights are held unpacked, int8
     [N, K] (twice the packed bytes), so nothing is converted per call.
-    benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear."""
+
+    `apply` calls the ops' plain torch bodies (`ops.prologue_torch`, `ops.epilogue_fp32`), not
+    the ops: under vLLM's torch.compile, inductor then fuses the smoothing, gather, min/max,
+    quantization and epilogue arithmetic around the three GEMMs into a few C++ loops, where
+    each op boundary cost a Python dispatch. Same functions, so the same codes and outputs
+    (checked compiled and eager). benchmarks/kernels/bench_cpu_linear.py times it against the
+    16-bit linear."""
 
     name = "cpu_int8"
 
@@ -152,17 +159,21 @@ class CpuInt8Kernel(LinearKernel):
                 act_clip_ratio: float, device: torch.device | str | None = None
                 ) -> PreparedLinear:
         codes = unpack_int4(qweight.cpu()).to(torch.int8)  # 0..15: int8 holds them as they are
-        return _rotations_row_major(prepare_common(
+        p = _rotations_row_major(prepare_common(
             spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
             codes))
+        p.extra["epilogue_rhs"] = ops.epilogue_rhs(p.weight_zero, p.weight_code_sum,
+                                                   spec.in_features)
+        return p
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        codes, scale, zero, code_sum = _prologue(p, x2)
+        codes, scale, zero, code_sum = ops.prologue_torch(
+            x2, p.r1, p.r2, p.perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
         acc = torch._int_mm(codes, p.qweight.t())  # [N, K] row-major read as [K, N]: no copy
-        y = torch.ops.duquant.epilogue(acc, scale, zero, code_sum, p.weight_scale, p.weight_zero,
-                                       p.weight_code_sum, p.bias, p.spec.in_features, x.dtype)
+        y = ops.epilogue_fp32(acc, scale, zero, code_sum, p.weight_scale,
+                              p.extra["epilogue_rhs"], p.bias, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

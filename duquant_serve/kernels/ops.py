@@ -3,8 +3,12 @@
 Every op's body *is* `duquant_serve.core.reference` (so CI and `torch.library.opcheck` work
 with neither Triton nor the CUDA extension) and, where a fast path exists, a CUDA implementation
 imports Triton / the extension lazily on first call. One op also has a CPU kernel of its own:
-`epilogue`, fp32 in place like its CUDA one (CPU serving's `cpu_int8` path; tests hold it to the
-reference within rounding).
+`epilogue`, fp32 in place like its CUDA one (tests hold it to the reference within rounding).
+
+The CPU bodies of `prologue` and `epilogue` are also plain functions (`prologue_torch`,
+`epilogue_fp32`): CPU serving's `cpu_int8` kernel calls them directly instead of through the
+ops, so that vLLM's torch.compile (inductor on CPU) fuses their elementwise work with no
+per-call Python dispatch (an op boundary is opaque to inductor and costs ~30 µs a call here).
 Fakes only allocate outputs: the operators check their inputs themselves.
 
 Layouts (K = in_features, N = out_features, M = tokens):
@@ -46,8 +50,20 @@ def prologue(
     Matches `core.reference.prologue_ref` (CPU: it is that function). `perm` is the reference
     gather order, `inv_perm` its inverse (int32), which the fused kernel scatters with.
     """
-    t = InputTransform(r1, perm, r2, smooth)
-    q, s, z, qs = prologue_ref(x, t, a_bits, clip_ratio)
+    return prologue_torch(x, r1, r2, perm, smooth, a_bits, clip_ratio)
+
+
+def prologue_torch(
+    x: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    perm: torch.Tensor,
+    smooth: torch.Tensor | None,
+    a_bits: int,
+    clip_ratio: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`prologue` in plain torch ops: `core.reference.prologue_ref`, codes as int8."""
+    q, s, z, qs = prologue_ref(x, InputTransform(r1, perm, r2, smooth), a_bits, clip_ratio)
     return q.to(torch.int8), s, z, qs
 
 
@@ -143,14 +159,35 @@ def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bi
 
 @epilogue.register_kernel("cpu")
 def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bias, k, out_dtype):
-    # fp32, like the CUDA kernel, in place on one [M, N] buffer: float64 temporaries of the
-    # reference's size made the CPU int8 linear slower than the 16-bit one (allocation and
-    # conversion passes dominated). The bracket acc − Σqx·zw − zx·(Σqw − k·zw) is a rank-2
-    # update, exact while its integers stay below 2^24 (EPILOGUE.md "Exactness"); then two
-    # roundings by the scales (relative error ~1e-7; the reference rounds once).
+    return epilogue_fp32(acc, scale, zero, code_sum, weight_scale,
+                         epilogue_rhs(weight_zero, weight_code_sum, k), bias, out_dtype)
+
+
+def epilogue_rhs(weight_zero: torch.Tensor, weight_code_sum: torch.Tensor, k: int) -> torch.Tensor:
+    """[2, N] fp32 [zw; Σqw − k·zw]: the weight side of the epilogue's rank-2 update, a
+    constant of the layer (cpu_int8 keeps it from prepare). Integers, exact below 2^24."""
+    zw = weight_zero.float()
+    return torch.stack((zw, weight_code_sum.float() - k * zw))
+
+
+def epilogue_fp32(
+    acc: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    weight_scale: torch.Tensor,
+    rhs: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """`epilogue` in fp32 plain torch ops, `rhs` = `epilogue_rhs(...)`.
+
+    fp32, like the CUDA kernel, in place on one [M, N] buffer: float64 temporaries of the
+    reference's size made the CPU int8 linear slower than the 16-bit one (allocation and
+    conversion passes dominated). The bracket acc − Σqx·zw − zx·(Σqw − k·zw) is a rank-2
+    update, exact while its integers stay below 2^24 (EPILOGUE.md "Exactness"); then two
+    roundings by the scales (relative error ~1e-7; the reference rounds once)."""
     lhs = torch.stack((code_sum.float(), zero.float()), dim=1)  # [M, 2]
-    rhs = torch.stack((weight_zero.float(),
-                       weight_code_sum.float() - k * weight_zero.float()))  # [2, N]
     y = acc.float().addmm_(lhs, rhs, alpha=-1)
     y.mul_(scale.float().unsqueeze(1)).mul_(weight_scale.float().unsqueeze(0))
     if bias is not None:

@@ -22,3 +22,5 @@ def test_rows_time_every_cpu_kernel_against_16_bit(tmp_path):
     for x in rows:
         assert x["bf16_ms"] > 0 and x["cpu_int8_ms"] > 0 and x["torch_ref_ms"] > 0
         assert x["speedup"] == x["bf16_ms"] / x["w4a4_ms"] and x["w4a4_path"] == "cpu_int8"
+        assert x["bf16_compiled_ms"] > 0 and x["cpu_int8_compiled_ms"] > 0
+        assert x["speedup_compiled"] == x["bf16_compiled_ms"] / x["cpu_int8_compiled_ms"]

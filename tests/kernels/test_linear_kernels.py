@@ -63,6 +63,34 @@ def test_cpu_int8_kernel_matches_the_reference(m, n, k, b, dtype):
     _assert_epilogue_close(y, want)
 
 
+def test_cpu_int8_compiled_equals_the_ops():
+    """cpu_int8 calls the ops' plain torch bodies so that inductor (vLLM's CPU compile backend)
+    fuses them. Compiled with dynamic token counts, as vLLM compiles, it must give the eager
+    output bit for bit, and that must be the custom ops' (the path it replaced)."""
+    g = torch.Generator().manual_seed(11)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g)
+    p = _prep(CpuInt8Kernel, lin)
+
+    def through_ops(x):
+        q, s, z, qs = torch.ops.duquant.prologue(x, p.r1, p.r2, p.perm, p.inv_perm, p.smooth, 4,
+                                                 p.act_clip_ratio)
+        return torch.ops.duquant.epilogue(torch._int_mm(q, p.qweight.t()), s, z, qs,
+                                          p.weight_scale, p.weight_zero, p.weight_code_sum,
+                                          p.bias, 576, x.dtype)
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    f = torch.compile(lambda t: CpuInt8Kernel.apply(p, t), fullgraph=True, dynamic=True,
+                      backend="inductor")
+    for m in (1, 2, 5, 33, 300):
+        for _ in range(3):
+            x = make_x(m, 576, g) * 4
+            eager = CpuInt8Kernel.apply(p, x)
+            assert torch.equal(eager, through_ops(x)), m
+            assert torch.equal(f(x), eager), m
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= 2  # no recompile per m
+
+
 def _assert_epilogue_close(y, want):
     """fp32 epilogue vs the float64 reference: ~1e-7 relative before the output cast, so at
     most one unit of the output dtype's last place apart."""
