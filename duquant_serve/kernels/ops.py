@@ -186,9 +186,13 @@ def epilogue_fp32(
     reference's size made the CPU int8 linear slower than the 16-bit one (allocation and
     conversion passes dominated). The bracket acc − Σqx·zw − zx·(Σqw − k·zw) is a rank-2
     update, exact while its integers stay below 2^24 (EPILOGUE.md "Exactness"); then two
-    roundings by the scales (relative error ~1e-7; the reference rounds once)."""
-    lhs = torch.stack((code_sum.float(), zero.float()), dim=1)  # [M, 2]
-    y = acc.float().addmm_(lhs, rhs, alpha=-1)
+    roundings by the scales (relative error ~1e-7; the reference rounds once). Two addcmuls,
+    not an addmm of [M, 2]·[2, N]: under inductor they fuse with the scaling into one loop (an
+    addmm is an extern call between loops). Inductor makes each an fma, which changes nothing
+    here: every product and sum is an integer below 2^24, so exact either way."""
+    y = acc.float()
+    y.addcmul_(code_sum.float().unsqueeze(1), rhs[0], value=-1)
+    y.addcmul_(zero.float().unsqueeze(1), rhs[1], value=-1)
     y.mul_(scale.float().unsqueeze(1)).mul_(weight_scale.float().unsqueeze(0))
     if bias is not None:
         y.add_(bias.float().unsqueeze(0))
