@@ -7,8 +7,9 @@ imports Triton / the extension lazily on first call. One op also has a CPU kerne
 
 The CPU bodies of `prologue` and `epilogue` are also plain functions (`prologue_torch`,
 `epilogue_fp32`): CPU serving's `cpu_int8` kernel calls them directly instead of through the
-ops, so that vLLM's torch.compile (inductor on CPU) fuses their elementwise work with no
-per-call Python dispatch (an op boundary is opaque to inductor and costs ~30 µs a call here).
+ops, so that vLLM's torch.compile (inductor on CPU) fuses their ~25 small elementwise and
+reduction ops (an op boundary is opaque to inductor: behind it they run one by one, after a
+Python dispatch of 7–11 µs here).
 Fakes only allocate outputs: the operators check their inputs themselves.
 
 Layouts (K = in_features, N = out_features, M = tokens):
