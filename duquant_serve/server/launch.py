@@ -138,6 +138,17 @@ def build_command(checkpoint: str | Path, rest: list[str],
     return argv, env
 
 
+def start_up_note(rest: list[str]) -> str | None:
+    """What the wait before "healthy" will be, on CPU with vLLM's default compile: minutes of
+    silence after "Warming up model for the compilation" otherwise look like a hang. None on a
+    GPU or with --enforce-eager."""
+    if not is_cpu_platform() or "--enforce-eager" in rest:
+        return None
+    return ("on CPU, vLLM compiles the model before serving, on every start (SmolLM2-135M on 2 "
+            "cores: ~150 s of a ~210 s start-up). --enforce-eager starts in under a minute, but "
+            "decodes slower under concurrency (docs/serving.md).")
+
+
 def serve(checkpoint: str, rest: list[str]) -> int:
     """Validate, then become vLLM's OpenAI server (exec: vLLM's own signal handling and exit
     code, no process in between). Returns only when refused before starting: 2."""
@@ -154,6 +165,8 @@ def serve(checkpoint: str, rest: list[str]) -> int:
         # removes its files at exit (endpoint.py).
         env[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="duquant-serve-")
     print("duquant serve: " + " ".join(argv[1:]), file=sys.stderr, flush=True)
+    if note := start_up_note(rest):
+        print(f"duquant serve: note: {note}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
     return EXIT_USAGE  # not reached: execve replaces this process or raises OSError

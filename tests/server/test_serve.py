@@ -106,6 +106,17 @@ def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
     assert "--middleware" in argv and "--shutdown-timeout" in argv
 
 
+def test_start_up_note_only_when_cpu_compiles(monkeypatch):
+    from duquant_serve.server import launch
+
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: True)
+    note = launch.start_up_note(["--port", "9"])
+    assert note is not None and "compiles" in note and "--enforce-eager" in note
+    assert launch.start_up_note(["--enforce-eager"]) is None
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: False)
+    assert launch.start_up_note([]) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The real server
 # ---------------------------------------------------------------------------------------------
