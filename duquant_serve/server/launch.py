@@ -145,7 +145,7 @@ def start_up_note(rest: list[str]) -> str | None:
     if not is_cpu_platform() or "--enforce-eager" in rest:
         return None
     return ("on CPU, vLLM compiles the model before serving, on every start (SmolLM2-135M on 2 "
-            "cores: ~150 s of a ~210 s start-up). --enforce-eager starts in under a minute, but "
+            "cores: 130-150 s of a 190-210 s start-up). --enforce-eager starts in under a minute, but "
             "decodes slower under concurrency (docs/serving.md).")
 
 
