@@ -2,7 +2,7 @@
 vLLM's OpenAI completions endpoint) vs `duquant eval` of the same checkpoint (offline
 reference, same windows, same protocol).
 
-    python benchmarks/serve_ppl.py CHECKPOINT --dataset ../shared/data/wikitext2/test.joined.txt \
+    python benchmarks/serve_ppl.py CHECKPOINT --dataset wikitext2 \
         --seqlen 2048 --limit 8 --json benchmarks/results/serve_ppl_smollm2.json
 
 Starts the server itself (`python -m duquant_serve.cli serve ...` on a free local port) unless
@@ -118,7 +118,7 @@ def _layer_check_main(checkpoint: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
-    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--dataset", default="wikitext2", help="shipped text name or a file")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--limit", type=int, default=8, help="windows scored (both sides)")
     ap.add_argument("--url", default=None, help="a running server (else one is started)")

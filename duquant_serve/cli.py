@@ -33,7 +33,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                         "auto (a CUDA GPU if visible, else cpu), cpu, cuda, cuda:N")
     c = p.add_argument_group("calibration")
     c.add_argument("--calib", default="random",
-                   help="text file of calibration text, or 'random' (calibration-free random tokens)")
+                   help="calibration text: 'wikitext2' (the shipped WikiText-2 validation split), a "
+                        "text file, or 'random' (calibration-free random tokens)")
     c.add_argument("--nsamples", type=int, default=16)
     c.add_argument("--calib-seqlen", type=int, default=512)
 
@@ -116,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity (paper protocol) of a model's methods or of a checkpoint")
     e.add_argument("target", help="HF model dir / .gguf / 'smollm2' (16-bit), or a DuQuant checkpoint")
-    e.add_argument("--dataset", required=True, help="text file, e.g. shared/data/wikitext2/test.joined.txt")
+    e.add_argument("--dataset", default="wikitext2",
+                   help="evaluation text: 'wikitext2' (the shipped WikiText-2 test split, default) "
+                        "or a text file")
     e.add_argument("--seqlen", type=int, default=2048)
     e.add_argument("--limit", type=int, default=None, help="at most this many windows")
     e.add_argument("--methods", default="fp16,duquant",

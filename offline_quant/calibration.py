@@ -1,4 +1,8 @@
-"""Calibration token windows: WikiText-style text or random tokens (calibration-free)."""
+"""Calibration token windows: WikiText-style text or random tokens (calibration-free).
+
+Text sources are file paths or the names of text shipped with the project
+(`offline_quant/data/`, licences in its README): `wikitext2` is the WikiText-2 test split for
+evaluation and its validation split for calibration, so the two never overlap."""
 
 from __future__ import annotations
 
@@ -7,16 +11,32 @@ from pathlib import Path
 import torch
 
 RANDOM = "random"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+# name → shipped file, for evaluation (--dataset) and for calibration (--calib).
+EVAL_TEXTS = {"wikitext2": DATA_DIR / "wikitext2" / "test.joined.txt"}
+CALIB_TEXTS = {"wikitext2": DATA_DIR / "wikitext2" / "valid.tokenized.txt"}
 
 
 class CalibrationError(ValueError):
     pass
 
 
+def eval_text_path(source: str | Path) -> Path:
+    """--dataset: a shipped text's name (EVAL_TEXTS) or a file path."""
+    return EVAL_TEXTS.get(str(source), Path(source))
+
+
+def calib_text_path(source: str | Path) -> Path:
+    """--calib (other than 'random'): a shipped text's name (CALIB_TEXTS) or a file path."""
+    return CALIB_TEXTS.get(str(source), Path(source))
+
+
 def read_text(path: str | Path) -> str:
     p = Path(path)
     if not p.is_file():
-        raise CalibrationError(f"calibration/eval text file {str(path)!r} does not exist")
+        names = sorted(set(EVAL_TEXTS) | set(CALIB_TEXTS))
+        raise CalibrationError(f"calibration/eval text file {str(path)!r} does not exist "
+                               f"(shipped texts: {', '.join(names)})")
     text = p.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
         raise CalibrationError(f"text file {str(path)!r} is empty")
@@ -39,7 +59,7 @@ def calibration_windows(
     if source == RANDOM:
         v = vocab_size or len(tokenizer)
         return torch.randint(0, v, (nsamples, seqlen), generator=g)
-    ids = tokenize_text(tokenizer, read_text(source))
+    ids = tokenize_text(tokenizer, read_text(calib_text_path(source)))
     if ids.numel() <= seqlen:
         raise CalibrationError(
             f"calibration text has {ids.numel()} tokens, fewer than one window of {seqlen}"

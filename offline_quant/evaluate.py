@@ -24,7 +24,7 @@ from duquant_serve.kernels.base import LayerSpec, device_capability
 from duquant_serve.kernels.select import choose_kernel
 
 from .attention import enable_attention_fake_quant
-from .calibration import calibration_windows, read_text, tokenize_text
+from .calibration import calibration_windows, eval_text_path, read_text, tokenize_text
 from .models import load_model
 from .pipeline import METHODS, PipelineOptions, describe_device, quantize_model, resolve_device
 
@@ -37,7 +37,7 @@ class EvalError(ValueError):
 
 
 def eval_windows(tokenizer, dataset: str | Path, seqlen: int, limit: int | None) -> torch.Tensor:
-    ids = tokenize_text(tokenizer, read_text(dataset))
+    ids = tokenize_text(tokenizer, read_text(eval_text_path(dataset)))
     n = ids.numel() // seqlen
     if n == 0:
         raise EvalError(f"dataset has {ids.numel()} tokens, fewer than one window of {seqlen}")

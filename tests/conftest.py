@@ -5,16 +5,14 @@ import pytest
 # Tests are small; more threads than cores only adds contention on 2-core CI machines.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "wikitext2")
+from offline_quant.calibration import CALIB_TEXTS
 
 
 @pytest.fixture(scope="session")
 def wikitext_valid(tmp_path_factory) -> str:
     """A 24 KB slice of WikiText-2 validation text (tiny models use a byte-level tokenizer, so
     the whole file would cost seconds of tokenization per use)."""
-    p = os.path.abspath(os.path.join(SHARED_DATA, "valid.tokenized.txt"))
-    if not os.path.isfile(p):
-        pytest.skip(f"WikiText-2 data not found at {p} (expected ../shared beside the checkout)")
+    p = CALIB_TEXTS["wikitext2"]  # shipped with the project: never skipped for lack of data
     out = tmp_path_factory.mktemp("data") / "valid_slice.txt"
     with open(p, encoding="utf-8") as f:
         out.write_text(f.read(24_000), encoding="utf-8")

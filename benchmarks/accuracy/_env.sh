@@ -5,6 +5,6 @@ PY=${PY:-.venv/bin/python}
 # barriers spin badly when other jobs share the cores; set OMP_NUM_THREADS higher on a quiet box.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 LIMIT=${LIMIT:-8}
-DATA=${DATA:-../shared/data/wikitext2/test.joined.txt}
-CALIB=${CALIB:-../shared/data/wikitext2/valid.tokenized.txt}
+DATA=${DATA:-wikitext2}  # the shipped test split (offline_quant/data/wikitext2)
+CALIB=${CALIB:-wikitext2}  # the shipped validation split
 OUT=benchmarks/accuracy

@@ -31,8 +31,8 @@ def main() -> None:
                         ("lwc_epochs", args.epochs)):
         defaults[names.index(name)] = value
     pipeline.PipelineOptions.__init__.__defaults__ = tuple(defaults)
-    r = evaluate("smollm2", "../shared/data/wikitext2/test.joined.txt", 2048, ["duquant-lwc"],
-                 limit=args.limit, calib_source="../shared/data/wikitext2/valid.tokenized.txt",
+    r = evaluate("smollm2", "wikitext2", 2048, ["duquant-lwc"],
+                 limit=args.limit, calib_source="wikitext2",
                  progress=False)
     r.update(lwc_tokens=args.tokens, lwc_batch=args.batch, lwc_epochs=args.epochs)
     with open(args.json, "w") as f:

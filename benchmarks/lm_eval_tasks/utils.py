@@ -1,6 +1,6 @@
 """Local WikiText-2 tasks for lm-eval-harness: no hub, no network. The data is the raw test
-split on disk (`test.raw`, see shared/data/wikitext2/README.md): $DUQUANT_WIKITEXT2_DIR, else
-../shared/data/wikitext2 beside the repository.
+split on disk (`test.raw`): $DUQUANT_WIKITEXT2_DIR, else the copy shipped in
+offline_quant/data/wikitext2 (licence in its README).
 
 - `wikitext2_local`: lm-eval's own `wikitext` task (document-level loglikelihood_rolling; word
   and byte perplexity, bits per byte) on documents cut from test.raw at its top-level headings,
@@ -26,7 +26,7 @@ _LAST_WORD = re.compile(r"^(?P<context>.*\S) (?P<word>[A-Za-z]{3,})\s*\.$")
 
 def _raw_path() -> Path:
     d = os.environ.get("DUQUANT_WIKITEXT2_DIR")
-    base = Path(d) if d else Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikitext2"
+    base = Path(d) if d else Path(__file__).resolve().parents[2] / "offline_quant" / "data" / "wikitext2"
     p = base / "test.raw"
     if not p.is_file():
         raise FileNotFoundError(f"WikiText-2 test split not found at {p}; set DUQUANT_WIKITEXT2_DIR")

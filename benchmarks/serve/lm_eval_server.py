@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                      "num_concurrent": args.concurrent,
                      "tasks": {t: {"limit": lim} for t, lim in tasks},
                      "tasks_dir": str(TASKS_DIR.relative_to(REPO)),
-                     "data": "WikiText-2 raw test split (shared/data/wikitext2/test.raw)",
+                     "data": "WikiText-2 raw test split (offline_quant/data/wikitext2/test.raw)",
                      "baseline_note": "16-bit = SmolLM2's Q4_1 GGUF dequantized to float32 "
                                       "(offline_quant.models.export_hf_model)"},
         "models": [],
