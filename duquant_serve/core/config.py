@@ -14,11 +14,17 @@ from typing import Any
 QUANT_METHOD = "duquant"
 # 2: row-parallel activations are quantized per tp_shards group (core/reference.py). A version-1
 # checkpoint means the same as version 2 when tp_shards == 1, and is refused otherwise.
-FORMAT_VERSION = 2
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+# 3: adds `method` (how transforms and weights were made); tensors and run-time math as in 2.
+FORMAT_VERSION = 3
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 # (weight bits, activation bits) pairs the pipeline and the reference kernels implement.
 SUPPORTED_BITS = ((4, 4), (4, 8), (6, 6), (8, 8))
 PERMUTATIONS = ("zigzag", "none")
+# Quantization methods of the offline pipeline (offline_quant/pipeline.py's METHOD_TABLE has one
+# row per name; a test keeps the two equal). All write the same tensors; only how they were
+# chosen differs.
+METHODS = ("rtn", "smoothquant", "hadamard", "hadamard-gptq", "duquant", "duquant-lwc",
+           "duquant-gptq", "duquant-opt")
 CHANNEL_SELECT = ("column", "row")
 
 
@@ -41,7 +47,11 @@ class DuQuantConfig:
         smooth_alpha: SmoothQuant migration strength (paper: 0.6, 0.5 with LWC).
         act_clip_ratio: per-token min/max multiplier for activations (paper: 0.9).
         weight_clip_ratio: per-channel min/max multiplier for weights without LWC (paper: 0.8).
-        lwc: learnable weight clipping was used (per-row clip factors are baked into scales).
+        lwc: learnable weight clipping was used (per-row clip factors are baked into scales);
+            true exactly when method is "duquant-lwc".
+        method: how the transforms and weight codes were made (METHODS; docs/offline-quant.md).
+            Informational: every method writes the same tensors with the same run-time meaning.
+            Absent before format 3, where it is "duquant-lwc" if lwc else "duquant".
         tp_shards: row-parallel (o_proj, down_proj) inputs are cut into this many contiguous
             shards: permutations stay inside a shard and each shard has its own per-token
             activation range, so any tensor-parallel size dividing it serves the checkpoint
@@ -60,6 +70,7 @@ class DuQuantConfig:
     act_clip_ratio: float = 0.9
     weight_clip_ratio: float = 0.8
     lwc: bool = False
+    method: str = "duquant"
     tp_shards: int = 1
     modules_not_quantized: tuple[str, ...] = ("lm_head",)
     seed: int = 0
@@ -89,6 +100,11 @@ class DuQuantConfig:
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise ConfigError(f"{name} must lie in (0, 1], got {v}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.lwc != (self.method == "duquant-lwc"):
+            raise ConfigError(f"lwc={self.lwc} contradicts method {self.method!r} "
+                              "(lwc is true exactly for duquant-lwc)")
         if self.tp_shards < 1:
             raise ConfigError(f"tp_shards must be >= 1, got {self.tp_shards}")
         if self.format_version not in SUPPORTED_FORMAT_VERSIONS:
@@ -132,6 +148,11 @@ class DuQuantConfig:
         if unknown:
             raise ConfigError(f"quantization_config has unknown keys {unknown}")
         kwargs = {k: d[k] for k in known if k in d}
+        if "method" in kwargs and d["format_version"] < 3:
+            raise ConfigError(f"quantization_config has `method`, which format_version "
+                              f"{d['format_version']} does not define")
+        if "method" not in kwargs:  # format < 3 (or a hand-written config): what lwc implies
+            kwargs["method"] = "duquant-lwc" if d.get("lwc") is True else "duquant"
         try:
             return cls(**kwargs)
         except TypeError as e:  # wrong value types surface as TypeError in comparisons

@@ -9,7 +9,7 @@ sets up the state once the engine has loaded the model, i.e. after every layer c
 
     {"object": "duquant.info", "models": ["tiny"], "checkpoint": "/path",
      "quantization_config": {"w_bits": 4, "a_bits": 4, "block_size": 128, "tp_shards": 2,
-                             "format_version": 2, ...},
+                             "format_version": 3, ...},
      "kernels": {"available": true, "layers": {"model.layers.0.mlp.down_proj": "torch_ref", ...},
                  "counts": {"torch_ref": 8}, "weight_bytes": {"torch_ref": 561152},
                  "ranks": {"0": {layer: {"kernel", "in_features", "out_features",

@@ -8,6 +8,7 @@ from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.cli import main
 from duquant_serve.testing.tiny import ARCHS, make_tiny_model
 from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
+from duquant_serve.core.config import METHODS
 from offline_quant.evaluate import evaluate
 
 
@@ -25,7 +26,7 @@ def test_quantize_and_eval_each_architecture(tmp_path, arch, wikitext_valid):
     assert site["after"]["max_abs"] < site["before"]["max_abs"]  # planted outliers were spread
 
     kw = dict(dataset=wikitext_valid, seqlen=64, limit=3, progress=False)
-    fq = evaluate(str(src), methods=["fp16", "duquant"], calib_source="random",
+    fq = evaluate(str(src), methods=["fp16", ck.quant_config.method], calib_source="random",
                   calib_nsamples=4, calib_seqlen=64, qcfg=ck.quant_config, **kw)
     real = evaluate(str(out), methods=[], **kw)
     assert real["results"][0]["method"] == "checkpoint"
@@ -41,12 +42,11 @@ def test_eval_methods_and_json(tmp_path, wikitext_valid):
     src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
     out = tmp_path / "r.json"
     rc = main(["-q", "eval", str(src), "--dataset", wikitext_valid, "--seqlen", "64", "--limit", "2",
-               "--methods", "fp16,rtn,smoothquant,hadamard,duquant,duquant-lwc", "--json", str(out),
+               "--methods", ",".join(("fp16",) + METHODS), "--json", str(out),
                "--fake-quant-attention", "--steps", "8", *QUICK_QUANT[:6]])
     assert rc == 0
     res = json.loads(out.read_text())
-    assert [r["method"] for r in res["results"]] == ["fp16", "rtn", "smoothquant", "hadamard", "duquant",
-                                                       "duquant-lwc"]
+    assert [r["method"] for r in res["results"]] == ["fp16", *METHODS]
     assert all(r["ppl"] > 1 and r["seconds"] >= 0 for r in res["results"])
     assert set(res) >= {"target", "dataset", "seqlen", "windows", "tokens", "results"}
 
