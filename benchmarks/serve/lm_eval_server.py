@@ -7,8 +7,11 @@ other, same settings as `duquant bench serve`), on local WikiText-2 tasks
     duquant bench serve-lm-eval --task wikitext2_local:6 --task wikitext2_lastword:150 \
         --json benchmarks/results/serve_lm_eval_smollm2.json
 
-Writes one JSON: machine, load average, exact lm-eval commands, per-task metrics of both
-models and the W4A4 / 16-bit ratio.
+`--also LABEL=CHECKPOINT` (repeatable) serves more DuQuant checkpoints after the first two,
+e.g. one made by another method, so every row of the comparison comes from one run.
+
+Writes one JSON: machine, load average, exact lm-eval commands, per-task metrics of every
+model and each quantized model's ratio to the 16-bit one.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrent", type=int, default=2, help="requests in flight")
     ap.add_argument("--only", choices=["16-bit", "DuQuant W4A4"], default=None,
                     help="run one of the two models only")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                    help="another DuQuant checkpoint to serve and evaluate (repeatable)")
     ap.add_argument("--json", required=True, help="write the result here")
     ap.add_argument("--work-dir", default=None, help="lm-eval outputs and server logs (default: temp)")
     args = ap.parse_args(argv)
@@ -94,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [_parse_task(t) for t in (args.task or ["wikitext2_local:6", "wikitext2_lastword:150"])]
     pair = ServePair.from_args(args, "bench serve-lm-eval")
     if pair is None:
+        return 2
+    try:
+        extra = [_parse_also(a) for a in args.also]
+    except ValueError as e:
+        print(f"bench serve-lm-eval: {e}", file=sys.stderr)
         return 2
     dtype = pair.dtype
     # echo + max_tokens=1: a window of max_length tokens plus the one generated token must fit.
@@ -119,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "(offline_quant.models.export_hf_model)"},
         "models": [],
     }
-    for label, model_dir, head in pair.commands(common):
+    runs = pair.commands(common) + [
+        (label, ck, [sys.executable, "-m", "duquant_serve.cli", "serve", str(ck), *common])
+        for label, ck in extra]
+    for label, model_dir, head in runs:
         if args.only and label != args.only:
             continue
         with serving(label, model_dir, head, pair.env, work) as (entry, url, model):
@@ -148,28 +161,42 @@ def main(argv: list[str] | None = None) -> int:
     for row in result["comparison"]:
         ratio = "–" if row["ratio"] is None else f"{row['ratio']:.3f}"  # None: 16-bit value is 0
         print(f"{row['task']:<20} {row['metric']:<16} 16-bit {row['16-bit']:.4f}  "
-              f"W4A4 {row['DuQuant W4A4']:.4f}  ratio {ratio}")
+              f"{row['model']} {row['value']:.4f}  ratio {ratio}")
     print(f"wrote {args.json}")
     return 0
 
 
 def compare_metrics(models: list[dict]) -> list[dict]:
-    """[{task, metric, 16-bit, DuQuant W4A4, ratio}] for the metrics both models have."""
+    """[{task, metric, model, 16-bit, value, ratio}]: every later model against the first (the
+    16-bit one), for the metrics both have."""
     if len(models) < 2:
         return []
-    a, b = models[0], models[1]
+    a = models[0]
     rows = []
-    for task, ta in a["tasks"].items():
-        tb = b["tasks"].get(task)
-        if tb is None:
-            continue
-        for m, va in ta["metrics"].items():
-            vb = tb["metrics"].get(m)
-            if m.endswith("_stderr") or m == "samples" or not isinstance(va, (int, float)) or vb is None:
+    for b in models[1:]:
+        for task, ta in a["tasks"].items():
+            tb = b["tasks"].get(task)
+            if tb is None:
                 continue
-            rows.append({"task": task, "metric": m, a["label"]: va, b["label"]: vb,
-                         "ratio": vb / va if va else None})
+            for m, va in ta["metrics"].items():
+                vb = tb["metrics"].get(m)
+                if (m.endswith("_stderr") or m == "samples" or not isinstance(va, (int, float))
+                        or vb is None):
+                    continue
+                rows.append({"task": task, "metric": m, "model": b["label"], "16-bit": va,
+                             "value": vb, "ratio": vb / va if va else None})
     return rows
+
+
+def _parse_also(spec: str) -> tuple[str, Path]:
+    """'LABEL=CHECKPOINT' → (label, checkpoint dir); the directory must hold a config.json."""
+    label, sep, path = spec.partition("=")
+    if not sep or not label or not path:
+        raise ValueError(f"--also {spec!r}: expected LABEL=CHECKPOINT")
+    ck = Path(path).resolve()
+    if not (ck / "config.json").is_file():
+        raise ValueError(f"--also {spec!r}: no checkpoint (config.json) at {ck}")
+    return label, ck
 
 
 def _version(dist: str) -> str:

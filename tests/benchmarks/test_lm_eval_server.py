@@ -56,8 +56,21 @@ def test_lm_eval_command_and_results(tmp_path):
     m = read_metrics(tmp_path, "wikitext2_local")
     assert m == {"word_perplexity": 30.0, "bits_per_byte": 0.9, "samples": 6}
     rows = compare_metrics([{"label": "16-bit", "tasks": {"t": {"metrics": m}}},
-                            {"label": "DuQuant W4A4", "tasks": {"t": {"metrics": {**m, "word_perplexity": 45.0}}}}])
-    assert [(r["metric"], r["ratio"]) for r in rows] == [("word_perplexity", 1.5), ("bits_per_byte", 1.0)]
+                            {"label": "DuQuant W4A4", "tasks": {"t": {"metrics": {**m, "word_perplexity": 45.0}}}},
+                            {"label": "opt", "tasks": {"t": {"metrics": {**m, "word_perplexity": 33.0}}}}])
+    assert [(r["model"], r["metric"], r["ratio"]) for r in rows] == [
+        ("DuQuant W4A4", "word_perplexity", 1.5), ("DuQuant W4A4", "bits_per_byte", 1.0),
+        ("opt", "word_perplexity", 1.1), ("opt", "bits_per_byte", 1.0)]
+
+
+def test_also_needs_label_and_checkpoint(tmp_path):
+    from benchmarks.serve.lm_eval_server import _parse_also
+
+    (tmp_path / "config.json").write_text("{}")
+    assert _parse_also(f"old={tmp_path}") == ("old", tmp_path.resolve())
+    for bad in ("nolabel", f"={tmp_path}", f"x={tmp_path / 'missing'}"):
+        with pytest.raises(ValueError, match="--also"):
+            _parse_also(bad)
 
 
 def test_missing_results_is_an_error(tmp_path):
