@@ -1,6 +1,6 @@
 """The DuQuant checkpoint: write atomically, read, and refuse anything that cannot be trusted.
 
-Layout (format_version 2) — a Hugging Face model directory:
+Layout (format_version 3; tensors as in 2) — a Hugging Face model directory:
   config.json            the model's config + quantization_config (DuQuantConfig.to_dict())
   model.safetensors      (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
   tokenizer files, generation_config.json, duquant_report.json (offline pipeline report)

@@ -1,14 +1,14 @@
 """Offline quantization time per device, and agreement between devices.
 
     python benchmarks/quantize/bench_quantize.py time --shape llama2-7b --layers 2 \
-        --devices cuda,cpu --out DIR
+        --devices cuda,cpu --methods duquant,duquant-opt --out DIR
     python benchmarks/quantize/bench_quantize.py compare --device cuda --out DIR
 
 `time` builds a random model with the real widths of --shape (full-width decoder layers, only
 --layers of them, planted outlier channels) and runs `offline_quant.pipeline.quantize_model`
-with the `duquant quantize` defaults (16 × 512 calibration tokens, 256 greedy steps, block 128)
-on each device: per-stage seconds, seconds per decoder layer, and that figure times the real
-model's layer count (an extrapolation, labelled so). The layers are independent, so the
+with the `duquant quantize` settings (16 × 512 calibration tokens, 256 greedy steps, block 128)
+for each of --methods on each device: per-stage seconds, seconds per decoder layer, and that
+figure times the real model's layer count (an extrapolation, labelled so). The layers are independent, so the
 per-layer time is what a full model costs per layer.
 
 `compare` quantizes one small random model on the CPU and on --device from the same seed, and
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from duquant_serve.core.config import DuQuantConfig  # noqa: E402
 from duquant_serve.testing.tiny import build_random_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
+    METHODS,
     PipelineOptions,
     describe_device,
     quantize_model,
@@ -59,7 +60,7 @@ def _sync(dev: torch.device) -> None:
 
 
 def time_quantize(shape: str, layers: int, dev: torch.device, nsamples: int, seqlen: int,
-                  steps: int) -> dict:
+                  steps: int, method: str = "duquant") -> dict:
     s = SHAPES[shape]
     model = build_random_model("llama", seed=0, dtype=torch.bfloat16, init_std=0.02,
                                hidden=s["hidden"], heads=s["heads"], kv_heads=s["kv_heads"],
@@ -69,11 +70,12 @@ def time_quantize(shape: str, layers: int, dev: torch.device, nsamples: int, seq
     cfg = DuQuantConfig(rotation_steps=steps)
     _sync(dev)
     t = time.perf_counter()
-    res = quantize_model(model, ids, cfg, PipelineOptions(progress=False, device=str(dev)))
+    res = quantize_model(model, ids, cfg, PipelineOptions(method=method, progress=False,
+                                                          device=str(dev)))
     _sync(dev)
     total = time.perf_counter() - t
     per_layer = total / layers
-    return dict(bench="quantize_time", shape=shape, layers_built=layers,
+    return dict(bench="quantize_time", method=method, shape=shape, layers_built=layers,
                 device=describe_device(dev), nsamples=nsamples, seqlen=seqlen, steps=steps,
                 dtype="bfloat16", seconds_total=round(total, 3),
                 seconds_per_stage=res.report["seconds_per_stage"],
@@ -134,6 +136,8 @@ def main() -> int:
     t.add_argument("--nsamples", type=int, default=16)
     t.add_argument("--seqlen", type=int, default=512)
     t.add_argument("--steps", type=int, default=256)
+    t.add_argument("--methods", default="duquant",
+                   help="comma list of quantization methods, each timed on each device")
     c = sub.add_parser("compare")
     c.add_argument("--device", default="auto")
     c.add_argument("--steps", type=int, default=64)
@@ -144,10 +148,15 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     if args.what == "time":
+        methods = list(dict.fromkeys(args.methods.split(",")))
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            ap.error(f"unknown method(s) {bad}; choose from {list(METHODS)}")
         for spec in dict.fromkeys(args.devices.split(",")):  # dedupe, keep order
-            rows.append(time_quantize(args.shape, args.layers, resolve_device(spec),
-                                      args.nsamples, args.seqlen, args.steps))
-            print(json.dumps(rows[-1]), flush=True)
+            for method in methods:
+                rows.append(time_quantize(args.shape, args.layers, resolve_device(spec),
+                                          args.nsamples, args.seqlen, args.steps, method))
+                print(json.dumps(rows[-1]), flush=True)
     else:
         rows.append(compare_devices(resolve_device(args.device), args.steps))
         print(json.dumps(rows[-1]), flush=True)

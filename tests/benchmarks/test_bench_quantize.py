@@ -32,12 +32,16 @@ def test_compare_against_the_same_device_agrees_exactly(tmp_path):
 
 def test_time_rows(tmp_path):
     rows = _run(tmp_path, "time", "--shape", "smollm2-135m", "--layers", "2", "--devices",
-                "cpu,cpu", "--nsamples", "2", "--seqlen", "64", "--steps", "8")
-    (row,) = rows  # devices are deduplicated
+                "cpu,cpu", "--nsamples", "2", "--seqlen", "64", "--steps", "8",
+                "--methods", "duquant,duquant-opt")
+    assert [r["method"] for r in rows] == ["duquant", "duquant-opt"]  # devices deduplicated
+    row, opt = rows
     assert row["device"] == "cpu" and row["layers_built"] == 2 and row["real_layers"] == 30
     stages = row["seconds_per_stage"]
     assert stages["rotation_permutation"] > 0 and stages["calibration_forward"] > 0
     assert row["extrapolated_model_seconds"] == pytest.approx(row["seconds_per_layer"] * 30, abs=0.1)
+    # The optimized method's extra stages are timed where they run.
+    assert opt["seconds_per_stage"]["learned_transforms"] > 0 and opt["seconds_per_stage"]["gptq"] > 0
 
 
 @pytest.mark.gpu
