@@ -37,11 +37,18 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="where calibration and quantization run, a decoder layer at a time: "
                         "auto (a CUDA GPU if visible, else cpu), cpu, cuda, cuda:N")
     c = p.add_argument_group("calibration")
-    c.add_argument("--calib", default="random",
-                   help="calibration text: 'wikitext2' (the shipped WikiText-2 validation split), a "
-                        "text file, or 'random' (calibration-free random tokens)")
+    c.add_argument("--calib", default="wikitext2",
+                   help="calibration text: 'wikitext2' (the shipped WikiText-2 validation split, "
+                        "default), a text file, or 'random' (calibration-free random tokens)")
     c.add_argument("--nsamples", type=int, default=16)
     c.add_argument("--calib-seqlen", type=int, default=512)
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
 
 
 def _qcfg(args, method: str = "duquant"):
@@ -64,7 +71,8 @@ def cmd_quantize(args) -> int:
     report = quantize_to_checkpoint(
         args.model, args.out, qcfg,
         CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen),
-        PipelineOptions(method=method,
+        PipelineOptions(method=method, learn_steps=args.learn_steps,
+                        learn_start_steps=args.learn_start_steps,
                         lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet,
                         device=args.device),
         dtype=args.dtype, overwrite=args.overwrite)
@@ -118,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"how transforms and weights are made (default {DEFAULT_METHOD}; "
                         "docs/offline-quant.md lists each with its time)")
     q.add_argument("--lwc", action="store_true", help="same as --method duquant-lwc")
+    q.add_argument("--learn-steps", type=_nonneg_int, default=30,
+                   help="duquant-opt: Adam steps per site of the learned smoothing + rotations")
+    q.add_argument("--learn-start-steps", type=_nonneg_int, default=64,
+                   help="duquant-opt: greedy steps of the starting rotations (--steps is for "
+                        "the greedy methods)")
     q.add_argument("--lwc-epochs", type=int, default=20)
     q.add_argument("--lwc-lr", type=float, default=1e-2)
     q.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),

@@ -131,7 +131,7 @@ def evaluate(
     methods: list[str],
     limit: int | None = None,
     qcfg: DuQuantConfig | None = None,
-    calib_source: str = "random",
+    calib_source: str = "wikitext2",
     calib_nsamples: int = 16,
     calib_seqlen: int = 512,
     fake_quant_attention: bool = False,

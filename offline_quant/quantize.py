@@ -24,7 +24,7 @@ DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "f
 
 @dataclass
 class CalibrationSpec:
-    source: str = "random"  # a text file path or "random"
+    source: str = "wikitext2"  # a shipped text's name, a text file path or "random"
     nsamples: int = 16
     seqlen: int = 512
     seed: int = 2

@@ -6,9 +6,9 @@ import pytest
 
 from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.cli import main
+from duquant_serve.core.config import METHODS
 from duquant_serve.testing.tiny import ARCHS, make_tiny_model
 from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
-from duquant_serve.core.config import METHODS
 from offline_quant.evaluate import evaluate
 
 
@@ -116,3 +116,32 @@ def test_other_bit_widths(tmp_path, bits):
     ck = load_checkpoint(out)
     q = ck.linears["model.layers.0.mlp.up_proj"]
     assert q.qweight.shape[1] == (64 if bits[0] == "4" else 128)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (["--method", "gptq-magic"], "invalid choice"),
+    (["--learn-steps", "-1"], "must be >= 0"),
+    (["--learn-start-steps", "x"], "invalid"),
+])
+def test_bad_method_options_exit_2_before_writing(tmp_path, capsys, bad, fragment):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["-q", "quantize", "smollm2", "--out", str(out), *bad])
+    assert e.value.code == 2 and not out.exists()
+    assert fragment in capsys.readouterr().err
+
+
+def test_each_method_writes_a_checkpoint_that_records_it(tmp_path):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    for method in ("duquant-gptq", "duquant-opt"):
+        out = tmp_path / method
+        assert main(["-q", "quantize", str(src), "--out", str(out), "--method", method,
+                     "--learn-steps", "5", "--learn-start-steps", "4", *QUICK_QUANT]) == 0
+        cfg = load_checkpoint(out).quant_config
+        assert cfg.method == method and not cfg.lwc
+        # The learned method's greedy start is what its config records.
+        assert cfg.rotation_steps == (4 if method == "duquant-opt" else 16)
+        report = json.loads((out / "duquant_report.json").read_text())
+        learned = report["layers"][0]["sites"]["mlp_out"].get("learned")
+        assert (learned is not None) == (method == "duquant-opt")
+        assert report["seconds_per_stage"]["gptq"] > 0

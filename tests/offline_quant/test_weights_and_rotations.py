@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from duquant_serve.core.quant import dequantize, quantize_per_channel
-from duquant_serve.core.quant import fake_quantize_per_token
+from duquant_serve.core.quant import dequantize, fake_quantize_per_token, quantize_per_channel
 from duquant_serve.core.transform import (
     build_input_transform,
     orthogonality_error,
