@@ -104,6 +104,18 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
     return shards
 
 
+def _umask_modes(root: Path) -> None:
+    """The modes `save_pretrained` would give under the caller's umask (dirs 0777, files 0666,
+    minus the umask): mkdtemp's 0700 and any temp file's 0600 would otherwise survive the
+    rename, and a server under another uid could not read the checkpoint."""
+    mask = os.umask(0)
+    os.umask(mask)
+    root.chmod(0o777 & ~mask)
+    for p in root.rglob("*"):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
     """Yield a temp directory beside `out`; when the block completes it replaces `out` (a
@@ -113,6 +125,7 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        _umask_modes(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             out.rename(old)

@@ -131,3 +131,25 @@ def test_corrupt_weight_file_and_pickles_are_refused(tiny_checkpoint, tmp_path):
 def test_not_a_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not a directory"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_checkpoint_modes_follow_the_umask(tmp_path):
+    """Readable by another uid under umask 022 (what save_pretrained gives), still atomic."""
+    import os
+    import stat
+
+    from duquant_serve.checkpoint import atomic_directory
+
+    old = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "ck") as d:
+            (d / "model.safetensors").write_bytes(b"x")
+            os.chmod(d / "model.safetensors", 0o600)  # as a temp-file writer leaves it
+            (d / "sub").mkdir(mode=0o700)
+    finally:
+        os.umask(old)
+    ck = tmp_path / "ck"
+    assert stat.S_IMODE(ck.stat().st_mode) == 0o755
+    assert stat.S_IMODE((ck / "sub").stat().st_mode) == 0o755
+    assert stat.S_IMODE((ck / "model.safetensors").stat().st_mode) == 0o644
+    assert not list(tmp_path.glob(".ck.tmp-*"))
