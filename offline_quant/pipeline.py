@@ -419,6 +419,60 @@ def _install(layer, name: str, q: QuantizedLinear) -> None:
     setattr(layer.get_submodule(parent_name), child, QuantLinearModule(q, "fake"))
 
 
+def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Method,
+                   alpha: float | None, cfg: DuQuantConfig, opts: PipelineOptions,
+                   gen: torch.Generator, dev: torch.device, timings: dict[str, float]
+                   ) -> tuple[dict[str, QuantizedLinear], dict]:
+    """Steps 1-4 on one decoder layer whose inputs are `inps`: its linears are replaced by
+    fake-quant modules → ({name relative to the layer: linear}, {site: report})."""
+    t = time.perf_counter()
+    with torch.no_grad():
+        stats = collect_site_stats(layer, sites, inps, kwargs, opts.batch_size,
+                                   opts.lwc_tokens, hessian=method.weights == "gptq")
+    timings["calibration_forward"] += time.perf_counter() - t
+
+    t = time.perf_counter()
+    learned: dict[str, InputTransform] = {}
+    learn_reports: dict[str, dict] = {}
+    with torch.no_grad():
+        if method.learned:
+            smooth, learned = learn_layer_transforms(layer, sites, stats, alpha, cfg, opts,
+                                                     gen, learn_reports)
+        else:
+            smooth = smooth_layer(layer, sites, stats, {s.name: alpha for s in sites})
+    timings["learned_transforms" if method.learned else "smoothing"] += \
+        time.perf_counter() - t
+
+    site_reports: dict[str, dict] = {}
+    linears: dict[str, QuantizedLinear] = {}
+    for s in sites:
+        st, sv = stats[s.name], smooth[s.name]
+        online = _is_online(s, sv)
+        shards = cfg.tp_shards if s.row_parallel else 1
+        block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
+        arriving = st.tokens if (sv is None or online) else st.tokens / sv
+        t = time.perf_counter()
+        tr = learned.get(s.name) or site_transform(method, st, sv, online, block, shards, cfg,
+                                                   gen, dev)
+        timings["rotation_permutation"] += time.perf_counter() - t
+        with torch.no_grad():
+            site_reports[s.name] = {
+                "block_size": block,
+                "smoothing": None if sv is None else ("online" if online else "folded"),
+                "before": _outlier_stats(st.tokens),
+                "after": _outlier_stats(tr.apply(arriving)),
+            }
+            if s.name in learn_reports:
+                site_reports[s.name]["learned"] = learn_reports[s.name]
+            hessian = (transformed_hessian(st, sv, online, tr)
+                       if method.weights == "gptq" else None)
+        for name, q in quantize_site(method, s, layer, tr, arriving, hessian, shards, cfg,
+                                     opts, timings).items():
+            linears[name] = q
+            _install(layer, name, q)
+    return linears, site_reports
+
+
 def quantize_model(
     model: torch.nn.Module,
     calib_ids: torch.Tensor,
@@ -455,50 +509,9 @@ def quantize_model(
     bar = tqdm(range(len(layers)), desc=f"{opts.method} layers", disable=not opts.progress)
     for li in bar:
         layer = layers[li].to(dev)
-        t = time.perf_counter()
-        with torch.no_grad():
-            stats = collect_site_stats(layer, sites, inps, kwargs, opts.batch_size,
-                                       opts.lwc_tokens, hessian=method.weights == "gptq")
-        timings["calibration_forward"] += time.perf_counter() - t
-
-        t = time.perf_counter()
-        learned: dict[str, InputTransform] = {}
-        learn_reports: dict[str, dict] = {}
-        with torch.no_grad():
-            if method.learned:
-                smooth, learned = learn_layer_transforms(layer, sites, stats, alpha, cfg, opts,
-                                                         gen, learn_reports)
-            else:
-                smooth = smooth_layer(layer, sites, stats, {s.name: alpha for s in sites})
-        timings["learned_transforms" if method.learned else "smoothing"] += \
-            time.perf_counter() - t
-
-        site_reports = {}
-        for s in sites:
-            st, sv = stats[s.name], smooth[s.name]
-            online = _is_online(s, sv)
-            shards = cfg.tp_shards if s.row_parallel else 1
-            block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
-            arriving = st.tokens if (sv is None or online) else st.tokens / sv
-            t = time.perf_counter()
-            tr = learned.get(s.name) or site_transform(method, st, sv, online, block, shards, cfg,
-                                                       gen, dev)
-            timings["rotation_permutation"] += time.perf_counter() - t
-            with torch.no_grad():
-                site_reports[s.name] = {
-                    "block_size": block,
-                    "smoothing": None if sv is None else ("online" if online else "folded"),
-                    "before": _outlier_stats(st.tokens),
-                    "after": _outlier_stats(tr.apply(arriving)),
-                }
-                if s.name in learn_reports:
-                    site_reports[s.name]["learned"] = learn_reports[s.name]
-                hessian = (transformed_hessian(st, sv, online, tr)
-                           if method.weights == "gptq" else None)
-            for name, q in quantize_site(method, s, layer, tr, arriving, hessian, shards, cfg,
-                                         opts, timings).items():
-                linears[f"model.layers.{li}.{name}"] = q
-                _install(layer, name, q)
+        layer_linears, site_reports = quantize_layer(layer, sites, inps, kwargs, method, alpha,
+                                                     cfg, opts, gen, dev, timings)
+        linears.update({f"model.layers.{li}.{n}": q for n, q in layer_linears.items()})
         layer_reports.append({"layer": li, "sites": site_reports})
 
         t = time.perf_counter()
