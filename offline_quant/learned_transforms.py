@@ -22,9 +22,10 @@ from duquant_serve.core.quant import SCALE_MAX, SCALE_MIN, qmax
 from duquant_serve.core.transform import InputTransform, orthonormalize
 
 
-def _fake_quant_ste(x: torch.Tensor, bits: int, clip: float, groups: int) -> torch.Tensor:
-    """core.quant's per-token quantizer (per `groups` contiguous channel groups), with rounding
-    passed straight through."""
+def _fake_quant_ste(x: torch.Tensor, bits: int, clip: float = 1.0, groups: int = 1) -> torch.Tensor:
+    """core.quant's quantizer over each row of x [R, C] (per `groups` contiguous channel groups):
+    per-token activations, or per-output-channel weights with clip 1. Rounding passes
+    gradients straight through."""
     shape = x.shape
     xg = x.reshape(shape[0], groups, shape[1] // groups)
     lo = xg.amin(dim=-1, keepdim=True) * clip
@@ -39,17 +40,6 @@ def _fake_quant_ste(x: torch.Tensor, bits: int, clip: float, groups: int) -> tor
 def _rotate(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     b = r.shape[0]
     return (x.reshape(x.shape[0], -1, b) @ r).reshape(x.shape)
-
-
-def _fake_quant_rows_ste(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-row asymmetric min/max quantizer (no clip), rounding passed straight through."""
-    lo = w.amin(dim=1, keepdim=True)
-    hi = w.amax(dim=1, keepdim=True)
-    scale = ((hi - lo) / qmax(bits)).clamp(SCALE_MIN, SCALE_MAX)
-    zero = torch.round(-lo / scale).detach()
-    v = w / scale
-    q = (v + (torch.round(v) - v).detach() + zero).clamp(0, qmax(bits))
-    return (q - zero) * scale
 
 
 def refine_smoothing_and_rotations(
@@ -94,7 +84,7 @@ def refine_smoothing_and_rotations(
     def loss_of(s, r1, r2):
         xt = _rotate(_rotate(x / s, r1)[:, perm], r2)
         wt = _rotate(_rotate(w * s, r1)[:, perm], r2)
-        y = _fake_quant_ste(xt, a_bits, clip, groups) @ _fake_quant_rows_ste(wt, w_bits).t()
+        y = _fake_quant_ste(xt, a_bits, clip, groups) @ _fake_quant_ste(wt, w_bits).t()
         return (y - target).pow(2).mean() / ref
 
     with torch.no_grad():
