@@ -27,3 +27,15 @@ def test_rows_have_every_text(tmp_path, wikitext_valid):
     assert all(row["wiki"] > 1 and row["fox"] > 1 for row in res["results"])
     # Quantization changes the model: the rows differ.
     assert res["results"][0]["wiki"] != res["results"][1]["wiki"]
+
+
+def test_summary_table_gap_closed():
+    from benchmarks.accuracy.summarize import table
+
+    res = {"results": [{"method": "fp16", "ppl": 20.0, "seconds": 1},
+                       {"method": "hadamard", "ppl": 60.0, "seconds": 2},
+                       {"method": "duquant-opt", "ppl": 26.0, "seconds": 3}]}
+    lines = table(res).splitlines()
+    assert lines[2].startswith("| fp16 | 20.00 | — |")
+    assert lines[3].startswith("| hadamard | 60.00 | 0.0% |")
+    assert lines[4].startswith("| duquant-opt | 26.00 | 85.0% |")
