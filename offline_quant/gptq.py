@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from duquant_serve.core.quant import SCALE_MAX, SCALE_MIN, ZERO_LIMIT, qmax
+from duquant_serve.core.quant import choose_qparams, qmax
 
 
 class GPTQError(ValueError):
@@ -27,12 +27,9 @@ class GPTQError(ValueError):
 
 
 def _qparams(w: torch.Tensor, factor: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row min/max scaled by `factor` [N] (or [G, N]) → scale, zero in core.quant's arithmetic."""
-    lo = w.amin(dim=-1) * factor
-    hi = w.amax(dim=-1) * factor
-    scale = ((hi - lo) / qmax(bits)).clamp(SCALE_MIN, SCALE_MAX)
-    zero = torch.round(-lo / scale).clamp(-ZERO_LIMIT, ZERO_LIMIT)
-    return scale, zero
+    """Row min/max scaled by `factor` [N] → scale, zero (core.quant.choose_qparams), in w's dtype."""
+    scale, zero = choose_qparams(w.amin(dim=-1) * factor, w.amax(dim=-1) * factor, bits)
+    return scale.to(w.dtype), zero.to(w.dtype)
 
 
 def search_clip(

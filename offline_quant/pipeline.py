@@ -289,12 +289,11 @@ def _fold(layer, site: Site, sv: torch.Tensor) -> None:
             prev.bias.div_(sv.to(prev.bias))
 
 
-def smooth_layer(layer, sites, stats, alphas: dict[str, float | None]) -> dict[str, torch.Tensor | None]:
-    """Step 2: smoothing factors of every site (its α, None: no smoothing) from the unmodified
+def smooth_layer(layer, sites, stats, alpha: float | None) -> dict[str, torch.Tensor | None]:
+    """Step 2: smoothing factors of every site (None: no smoothing) from the unmodified
     weights, then all folds (the reference's order) → {site: factors or None}."""
     smooth: dict[str, torch.Tensor | None] = {}
     for s in sites:
-        alpha = alphas[s.name]
         if alpha is None:
             smooth[s.name] = None
             continue
@@ -439,7 +438,7 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
             smooth, learned = learn_layer_transforms(layer, sites, stats, alpha, cfg, opts,
                                                      gen, learn_reports)
         else:
-            smooth = smooth_layer(layer, sites, stats, {s.name: alpha for s in sites})
+            smooth = smooth_layer(layer, sites, stats, alpha)
     timings["learned_transforms" if method.learned else "smoothing"] += \
         time.perf_counter() - t
 
