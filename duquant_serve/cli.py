@@ -77,7 +77,11 @@ def cmd_quantize(args) -> int:
                         device=args.device),
         dtype=args.dtype, overwrite=args.overwrite)
     stages = report["seconds_per_stage"]
-    print(f"wrote {args.out}  ({', '.join(f'{k} {v:.1f}s' for k, v in stages.items())})")
+    size = report["size"]
+    print(f"wrote {args.out}: {size['checkpoint_bytes'] / 1e6:.1f} MB of tensors, "
+          f"{size['ratio_to_16bit']:.2f}x the 16-bit model ({size['bytes_16bit'] / 1e6:.1f} MB; "
+          f"unquantized tensors in {size['unquantized_dtype']})")
+    print(f"  seconds: {', '.join(f'{k} {v:.1f}' for k, v in stages.items())}")
     return 0
 
 
@@ -134,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lwc-epochs", type=int, default=20)
     q.add_argument("--lwc-lr", type=float, default=1e-2)
     q.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="dtype of the unquantized tensors (auto: the loaded model's)")
+                   help="dtype of the unquantized tensors: embeddings, norms, lm_head (auto: the "
+                        "source's 16-bit dtype; bfloat16 for a float32 or GGUF source)")
     q.add_argument("--overwrite", action="store_true")
     _add_quant_args(q)
 
@@ -167,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
+    if argv[:1] == ["serve"]:
+        from duquant_serve.server.launch import print_help, wants_help
+
+        if wants_help(argv[1:]):  # before parsing: the CHECKPOINT argument is not needed
+            return print_help(argv[1:])
     args, rest = parser.parse_known_args(argv)
     if rest and args.cmd not in ("serve", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

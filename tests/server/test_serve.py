@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE.parent / "vllm_plugin"))  # broken.py, conftest help
 from broken import MISSING, make_broken  # noqa: E402
 from serve_helpers import CHAT_TEMPLATE, ServerProcess  # noqa: E402
 
-MODEL_NAME = "tiny-duquant"
+MODEL_NAME = "llama-dq"  # the served name defaults to the checkpoint folder's
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +70,48 @@ def test_refuses_model_option(dq_checkpoint, capsys):
 
 
 def test_command_and_cpu_defaults(dq_checkpoint):
-    from duquant_serve.server.launch import build_command
+    from duquant_serve.server.launch import SERVE_MODULE, build_command
 
     argv, env = build_command(dq_checkpoint, ["--port", "9"], environ={"VLLM_PLUGINS": "x"})
-    assert argv[1:4] == ["-m", "vllm.entrypoints.openai.api_server", "--model"]
-    assert argv[-4:] == ["--dtype", "float32", "--port", "9"]  # float32 checkpoint on CPU
+    # `vllm serve` semantics, the checkpoint as its positional model
+    assert argv[1:4] == ["-m", SERVE_MODULE, str(Path(dq_checkpoint).resolve())]
+    assert argv[argv.index("--served-model-name") + 1] == "llama-dq"  # the folder's name
+    assert "--dtype" not in argv  # a bfloat16 checkpoint: vLLM's auto is right
+    assert argv[-2:] == ["--port", "9"]
     assert env["DUQUANT_VALIDATED_CHECKPOINT"] == str(Path(dq_checkpoint).resolve())
     assert env["VLLM_PLUGINS"] == "x,duquant"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1"
-    argv, env = build_command(dq_checkpoint, ["-tp", "2", "--dtype=bfloat16"],
+    argv, env = build_command(dq_checkpoint, ["-tp", "2", "--served-model-name", "a", "b"],
                               environ={"VLLM_CPU_KVCACHE_SPACE": "4"})
-    assert "float32" not in argv  # the user's --dtype wins
+    assert argv.count("--served-model-name") == 1  # the user's names win
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "4"  # the user's setting wins
     if len(os.sched_getaffinity(0)) >= 2:
         assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
+
+
+def test_float32_checkpoint_served_in_float32_on_cpu(dq_checkpoint, tmp_path):
+    import json
+    import shutil
+
+    from duquant_serve.server.launch import build_command
+
+    f32 = shutil.copytree(dq_checkpoint, tmp_path / "f32")
+    cfg = json.loads((f32 / "config.json").read_text())
+    cfg["dtype"] = cfg["torch_dtype"] = "float32"
+    (f32 / "config.json").write_text(json.dumps(cfg))
+    argv, _ = build_command(f32, [], environ={})
+    assert argv[argv.index("--dtype") + 1] == "float32"
+    argv, _ = build_command(f32, ["--dtype=bfloat16"], environ={})
+    assert "float32" not in argv  # the user's --dtype wins
+
+
+def test_help_shows_ours_and_vllms(capsys):
+    from duquant_serve.cli import main
+
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: duquant serve CHECKPOINT")
+    assert "usage: vllm serve" in out and "--help=ModelConfig" in out
 
 
 def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
@@ -127,19 +155,20 @@ def server(dq_checkpoint, tmp_path_factory):
     pytest.importorskip("openai")
     d = tmp_path_factory.mktemp("server")
     (d / "chat.jinja").write_text(CHAT_TEMPLATE)
-    srv = ServerProcess(dq_checkpoint, ["--served-model-name", MODEL_NAME, "--dtype", "float32",
-                                        "--max-model-len", "256", "--enforce-eager",
+    srv = ServerProcess(dq_checkpoint, ["--dtype", "float32", "--max-model-len", "256", "--enforce-eager",
                                         "--chat-template", str(d / "chat.jinja")],
                         d / "server.log")
     try:
         print(f"\nserver healthy after {srv.wait_healthy():.1f}s")
         yield srv.base
     finally:
-        srv.stop()
-        # The engine must not have died while serving (a race at shutdown may log
-        # EngineDeadError after the shutdown line: vLLM's ordering, not a failure of ours).
-        served = srv.log.read_text().split("[shutdown] API server: shutdown triggered")[0]
-        assert "EngineDeadError" not in served
+        rc = srv.stop()
+        log = srv.log.read_text()
+        # SIGTERM is a clean stop: drained, exit 0, no traceback, no interpreter-exit noise.
+        assert "[shutdown] API server: shutdown triggered" in log
+        assert rc == 0, log[-3000:]
+        assert "Traceback" not in log and "EngineDeadError" not in log, log[-3000:]
+        assert "nanobind" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")
