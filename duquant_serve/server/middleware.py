@@ -1,6 +1,6 @@
 """ASGI middleware that `duquant serve` adds to vLLM's server (``--middleware``, outermost).
 
-Three gaps of vLLM 0.32's server that it closes, and nothing else:
+Four gaps of vLLM 0.32's server that it closes, and nothing else:
 
 1. **Every error is OpenAI-shaped.** vLLM's own handlers answer ``{"error": {"message", "type",
    "param", "code"}}``, but a few answers come from elsewhere: the ``--api-key`` check
@@ -21,6 +21,10 @@ Three gaps of vLLM 0.32's server that it closes, and nothing else:
    ``/scale_elastic_ep`` … answer without it. With a key set (``--api-key`` or
    ``VLLM_API_KEY``), every path outside `PUBLIC_PATHS` (health, metrics, version, API docs)
    needs it here too, with the same 401.
+4. **Requests are OpenAI-strict.** Bodies of POST /v1/completions and /v1/chat/completions are
+   checked against the OpenAI API (request_schema.py) before vLLM sees them: an undefined
+   message role, an unknown content part, an out-of-range value or a misspelt parameter gets
+   400 naming the field (``param``) instead of a generation.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
+
+from .request_schema import CHAT_PATH, COMPLETION_PATH, RequestError, check_request
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,9 +84,9 @@ def _chain_shutdown_signals() -> None:
         signal.signal(sig, handler)
 
 
-def _error_json(status: int, message: str, err_type: str) -> bytes:
+def _error_json(status: int, message: str, err_type: str, param: str | None = None) -> bytes:
     """OpenAI's error shape, as vLLM's own handlers write it."""
-    return json.dumps({"error": {"message": message, "type": err_type, "param": None,
+    return json.dumps({"error": {"message": message, "type": err_type, "param": param,
                                  "code": int(status)}}).encode()
 
 
@@ -109,9 +115,10 @@ def openai_error_body(status: int, raw: bytes) -> bytes | None:
 
 
 async def send_json_error(send: Send, status: int, message: str, err_type: str,
-                          extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+                          extra_headers: list[tuple[bytes, bytes]] | None = None,
+                          param: str | None = None) -> None:
     status = int(status)
-    body = _error_json(status, message, err_type)
+    body = _error_json(status, message, err_type, param)
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode()), *(extra_headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -202,4 +209,45 @@ class DuQuantMiddleware:
         if scope.get("method") == "HEAD":  # no body to reshape
             await self.app(scope, receive, send)
             return
+        # Authentication first (vLLM's, inside the app, answers 401 to a missing key).
+        if (scope.get("method") == "POST" and path in (CHAT_PATH, COMPLETION_PATH)
+                and self._authorized(scope)):
+            receive = await _checked_body(path, receive, send)
+            if receive is None:
+                return
         await self.app(scope, receive, _ErrorShaper(send))
+
+
+async def _checked_body(path: str, receive: Receive, send: Send) -> Receive | None:
+    """Read the whole request body and check it (request_schema.check_request). Refused: the
+    400 is sent, → None. Otherwise → a `receive` that replays the body, then hands on to the
+    client's (so vLLM still sees a disconnect). Undecodable bodies go on to vLLM, which
+    already answers them with an OpenAI error."""
+    chunks, more = [], True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":  # the client left before sending it all
+            return _replay([message], receive)
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    raw = b"".join(chunks)
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    try:
+        check_request(path, body)
+    except RequestError as e:
+        await send_json_error(send, HTTPStatus.BAD_REQUEST, str(e), "BadRequestError",
+                              param=e.param)
+        return None
+    return _replay([{"type": "http.request", "body": raw, "more_body": False}], receive)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed

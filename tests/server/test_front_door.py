@@ -263,6 +263,15 @@ MALFORMED = [
     ("stream_options_without_stream", "POST", C, _c(stream_options={"include_usage": True}), 400),
     ("response_format_unknown", "POST", CHAT, _chat(response_format={"type": "xml"}), 400),
     ("tool_without_function", "POST", CHAT, _chat(tools=[{"type": "function"}]), 400),
+    # What vLLM alone accepted but the OpenAI API rejects (request_schema.py): an undefined role
+    # used to generate until the context limit.
+    ("role_not_in_openai_api", "POST", CHAT, _chat(messages=[{"role": "wizard", "content": "hi"}]), 400),
+    ("content_part_unknown_type", "POST", CHAT, _chat(messages=[{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "x"}}]}]), 400),
+    ("tool_message_without_id", "POST", CHAT, _chat(messages=[{"role": "tool", "content": "4"}]), 400),
+    ("temperature_above_2", "POST", C, _c(temperature=2.5), 400),
+    ("five_stop_sequences", "POST", C, _c(stop=["a", "b", "c", "d", "e"]), 400),
+    ("completion_logprobs_above_5", "POST", C, _c(logprobs=6), 400),
+    ("misspelt_parameter", "POST", C, _c(max_token=2), 400),
     ("unknown_route", "POST", "/v1/nope", _c(), 404),
     ("wrong_method", "GET", C, {}, 405),
     ("no_api_key", "POST", C, {"json": OK, "headers": {"Authorization": ""}}, 401),
