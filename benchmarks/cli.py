@@ -19,6 +19,7 @@ SUITES = {
     "quantize": ("quantize/bench_quantize.py", "offline quantization time per device; CPU vs GPU agreement"),
     "tune-gemm": ("kernels/tune_triton_gemm.py", "Triton GEMM tile tuning on this GPU -> its config table"),
     "accuracy": ("accuracy/run_smollm2_ppl.sh", "SmolLM2 WikiText-2 perplexity, every method"),
+    "capacity": ("capacity/capacity_model.py", "70B sizing: memory per GPU, smallest TP x PP, decode ratio"),
 }
 
 

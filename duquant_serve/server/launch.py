@@ -56,14 +56,25 @@ def _option(rest: list[str], *names: str) -> str | None:
     return value
 
 
-def _tp_size(rest: list[str]) -> int:
-    raw = _option(rest, "--tensor-parallel-size", "-tp")
+def _size(rest: list[str], *names: str) -> int:
+    raw = _option(rest, *names)
     if raw is None:
         return 1
     try:
         return int(raw)
     except ValueError:
-        raise ServeError(f"--tensor-parallel-size must be an integer, got {raw!r}") from None
+        raise ServeError(f"{names[0]} must be an integer, got {raw!r}") from None
+
+
+def _tp_size(rest: list[str]) -> int:
+    return _size(rest, "--tensor-parallel-size", "-tp")
+
+
+def _pp_size(rest: list[str]) -> int:
+    size = _size(rest, "--pipeline-parallel-size", "-pp")
+    if size < 1:
+        raise ServeError(f"--pipeline-parallel-size must be >= 1, got {size}")
+    return size
 
 
 def is_cpu_platform() -> bool:
@@ -79,14 +90,15 @@ def is_cpu_platform() -> bool:
     raise ServeError("vLLM is not installed: pip install 'duquant-serve[cpu]' (or [gpu])")
 
 
-def _cpu_binding(tp: int) -> str:
-    """Split the cores this process may use into `tp` contiguous blocks, "0-3|4-7"."""
+def _cpu_binding(workers: int) -> str:
+    """Split the cores this process may use into one contiguous block per worker (TP × PP),
+    "0,1,2,3|4,5,6,7"."""
     cores = sorted(os.sched_getaffinity(0))
-    per = len(cores) // tp
+    per = len(cores) // workers
     if per < 1:
-        raise ServeError(f"tensor-parallel size {tp} needs at least {tp} CPU cores, "
-                         f"{len(cores)} available")
-    blocks = [cores[i * per:(i + 1) * per] for i in range(tp)]
+        raise ServeError(f"{workers} workers (tensor- x pipeline-parallel size) need at least "
+                         f"{workers} CPU cores, {len(cores)} available")
+    blocks = [cores[i * per:(i + 1) * per] for i in range(workers)]
     return "|".join(",".join(map(str, b)) for b in blocks)
 
 
@@ -116,18 +128,23 @@ def build_command(checkpoint: str | Path, rest: list[str],
                              "do not pass it")
     path = Path(checkpoint).resolve()
     ck = load_checkpoint(path)
-    tp = _tp_size(rest)
-    check_tp_size(tp, ck.quant_config.tp_shards)
+    tp, pp = _tp_size(rest), _pp_size(rest)
+    check_tp_size(tp, ck.quant_config.tp_shards)  # pipeline stages hold whole layers: any PP
 
     env = dict(os.environ if environ is None else environ)
     env[VALIDATED_ENV] = str(path)  # the plugin need not read every tensor again
     env["VLLM_PLUGINS"] = _plugin_allowlist(env.get("VLLM_PLUGINS"))
     cpu = is_cpu_platform()
     if cpu:
+        if pp > 1 and "--enforce-eager" in rest:
+            raise ServeError(
+                "--pipeline-parallel-size > 1 with --enforce-eager does not run on vLLM's CPU "
+                "backend (0.32: its runner allocates the buffers between stages only while "
+                "warming up the compiled model, so the second stage fails); drop --enforce-eager")
         if "VLLM_CPU_KVCACHE_SPACE" not in env and _option(rest, "--gpu-memory-utilization") is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
-        if tp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(tp)
+        if tp * pp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(tp * pp)
     defaults = ["--middleware", MIDDLEWARE]
     if _option(rest, "--shutdown-timeout") is None:
         defaults += ["--shutdown-timeout", DRAIN_TIMEOUT_S]

@@ -63,6 +63,23 @@ def test_refuses_tp_not_dividing_tp_shards(dq_checkpoint, capsys):
         assert "does not divide the checkpoint's quantization_config.tp_shards=2" in err
 
 
+def test_pipeline_parallel_on_cpu(dq_checkpoint, monkeypatch):
+    from duquant_serve.server import launch
+
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: True)
+    monkeypatch.setattr(launch.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    _, env = launch.build_command(dq_checkpoint, ["-tp", "2", "-pp", "2"], environ={})
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1|2|3"  # one core block per worker
+    _, env = launch.build_command(dq_checkpoint, ["--pipeline-parallel-size=2"], environ={})
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+    with pytest.raises(launch.ServeError, match="drop --enforce-eager"):
+        launch.build_command(dq_checkpoint, ["-pp", "2", "--enforce-eager"], environ={})
+    with pytest.raises(launch.ServeError, match="need at least 8 CPU cores"):
+        launch.build_command(dq_checkpoint, ["-tp", "2", "-pp", "4"], environ={})
+    with pytest.raises(launch.ServeError, match="--pipeline-parallel-size must be an integer"):
+        launch.build_command(dq_checkpoint, ["-pp", "two"], environ={})
+
+
 def test_refuses_model_option(dq_checkpoint, capsys):
     rc, err = _serve(capsys, dq_checkpoint, "--model", "other")
     assert rc == 2

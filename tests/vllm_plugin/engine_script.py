@@ -1,6 +1,6 @@
 """Run one vLLM engine on a checkpoint and write what the tests check as JSON.
 
-    python engine_script.py CHECKPOINT OUT.json [--compile] [--tp N] [--max-tokens 32] PROMPT...
+    python engine_script.py CHECKPOINT OUT.json [--compile] [--tp N] [--pp N] [--max-tokens 32] PROMPT...
 
 A separate process per engine: vLLM keeps process-wide state (distributed groups, compile
 caches), and TP workers are spawned, hence the __main__ guard. Writes
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("prompts", nargs="+")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -42,7 +43,8 @@ def main() -> None:
     from vllm import LLM, SamplingParams
 
     llm = LLM(model=args.checkpoint, dtype="float32", enforce_eager=not args.compile,
-              tensor_parallel_size=args.tp, max_model_len=256, seed=0)
+              tensor_parallel_size=args.tp, pipeline_parallel_size=args.pp, max_model_len=256,
+              seed=0)
     startup = time.perf_counter() - t0
     layers = {}
     if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":

@@ -68,3 +68,18 @@ def test_tensor_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens
                                       strict=True):
         assert got == tp1, f"prompt {prompt!r}: TP=2 differs from TP=1"
         assert got == want, f"prompt {prompt!r}: TP=2 differs from the offline reference"
+
+
+def test_pipeline_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens, tmp_path):
+    """PP=2 (one decoder layer per stage, one core each) gives TP=1's greedy tokens: a stage
+    holds whole layers, so nothing about the transforms is split. Compiled, because vLLM 0.32's
+    CPU runner allocates the inter-stage buffers only in its compile warm-up (with
+    --enforce-eager, stage 2 fails an assertion; `duquant serve` refuses that combination)."""
+    env = engine_env(VLLM_CPU_OMP_THREADS_BIND="0|1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--pp", "2", "--compile",
+                           env=env)
+    assert res is not None, tail(proc)
+    for prompt, got, tp1, want in zip(PROMPTS, res["tokens"], eager_run["tokens"], reference_tokens,
+                                      strict=True):
+        assert got == tp1, f"prompt {prompt!r}: PP=2 differs from TP=1"
+        assert got == want, f"prompt {prompt!r}: PP=2 differs from the offline reference"
