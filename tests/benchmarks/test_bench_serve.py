@@ -118,5 +118,5 @@ def test_bench_serve_end_to_end_on_tiny_model(tiny_checkpoint, tmp_path):
             assert s["failed"] == 0 and s["completed"] == r["num_prompts"]
             assert s["total_output_tokens"] == r["num_prompts"] * r["output_len"]  # ignore_eos
             assert math.isfinite(s["ttft_ms"]["p99"])
-    assert len(res["loadavg_before"]) == 3 and res["settings"]["dtype"] == "float32"
+    assert len(res["loadavg_before"]) == 3 and res["settings"]["dtype"] == "bfloat16"
     assert (tmp_path / "tiny_decode.png").is_file() and (tmp_path / "tiny_prefill.png").is_file()
