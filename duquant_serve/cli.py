@@ -29,9 +29,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--permutation", choices=("zigzag", "none"), default="zigzag")
     g.add_argument("--channel-select", choices=("column", "row"), default="column",
                    help="greedy outlier channel: paper ('column') or reference-code quirk ('row')")
-    g.add_argument("--tp-shards", type=int, default=1,
+    g.add_argument("--tp-shards", type=_tp_shards, default="auto",
                    help="row-parallel permutations and activation ranges stay within this many "
-                        "input shards: any tensor-parallel size dividing N serves it identically")
+                        "input shards: any tensor-parallel size dividing N serves it identically "
+                        "(auto: the largest of 8, 4, 2, 1 the model's heads allow without "
+                        "shrinking a rotation block)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto",
                    help="where calibration and quantization run, a decoder layer at a time: "
@@ -51,6 +53,23 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _tp_shards(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or 'auto', got {text!r}") from None
+
+
+def _resolve_tp_shards(args, model: str) -> None:
+    """--tp-shards auto → the model's value (offline_quant.models.auto_tp_shards)."""
+    if args.tp_shards == "auto":
+        from offline_quant.models import auto_tp_shards, load_config
+
+        args.tp_shards = auto_tp_shards(load_config(model), args.block_size)
+
+
 def _qcfg(args, method: str = "duquant"):
     from duquant_serve.core.config import DuQuantConfig
 
@@ -67,6 +86,7 @@ def cmd_quantize(args) -> int:
     from offline_quant.quantize import CalibrationSpec, quantize_to_checkpoint
 
     method = "duquant-lwc" if args.lwc else args.method
+    _resolve_tp_shards(args, args.model)
     qcfg = _qcfg(args, method)
     report = quantize_to_checkpoint(
         args.model, args.out, qcfg,
@@ -86,8 +106,12 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from offline_quant.evaluate import evaluate
+    from offline_quant.evaluate import evaluate, is_duquant_checkpoint
 
+    if is_duquant_checkpoint(args.target):
+        args.tp_shards = 1 if args.tp_shards == "auto" else args.tp_shards  # the checkpoint's own
+    else:
+        _resolve_tp_shards(args, args.target)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
 
     def on_result(partial: dict) -> None:

@@ -63,6 +63,32 @@ def layer_sites(config) -> tuple[Site, ...]:
     )
 
 
+TP_SIZES = (8, 4, 2, 1)  # the tensor-parallel sizes operators run, largest first
+
+
+def auto_tp_shards(config, block_size: int) -> int:
+    """The default `tp_shards`: the largest of 8, 4, 2, 1 at which vLLM can split the model
+    (the attention heads divide) and sharding the row-parallel inputs (o_proj, down_proj)
+    costs nothing, i.e. each shard keeps the rotation block the whole width would get. Such a
+    checkpoint serves at every TP size dividing it; per-shard activation ranges are, if
+    anything, finer (docs/serving.md, tensor parallelism)."""
+    from duquant_serve.core.transform import TransformError, choose_block_size
+
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    widths = (heads * head_dim, config.intermediate_size)
+    for s in TP_SIZES:
+        if heads % s or any(w % s for w in widths):
+            continue
+        try:
+            if all(choose_block_size(w, block_size, s) == choose_block_size(w, block_size)
+                   for w in widths):
+                return s
+        except TransformError:
+            continue
+    return 1
+
+
 def check_supported(config) -> None:
     mt = getattr(config, "model_type", None)
     if mt not in SUPPORTED_MODEL_TYPES:

@@ -53,3 +53,31 @@ def test_size_report_counts_the_16_bit_model(tmp_path, capsys):
     assert report["bytes_16bit"] == 2 * n
     printed = capsys.readouterr().out
     assert f"{report['ratio_to_16bit']:.2f}x the 16-bit model" in printed
+
+
+def test_tp_shards_auto_is_the_largest_free_sharding():
+    from types import SimpleNamespace
+
+    from offline_quant.models import auto_tp_shards
+
+    def cfg(hidden, heads, inter):
+        return SimpleNamespace(hidden_size=hidden, num_attention_heads=heads, head_dim=None,
+                               intermediate_size=inter)
+
+    assert auto_tp_shards(cfg(8192, 64, 28672), 128) == 8  # LLaMA-2/3-70B: every TP size
+    # LLaMA-2-7B: 11008 / 4 = 2752 would drop down_proj's block from 128 to 64
+    assert auto_tp_shards(cfg(4096, 32, 11008), 128) == 2
+    assert auto_tp_shards(cfg(576, 9, 1536), 128) == 1  # SmolLM2: 9 heads split no way
+    assert auto_tp_shards(cfg(256, 4, 384), 128) == 1  # the tiny test model
+    assert auto_tp_shards(cfg(256, 4, 384), 64) == 2
+
+
+def test_tp_shards_option(tmp_path, capsys):
+    src = make_tiny_model(tmp_path / "src", "llama")
+    out = tmp_path / "dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), *QUICK, "--block-size", "64"]) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["tp_shards"] == 2  # auto, resolved from the model
+    with pytest.raises(SystemExit):
+        main(["quantize", str(src), "--out", str(tmp_path / "x"), "--tp-shards", "many"])
+    assert "must be an integer or 'auto'" in capsys.readouterr().err
