@@ -8,46 +8,18 @@ Must match `duquant_serve.core.reference.prologue_ref` (tests/kernels/test_trito
 codes may differ only where summation order or operand precision moves x'/s across a rounding
 boundary, by 1.
 
-Structure (one program per tile of BLOCK_M tokens — 1, 2 or 4, as many as keep every SM busy:
-`_config` — persistent over tiles):
-  phase 1  for each chunk of blocks: x / smooth times R1 on the tensor cores, treating (token,
-           block) pairs as rows — [BLOCK_M·CHUNK, b] · [b, b], computed NS output columns at a
-           time, each as a loop over K slices of KC (so only [rows, KC] and [KC, NS] operands
-           are live: ≤ 40 B of spill, 8–32 KB of shared memory) — then *scatter* the result through
-           inv_perm into the program's own fp32 scratch rows. The scratch is sized by the
-           number of programs, not by M (one program per SM at K = 14336: 132·4·14336·4 B =
-           30 MB, inside H100's 50 MB L2).
-  barrier  (the gather crosses blocks, so every chunk must be written before any is read)
-  phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max
-  phase 3  per chunk: the same load and dot again ("recompute", the default), quantize, store
-           codes (int8), accumulate Σq.
-  "reload" (DUQUANT_PROLOGUE_PHASE3) has phase 2 write its result back over its input in the
-  scratch (after a barrier: [ROWS, b] at once, not NS columns) and phase 3 load it: one dot
-  with R2 per element (2·b tensor-core FLOPs, 3× in tf32x3; a third of the prologue's) traded
-  for one 4-byte store to L2-resident scratch (phase 3 loads the same bytes either way), at the
-  cost of a [ROWS, b] accumulator. Which is faster depends on whether the prologue is bound by
-  tensor cores or by L2 and was not measured: the GPU session times both
-  (benchmarks/gpu_session.py). Spills (ptxas, per thread, sm_80/89/90, Triton 3.9 and 3.6):
-  at most 40 B in any variant (docs/kernels.md).
-R1/R2 dots and precision (benchmarks/kernels/prologue_precision.py emulates each on CPU):
-  "tf32x3"  three TF32 passes ≈ fp32: ~1e-6 of codes differ from the reference (by 1)
-  "tf32"    one pass, 3× cheaper: 5e-4 .. 2.5e-3 of codes differ, always by 1. Such a code sits
-            within TF32 rounding of a .5 boundary, where either neighbour is an equally good
-            quantization, so model quality does not move; only bit-exactness does.
-  "fp16"    one pass on fp16 operands, each (token, block) row first divided by a power of two
-            just above its max |value| (exact; undone after the dot): the same 11-bit
-            significands as TF32, hence the same code differences in emulation, at twice the
-            TF32 tensor-core rate (H100: 989 vs 495 dense TFLOP/s). Costs one more read of each
-            row block (its max) per dot phase. Untimed: the GPU session times it beside tf32.
-  "bf16"    not offered: codes move by up to 2.
-Default: tf32x3 up to 256 tokens (latency-bound, the extra passes are free), tf32 above, where
-the prologue's 3·2·M·K·b tensor-core FLOPs (2·2·M·K·b with "reload") start to rival the
-GEMM's (docs/kernels.md).
-Override with DUQUANT_PROLOGUE_PRECISION=tf32x3|tf32|fp16|ieee.
-
-Opt-in for decode (DUQUANT_PROLOGUE_DECODE=split, ≤ SPLIT_MAX_M tokens): `_prologue_split_kernel`,
-one program per (token, output block) in fp32 on the CUDA cores, the token's last program
-quantizing its row (docs/kernels.md; untimed, so not the default).
+One program per tile of 1, 2 or 4 tokens (`_config`), persistent over tiles:
+  phase 1  per chunk of blocks: (x / smooth) · R1 on the tensor cores, (token, block) pairs as
+           dot rows, then *scattered* through inv_perm into the program's fp32 scratch rows
+           (sized by the number of programs, L2-resident);
+  barrier  (the gather crosses blocks);
+  phase 2  per chunk: contiguous scratch load, dot with R2, running per-token min / max;
+  phase 3  the same dot again ("recompute", default) or phase 2's stored result ("reload"),
+           quantize, store int8 codes, accumulate Σq.
+R1/R2 dot precision: tf32x3 (≈ fp32) up to 256 tokens, tf32 above; fp16 (rows pre-scaled by a
+power of two) and ieee on request (DUQUANT_PROLOGUE_PRECISION). Why these choices, their code
+differences, spills and shared memory: docs/kernels.md ("The prologue"). The opt-in decode
+variant is triton_prologue_split.py.
 """
 
 from __future__ import annotations
@@ -57,41 +29,10 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from duquant_serve.kernels import device_state
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-@triton.jit
-def _round_half_even(v, USE_LIBDEVICE: tl.constexpr):
-    # libdevice.rint is one instruction on GPU but the interpreter lacks it; the 1.5·2^23 trick
-    # rounds half-to-even for |v| < 2^22 (larger values only reach clamped code/zero ranges).
-    if USE_LIBDEVICE:
-        return libdevice.rint(v)
-    else:
-        r = (v + 12582912.0) - 12582912.0
-        return tl.where(tl.abs(v) < 4194304.0, r, v)
-
-
-@triton.jit
-def _scale_zero(lo, hi, clip_ratio, QMAX: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
-    """Per-token scale and zero point from the running min / max (module docstring)."""
-    lo = lo * clip_ratio
-    hi = hi * clip_ratio
-    scale = tl.math.div_rn(hi - lo, QMAX * 1.0)
-    scale = tl.minimum(tl.maximum(scale, 1e-5), 1e4)
-    zero = _round_half_even(tl.math.div_rn(-lo, scale), USE_LIBDEVICE)
-    zero = tl.minimum(tl.maximum(zero, -1e4), 1e4)
-    return scale, zero
-
-
-@triton.jit
-def _codes(w, scale, zero, QMAX: tl.constexpr, USE_LIBDEVICE: tl.constexpr):
-    """clamp(round(w / scale) + zero, 0, QMAX) as int32."""
-    q = _round_half_even(tl.math.div_rn(w, scale), USE_LIBDEVICE) + zero
-    return tl.minimum(tl.maximum(q, 0.0), QMAX * 1.0).to(tl.int32)
+from duquant_serve.kernels.triton_codes import INTERPRET, token_codes, token_scale_zero
+from duquant_serve.kernels.triton_prologue_split import SPLIT_MAX_M, split_prologue
 
 
 @triton.jit
@@ -230,7 +171,7 @@ def _prologue_kernel(
                     tl.store(s_row + k_base + tl.arange(0, B)[None, :], w, mask=ok_r)
         if RELOAD:
             tl.debug_barrier()  # phase 3 loads what other warps stored
-        scale, zero = _scale_zero(lo, hi, clip_ratio, QMAX, USE_LIBDEVICE)
+        scale, zero = token_scale_zero(lo, hi, clip_ratio, QMAX, USE_LIBDEVICE)
         # Broadcast per-token scale/zero to the dot rows.
         scale_r = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCK_M, CHUNK]), [ROWS])
         zero_r = tl.reshape(tl.broadcast_to(zero[:, None], [BLOCK_M, CHUNK]), [ROWS])
@@ -248,7 +189,7 @@ def _prologue_kernel(
                 else:
                     w = _rotate_slice(s_row + k_base, ok_r, k_base, smooth_ptr, r2_ptr, j, inv,
                                       False, B, NS, KC, PRECISION) * sc
-                qi = tl.where(ok_r, _codes(w, scale_r[:, None], zero_r[:, None], QMAX,
+                qi = tl.where(ok_r, token_codes(w, scale_r[:, None], zero_r[:, None], QMAX,
                                            USE_LIBDEVICE), 0)
                 tl.store(q_ptr + m.to(tl.int64)[:, None] * stride_qm + k_base
                          + (j * NS + cs)[None, :], qi.to(tl.int8), mask=ok_r)
@@ -259,87 +200,6 @@ def _prologue_kernel(
         tl.store(scale_ptr + mt, scale, mask=mt_ok)
         tl.store(zero_ptr + mt, zero, mask=mt_ok)
         tl.store(sum_ptr + mt, qsum, mask=mt_ok)
-
-
-@triton.jit
-def _prologue_split_kernel(
-    x_ptr, stride_xm,
-    smooth_ptr, r1t_ptr, r2t_ptr, perm_ptr,
-    scratch_ptr, part_ptr, count_ptr,
-    q_ptr, stride_qm,
-    scale_ptr, zero_ptr, sum_ptr,
-    C, clip_ratio,
-    QMAX: tl.constexpr,
-    B: tl.constexpr,
-    NBLK: tl.constexpr,
-    NBLK_P2: tl.constexpr,
-    KD: tl.constexpr,
-    QC: tl.constexpr,
-    HAS_SMOOTH: tl.constexpr,
-    USE_LIBDEVICE: tl.constexpr,
-):
-    """Decode prologue: the same codes as `_prologue_kernel`, one program per (token, output
-    block) instead of one per token, so a token's work spreads over NBLK SMs. Program (t, j)
-    gathers the b values of x·BlockDiag(R1) that the permutation sends to output block j (each
-    a length-b fp32 dot of its source block of x with one column of R1, on the CUDA cores),
-    applies R2, stores the block's b values to scratch row t and its min / max. The last
-    program of token t to finish (an acq_rel counter) reduces the min / max and quantizes the
-    whole row. Must match core.reference.prologue_ref."""
-    t = tl.program_id(0)
-    j = tl.program_id(1)
-    i = tl.arange(0, B)
-    kd = tl.arange(0, KD)
-    # Output i of block j is element perm[j·b + i] of x·BlockDiag(R1): column src % b of R1
-    # applied to source block src // b of x.
-    src = tl.load(perm_ptr + j * B + i).to(tl.int32)
-    x_blk = (src // B) * B  # [B] first column of each source block
-    x_row = x_ptr + t.to(tl.int64) * stride_xm
-    y = tl.zeros([B], tl.float32)
-    for k0 in range(0, B, KD):
-        cols = x_blk[:, None] + k0 + kd[None, :]  # [B, KD]
-        v = tl.load(x_row + cols).to(tl.float32)
-        if HAS_SMOOTH:
-            v = tl.math.div_rn(v, tl.load(smooth_ptr + cols))
-        # R1ᵀ row-major: column src % b of R1 is a contiguous row.
-        r = tl.load(r1t_ptr + (src % B)[:, None] * B + k0 + kd[None, :])
-        y += tl.sum(v * r, axis=1)
-    # R2: w[n] = Σ_i y[i]·R2[i, n], R2[i, n] at n·b + i in R2ᵀ row-major.
-    s_row = scratch_ptr + t.to(tl.int64) * C + j * B
-    lo = tl.full([KD], float("inf"), tl.float32)
-    hi = tl.full([KD], float("-inf"), tl.float32)
-    for n0 in range(0, B, KD):
-        w = tl.sum(y[:, None] * tl.load(r2t_ptr + (n0 + kd)[None, :] * B + i[:, None]), axis=0)
-        tl.store(s_row + n0 + kd, w)
-        lo = tl.minimum(lo, w)
-        hi = tl.maximum(hi, w)
-    part = part_ptr + (t * NBLK + j) * 2
-    tl.store(part, tl.min(lo, axis=0))
-    tl.store(part + 1, tl.max(hi, axis=0))
-    # Every thread's stores happen before the (single-thread) release of the counter.
-    tl.debug_barrier()
-    arrived = tl.atomic_add(count_ptr + t, 1, sem="acq_rel")
-    if arrived == NBLK - 1:
-        tl.debug_barrier()
-        tl.store(count_ptr + t, 0)  # ready for the next launch (kernels on a stream are ordered)
-        pb = tl.arange(0, NBLK_P2)
-        parts = part_ptr + (t * NBLK + pb) * 2
-        # .cg: read at L2, where the other programs' stores are, never a stale L1 line.
-        plo = tl.load(parts, mask=pb < NBLK, other=float("inf"), cache_modifier=".cg")
-        phi = tl.load(parts + 1, mask=pb < NBLK, other=float("-inf"), cache_modifier=".cg")
-        scale, zero = _scale_zero(tl.min(plo, axis=0), tl.max(phi, axis=0), clip_ratio, QMAX,
-                                  USE_LIBDEVICE)
-        qc = tl.arange(0, QC)
-        row = scratch_ptr + t.to(tl.int64) * C
-        qsum = tl.zeros([QC], tl.int32)
-        for c0 in range(0, C, QC):
-            ok = c0 + qc < C
-            w = tl.load(row + c0 + qc, mask=ok, other=0.0, cache_modifier=".cg")
-            q = tl.where(ok, _codes(w, scale, zero, QMAX, USE_LIBDEVICE), 0)
-            tl.store(q_ptr + t.to(tl.int64) * stride_qm + c0 + qc, q.to(tl.int8), mask=ok)
-            qsum += q
-        tl.store(scale_ptr + t, scale)
-        tl.store(zero_ptr + t, zero)
-        tl.store(sum_ptr + t, tl.sum(qsum, axis=0))
 
 
 # R1/R2 dot precisions (module docstring).
@@ -387,36 +247,6 @@ def _config(m: int, c: int, b: int, sms: int | None = None,
 # buffer shared across calls would leave graphs captured before a regrowth pointing at freed
 # memory, and would race between streams.)
 
-# The split decode prologue serves up to SPLIT_MAX_M tokens, one arrival counter per token
-# (device_state.arrival_counters: the one state kept across calls).
-SPLIT_MAX_M = device_state.COUNTER_SLOTS[device_state.SPLIT_PROLOGUE]
-
-
-def split_counters(device: torch.device | str) -> torch.Tensor:
-    """The split decode prologue's per-token arrival counters on `device` (made at load)."""
-    return device_state.arrival_counters(device_state.SPLIT_PROLOGUE, device)
-
-
-def _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio, out):
-    m, c = x.shape
-    b = r1t.shape[0]
-    nblk = c // b
-    # fp32 scratch [M, C]; block min/max [M, C/b, 2].
-    scratch = torch.empty(m * c, dtype=torch.float32, device=x.device)
-    parts = torch.empty(m * nblk * 2, dtype=torch.float32, device=x.device)
-    count = split_counters(x.device)
-    codes, scale, zero, qsum = out
-    _prologue_split_kernel[(m, nblk)](
-        x, x.stride(0), smooth if smooth is not None else r1t, r1t, r2t, perm,
-        scratch, parts, count, codes, codes.stride(0), scale, zero, qsum,
-        c, float(clip_ratio),
-        QMAX=(1 << a_bits) - 1, B=b, NBLK=nblk, NBLK_P2=triton.next_power_of_2(nblk),
-        KD=min(b, 32), QC=1024, HAS_SMOOTH=smooth is not None,
-        USE_LIBDEVICE=not _INTERPRET, num_warps=4, num_stages=1,
-    )
-    return out
-
-
 def fused_prologue(
     x: torch.Tensor,
     r1: torch.Tensor,
@@ -438,7 +268,7 @@ def fused_prologue(
 
     inv_perm: int32 [C] with inv_perm[perm[i]] = i. phase3: "recompute" (default) or "reload"
     (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). decode: "tiled" (default) or
-    "split": up to SPLIT_MAX_M tokens through `_prologue_split_kernel`, which needs `perm`
+    "split": up to SPLIT_MAX_M tokens through triton_prologue_split.py, which needs `perm`
     (computed here if not given; DUQUANT_PROLOGUE_DECODE overrides). tokens: tokens per
     program of the tiled kernel (`_config` chooses by default). Launcher of both kernels.
     """
@@ -457,7 +287,7 @@ def fused_prologue(
         smooth = smooth.float().contiguous()
     if precision is None:
         precision = os.environ.get("DUQUANT_PROLOGUE_PRECISION") or (
-            "ieee" if _INTERPRET else "tf32x3" if m <= 256 else "tf32")
+            "ieee" if INTERPRET else "tf32x3" if m <= 256 else "tf32")
     if precision not in PRECISIONS:
         raise ValueError(f"prologue precision {precision!r} not in {', '.join(PRECISIONS)}")
     phase3 = phase3 or os.environ.get("DUQUANT_PROLOGUE_PHASE3") or "recompute"
@@ -474,8 +304,8 @@ def fused_prologue(
         return codes, scale, zero, qsum
     if decode == "split" and m <= SPLIT_MAX_M:
         perm = torch.argsort(inv_perm) if perm is None else perm.contiguous()
-        return _split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio,
-                               (codes, scale, zero, qsum))
+        return split_prologue(x, r1t, r2t, perm, smooth, a_bits, clip_ratio,
+                              (codes, scale, zero, qsum))
     sms = device_state.sm_count(x.device)
     block_m, chunk, num_warps = _config(m, c, b, sms, tokens)
     tiles = triton.cdiv(m, block_m)
@@ -497,7 +327,7 @@ def fused_prologue(
         QMAX=(1 << a_bits) - 1, B=b, NBLK=c // b, CHUNK=chunk, BLOCK_M=block_m, NS=min(b, ns),
         KC=min(b, kc),
         HAS_SMOOTH=smooth is not None, PRECISION=precision, RELOAD=phase3 == "reload",
-        USE_LIBDEVICE=not _INTERPRET, num_warps=num_warps,
+        USE_LIBDEVICE=not INTERPRET, num_warps=num_warps,
         num_stages=1,  # the loops are short and dependent; deeper pipelines only cost smem
     )
     return codes, scale, zero, qsum

@@ -22,13 +22,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
-from duquant_serve.kernels.triton_prologue import (
-    KC,
-    NS,
-    _config,
-    _prologue_kernel,
-    _prologue_split_kernel,
-)
+from duquant_serve.kernels.triton_prologue import KC, NS, _config, _prologue_kernel
+from duquant_serve.kernels.triton_prologue_split import _prologue_split_kernel
 from duquant_serve.testing import cuda_tools
 
 GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",

@@ -7,7 +7,7 @@ import torch
 from kernel_cases import inverse_perm, make_transform, make_x
 
 from duquant_serve.core.reference import prologue_ref
-from duquant_serve.kernels import triton_prologue
+from duquant_serve.kernels import triton_prologue, triton_prologue_split
 from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
 # (M, K, b, smooth): K=576 = 9 blocks of 64 (SmolLM2), K=192 = 3 blocks, K=256 with b=128.
@@ -163,7 +163,7 @@ def test_split_decode_prologue_matches_reference(m, k, b, smooth):
     for a, r in zip(_compare(x, t, 0.9, decode="split"), out, strict=True):
         assert torch.equal(a, r)
     # Each launch leaves its per-token arrival counters at zero for the next one.
-    count = triton_prologue.split_counters(x.device)
+    count = triton_prologue_split.split_counters(x.device)
     assert count.shape == (SPLIT_MAX_M,) and int(count.abs().sum()) == 0
 
 
