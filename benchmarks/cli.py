@@ -41,3 +41,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     return 0
+
+
+if __name__ == "__main__":  # `duquant bench` runs this module (the library never imports it)
+    sys.exit(main(sys.argv[1:]))

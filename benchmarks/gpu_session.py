@@ -33,8 +33,8 @@ from duquant_serve.core.reference import (  # noqa: E402
     w4a4_linear_ref,
 )
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
+from duquant_serve.kernels.random_cases import random_activations, random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
-from duquant_serve.testing.layers import random_activations, random_linear  # noqa: E402
 
 MODELS = {
     "llama2-7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096),

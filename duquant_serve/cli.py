@@ -108,6 +108,11 @@ def cmd_quantize(args) -> int:
 def cmd_eval(args) -> int:
     from offline_quant.evaluate import evaluate, is_duquant_checkpoint
 
+    linear = None
+    if args.kernels:
+        from duquant_serve.kernels.module import KernelLinear
+
+        linear = KernelLinear
     if is_duquant_checkpoint(args.target):
         args.tp_shards = 1 if args.tp_shards == "auto" else args.tp_shards  # the checkpoint's own
     else:
@@ -125,7 +130,7 @@ def cmd_eval(args) -> int:
              qcfg=_qcfg(args), calib_source=args.calib,
              calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
              fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
-             on_result=on_result, device=args.device, kernels=args.kernels)
+             on_result=on_result, device=args.device, linear=linear)
     return 0
 
 
@@ -136,9 +141,16 @@ def cmd_serve(args, rest: list[str]) -> int:
 
 
 def cmd_bench(args, rest: list[str]) -> int:
-    from benchmarks.cli import main as bench_main
+    """Dispatch to benchmarks/cli.py as a script: the scripts sit above the library, which
+    never imports them (tests/test_layering.py)."""
+    import runpy
 
-    return bench_main(rest)
+    sys.argv = ["duquant bench", *rest]
+    try:
+        runpy.run_module("benchmarks.cli", run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

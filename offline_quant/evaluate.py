@@ -12,6 +12,7 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,8 +21,6 @@ from tqdm import tqdm
 from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.core.config import QUANT_METHOD, DuQuantConfig
 from duquant_serve.core.reference import QuantizedLinear, QuantLinearModule
-from duquant_serve.kernels.base import LayerSpec, device_capability
-from duquant_serve.kernels.select import choose_kernel
 
 from .attention import enable_attention_fake_quant
 from .calibration import calibration_windows, eval_text_path, read_text, tokenize_text
@@ -76,32 +75,21 @@ def is_duquant_checkpoint(target: str | Path) -> bool:
     return isinstance(qc, dict) and qc.get("quant_method") == QUANT_METHOD
 
 
-class KernelLinear(torch.nn.Module):
-    """A checkpoint linear run by the serving kernel `choose_kernel` picks for it on `device`
-    (cpu_int8 on CPU; Triton or CUTLASS on a GPU, after their self-test): what `duquant serve`
-    computes per linear, without vLLM."""
+# (checkpoint linear, device, module name) → the torch module that computes it.
+LinearFactory = Callable[[QuantizedLinear, torch.device, str], torch.nn.Module]
 
-    def __init__(self, layer: QuantizedLinear, device: torch.device, act_dtype: torch.dtype,
-                 name: str) -> None:
-        super().__init__()
-        spec = LayerSpec(
-            layer.in_features // layer.act_groups, layer.out_features,
-            layer.transform.block_size, w_bits=layer.w_bits, a_bits=layer.a_bits,
-            has_smooth=layer.transform.smooth is not None, has_bias=layer.bias is not None,
-            act_dtype=act_dtype, device_type=device.type, capability=device_capability(device))
-        self.kernel = choose_kernel(spec, layer_name=name)
-        self.prepared = self.kernel.prepare_groups(spec, layer, device=device)
-        self.act_dtype = act_dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.kernel.apply_groups(self.prepared, x.to(self.act_dtype)).to(x.dtype)
+def reference_linear(q: QuantizedLinear, device: torch.device, name: str) -> torch.nn.Module:
+    """The integer reference W4A4 linear (`w4a4_linear_ref`, unpacking the codes)."""
+    return QuantLinearModule(q, "int")
 
 
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
-                          kernels: bool = False):
+                          linear: LinearFactory = reference_linear):
     """Checkpoint → transformers model on `device` whose linears run the stored integer codes,
-    plus its tokenizer. Computes in float32. kernels=False: the reference W4A4 linear
-    (`w4a4_linear_ref`, unpacking the codes); True: the serving kernels (KernelLinear)."""
+    plus its tokenizer. Computes in float32. `linear` builds each linear's module: the integer
+    reference by default; `duquant eval --kernels` passes the serving kernels'
+    (duquant_serve.kernels.module.KernelLinear: this layer does not import the kernels)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     ck = load_checkpoint(path)
@@ -115,9 +103,7 @@ def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
     for name, q in ck.linears.items():
         parent, _, child = name.rpartition(".")
         q = q.to(device)
-        module = (KernelLinear(q, device, torch.float32, name) if kernels
-                  else QuantLinearModule(q, "int"))
-        setattr(model.get_submodule(parent), child, module)
+        setattr(model.get_submodule(parent), child, linear(q, device, name))
     model.tie_weights()
     model.eval()
     tok = AutoTokenizer.from_pretrained(path)
@@ -138,14 +124,15 @@ def evaluate(
     progress: bool = True,
     on_result=None,
     device: str = "cpu",
-    kernels: bool = False,
+    linear: LinearFactory | None = None,
 ) -> dict:
     """→ {"target", "dataset", "seqlen", "windows", "tokens", "results": [{method, ppl, seconds}]}.
 
     `on_result(partial_summary)` is called after each method, so long runs can persist rows.
     `device` (resolve_device's spec) runs quantization and perplexity there; the loaded 16-bit
-    model stays on the CPU and each method works on a copy. `kernels`: a checkpoint's linears
-    run through the serving kernels instead of the integer reference."""
+    model stays on the CPU and each method works on a copy. `linear`: how a checkpoint's linears
+    are computed (load_checkpoint_model; None: the integer reference). Each result's "linears"
+    counts them by kernel name ("reference" for the integer reference)."""
     dev = resolve_device(device)
     results: list[dict] = []
     windows = None
@@ -164,20 +151,20 @@ def evaluate(
 
     if is_duquant_checkpoint(target):
         t = time.perf_counter()
-        model, tok, _ = load_checkpoint_model(target, dev, kernels)
+        model, tok, ck = load_checkpoint_model(target, dev, linear or reference_linear)
         windows = eval_windows(tok, dataset, seqlen, limit)
         if fake_quant_attention:
             enable_attention_fake_quant(model)
         ppl = perplexity(model, windows, progress, "checkpoint")
-        used = Counter(m.kernel.name for m in model.modules() if isinstance(m, KernelLinear))
-        results.append({"method": "checkpoint", "ppl": ppl,
-                        "linears": dict(used) if kernels else {"reference": sum(
-                            isinstance(m, QuantLinearModule) for m in model.modules())},
+        names = dict(model.named_modules())
+        used = Counter(getattr(names[n], "kernel", None) and names[n].kernel.name or "reference"
+                       for n in ck.linears)
+        results.append({"method": "checkpoint", "ppl": ppl, "linears": dict(used),
                         "seconds": round(time.perf_counter() - t, 2)})
         if on_result is not None:
             on_result(summary())
     else:
-        if kernels:
+        if linear is not None:
             raise EvalError("--kernels evaluates a DuQuant checkpoint; the target is a 16-bit model")
         bad = [m for m in methods if m not in ALL_METHODS]
         if bad:

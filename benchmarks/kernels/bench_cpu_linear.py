@@ -27,8 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.gpu_session import MODELS, block_for, prepare  # noqa: E402
+from duquant_serve.kernels.random_cases import random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
-from duquant_serve.testing.layers import random_linear  # noqa: E402
 
 W4A4_KERNELS = ("cpu_int8", "torch_ref")
 

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from duquant_serve.core.pack import pack_int4  # noqa: E402
 from duquant_serve.core.quant import quantize_per_channel  # noqa: E402
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
+from duquant_serve.kernels.random_cases import random_transform  # noqa: E402
 from duquant_serve.kernels.select import choose_kernel  # noqa: E402
-from duquant_serve.testing.layers import random_transform  # noqa: E402
 
 CONFIGS = {  # hidden, heads, kv_heads, intermediate
     "llama2-7b": (4096, 32, 32, 11008),

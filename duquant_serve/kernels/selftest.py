@@ -22,8 +22,8 @@ import os
 import torch
 
 from ..core.reference import w4a4_linear_ref
-from ..testing.layers import random_activations, random_linear
 from .base import LayerSpec, LinearKernel
+from .random_cases import random_activations, random_linear
 
 SELFTEST_MS = (1, 37, 300)  # decode, a ragged tile, prefill-sized (the M > 256 paths)
 # Output channels tested: the layer's own K, block and options, but at most this many outputs

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from vllm.logger import init_logger
@@ -46,7 +46,9 @@ from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec, device_capability
 from ..kernels.select import choose_kernel
 from . import runtime_info
-from .config import DuQuantVllmConfig
+
+if TYPE_CHECKING:  # config.py builds this method: the import runs one way only
+    from .config import DuQuantVllmConfig
 
 # Under vLLM's logger tree so the line shows in the server log with vLLM's own format.
 logger = init_logger("vllm.duquant")

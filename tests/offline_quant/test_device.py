@@ -95,4 +95,6 @@ def test_checkpoint_eval_through_the_serving_kernels(tiny_checkpoint, wikitext_v
     assert abs(fast["ppl"] - ref["ppl"]) / ref["ppl"] < 2e-3
     src, _ = tiny_checkpoint
     with pytest.raises(EvalError, match="--kernels evaluates a DuQuant checkpoint"):
-        evaluate(str(src), methods=["fp16"], kernels=True, **kw)
+        from duquant_serve.kernels.module import KernelLinear
+
+        evaluate(str(src), methods=["fp16"], linear=KernelLinear, **kw)
