@@ -417,8 +417,8 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                         def gemm_cf(pc=pc, packed=KERNELS[name].packed):
                             for i in range(copies):
                                 torch.ops.duquant.w4a4_gemm_sm90(
-                                    q, s, z, qs, pc[i].qweight, pc[i].extra["u"],
-                                    pc[i].extra["v"], pc[i].extra["w"], None, torch.bfloat16,
+                                    q, s, z, qs, pc[i].qweight, pc[i].epilogue_u,
+                                    pc[i].epilogue_v, pc[i].epilogue_w, None, torch.bfloat16,
                                     packed)
 
                         try:

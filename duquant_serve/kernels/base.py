@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -84,14 +84,21 @@ class PreparedLinear:
     weight_code_sum: torch.Tensor  # [N] int32: Σ_k qw[n, k]
     bias: torch.Tensor | None  # [N] act dtype
     act_clip_ratio: float
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Per-channel epilogue constants a kernel precomputes (docs/epilogue algebra):
+    epilogue_rhs: torch.Tensor | None = None  # cpu_int8: [2, N] fp32 (ops.epilogue_rhs)
+    epilogue_u: torch.Tensor | None = None  # cutlass_sm90*: [N] fp32 sw
+    epilogue_v: torch.Tensor | None = None  # [N] fp32 sw·(zw − shift)
+    epilogue_w: torch.Tensor | None = None  # [N] fp32 sw·(Σqw − K·zw)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor it holds, by field name (None fields left out)."""
+        return {f.name: v for f in fields(self)
+                if isinstance(v := getattr(self, f.name), torch.Tensor)}
 
     def resident_bytes(self) -> int:
-        ts = [self.r1, self.r2, self.inv_perm, self.qweight, self.weight_scale,
-              self.weight_zero, self.weight_code_sum]
-        ts += [t for t in (self.smooth, self.bias) if t is not None]
-        ts += list(self.extra.values())
-        return sum(t.numel() * t.element_size() for t in ts)
+        """Bytes resident on the device (perm is the reference-order copy, not the kernel's)."""
+        return sum(t.numel() * t.element_size()
+                   for name, t in self.tensors().items() if name != "perm")
 
 
 class LinearKernel(abc.ABC):

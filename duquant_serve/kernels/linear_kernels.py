@@ -162,9 +162,8 @@ class CpuInt8Kernel(LinearKernel):
         p = _rotations_row_major(prepare_common(
             spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
             codes))
-        p.extra["epilogue_rhs"] = ops.epilogue_rhs(p.weight_zero, p.weight_code_sum,
-                                                   spec.in_features)
-        return p
+        return dataclasses.replace(p, epilogue_rhs=ops.epilogue_rhs(
+            p.weight_zero, p.weight_code_sum, spec.in_features))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
@@ -173,7 +172,7 @@ class CpuInt8Kernel(LinearKernel):
             x2, p.r1, p.r2, p.perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
         acc = torch._int_mm(codes, p.qweight.t())  # [N, K] row-major read as [K, N]: no copy
         y = ops.epilogue_fp32(acc, scale, zero, code_sum, p.weight_scale,
-                              p.extra["epilogue_rhs"], p.bias, x.dtype)
+                              p.epilogue_rhs, p.bias, x.dtype)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -263,17 +262,16 @@ class CutlassSm90Kernel(LinearKernel):
         sqw = p.weight_code_sum.double().cpu()
         shift = SIGNED_OFFSET if cls.packed else 0
         dev = p.qweight.device
-        p.extra["u"] = sw.float().to(dev)
-        p.extra["v"] = (sw * (zw - shift)).float().to(dev)
-        p.extra["w"] = (sw * (sqw - spec.in_features * zw)).float().to(dev)
-        return p
+        return dataclasses.replace(
+            p, epilogue_u=sw.float().to(dev), epilogue_v=(sw * (zw - shift)).float().to(dev),
+            epilogue_w=(sw * (sqw - spec.in_features * zw)).float().to(dev))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         q, s, z, qs = _prologue(p, x2)
-        y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"], p.extra["v"],
-                                             p.extra["w"], p.bias, x.dtype, cls.packed)
+        y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.epilogue_u, p.epilogue_v,
+                                             p.epilogue_w, p.bias, x.dtype, cls.packed)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 

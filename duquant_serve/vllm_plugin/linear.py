@@ -303,8 +303,4 @@ DEFAULT_QKV = ["q_proj", "k_proj", "v_proj"]
 
 
 def _prepared_tensors(p: Any) -> dict[str, torch.Tensor]:
-    names = ("r1", "r2", "perm", "inv_perm", "smooth", "qweight", "weight_scale", "weight_zero",
-             "weight_code_sum", "bias")
-    out = {n: getattr(p, n) for n in names if getattr(p, n) is not None}
-    out.update({f"extra_{k}": v for k, v in p.extra.items()})
-    return out
+    return p.tensors()

@@ -129,8 +129,8 @@ def test_cutlass_kernel_layouts_end_to_end():
             y = epilogue_triton(acc, s, z, qs, p.weight_scale, p.weight_zero,
                                 p.weight_code_sum, p.bias, 576, torch.float32)
         else:  # the fused EVT op's algebra with prepare()'s weights and u, v, w
-            y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.extra["u"],
-                                                 p.extra["v"], p.extra["w"], p.bias,
+            y = torch.ops.duquant.w4a4_gemm_sm90(q, s, z, qs, p.qweight, p.epilogue_u,
+                                                 p.epilogue_v, p.epilogue_w, p.bias,
                                                  torch.float32, kern.packed)
         assert _rel(y, ref) < 1e-4, kern.name
     # Packed keeps 4 bits per weight; the int8 variant one byte.
