@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from .core.config import QUANT_METHOD, ConfigError, DuQuantConfig
 from .core.pack import packed_in_features
 from .core.reference import QuantizedLinear
+from .core.topology import FUSED_GROUPS, ROW_PARALLEL
 from .core.transform import (
     InputTransform,
     is_permutation,
@@ -47,10 +48,6 @@ from .core.transform import (
 
 QUANT_SUFFIXES = ("qweight", "weight_scale", "weight_zero", "input_rot1", "input_perm", "input_rot2")
 OPTIONAL_SUFFIXES = ("input_smooth",)
-# Linears whose inputs vLLM fuses: they must share one transform.
-FUSED_GROUPS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                ("mlp.gate_proj", "mlp.up_proj"))
-ROW_PARALLEL = ("self_attn.o_proj", "mlp.down_proj")
 ORTHO_TOL = 1e-4
 INDEX_FILE = "model.safetensors.index.json"
 REPORT_FILE = "duquant_report.json"

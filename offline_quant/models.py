@@ -11,10 +11,12 @@ import importlib.util
 import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from duquant_serve.core.topology import SITES, Site
 
 log = logging.getLogger(__name__)
 
@@ -27,40 +29,13 @@ class ModelLoadError(ValueError):
     """The source is missing, is not a model, or is not a supported architecture."""
 
 
-@dataclass(frozen=True)
-class Site:
-    """One activation site of a decoder layer.
-
-    name: report key; linears: module paths (relative to the layer) sharing this input;
-    stats_from: the linear whose input/weight statistics drive smoothing (the reference uses q
-    for attention and up for the MLP); norm: RMSNorm that smoothing divides (column-parallel
-    sites); fold_rows_of: linear whose output rows smoothing divides (row-parallel sites), None
-    where folding is impossible (o_proj under GQA: smoothing is applied online);
-    row_parallel: the input is sharded under tensor parallelism.
-    """
-
-    name: str
-    linears: tuple[str, ...]
-    stats_from: str
-    norm: str | None
-    fold_rows_of: str | None
-    row_parallel: bool
-
-
 def layer_sites(config) -> tuple[Site, ...]:
-    """Sites of one decoder layer for a supported config."""
+    """Sites of one decoder layer for a supported config (core.topology.SITES). Under GQA one v
+    row feeds several o_proj input channels, so v cannot absorb a per-channel smoothing
+    vector: the reference divides online, and so do we."""
     mha = config.num_key_value_heads == config.num_attention_heads
-    return (
-        Site("attn_in", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-             "self_attn.q_proj", "input_layernorm", None, False),
-        # Under GQA one v row feeds several o_proj input channels, so v cannot absorb a
-        # per-channel smoothing vector: the reference divides online, and so do we.
-        Site("attn_out", ("self_attn.o_proj",), "self_attn.o_proj", None,
-             "self_attn.v_proj" if mha else None, True),
-        Site("mlp_in", ("mlp.gate_proj", "mlp.up_proj"), "mlp.up_proj",
-             "post_attention_layernorm", None, False),
-        Site("mlp_out", ("mlp.down_proj",), "mlp.down_proj", None, "mlp.up_proj", True),
-    )
+    return tuple(replace(s, fold_rows_of=None) if s.name == "attn_out" and not mha else s
+                 for s in SITES)
 
 
 TP_SIZES = (8, 4, 2, 1)  # the tensor-parallel sizes operators run, largest first

@@ -36,6 +36,7 @@ from duquant_serve.core.config import DuQuantConfig
 from duquant_serve.core.pack import pack_weight_codes
 from duquant_serve.core.quant import fake_quantize_per_token
 from duquant_serve.core.reference import QuantizedLinear, QuantLinearModule, quantize_linear
+from duquant_serve.core.topology import Site
 from duquant_serve.core.transform import (
     InputTransform,
     build_input_transform,
@@ -48,7 +49,7 @@ from duquant_serve.core.transform import (
 from .gptq import gptq_quantize, search_clip
 from .learned_transforms import refine_smoothing_and_rotations
 from .lwc import learn_clip_factors
-from .models import Site, check_supported, layer_sites
+from .models import check_supported, layer_sites
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from vllm.model_executor.layers.quantization.base_config import (
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..core.config import QUANT_METHOD, ConfigError, DuQuantConfig
+from ..core.topology import PACKED_MODULES
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,7 @@ VALIDATED_ENV = "DUQUANT_VALIDATED_CHECKPOINT"
 SERVABLE_BITS = ((4, 4),)
 # vLLM's fused linears and the checkpoint (Hugging Face) modules they are built from, in shard
 # order; used when the model has not filled `packed_modules_mapping` (it normally does).
-DEFAULT_PACKED_MODULES = {
-    "qkv_proj": ["q_proj", "k_proj", "v_proj"],
-    "gate_up_proj": ["gate_proj", "up_proj"],
-}
+DEFAULT_PACKED_MODULES = PACKED_MODULES
 
 
 class DuQuantVllmConfig(QuantizationConfig):

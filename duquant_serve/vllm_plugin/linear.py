@@ -42,6 +42,7 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from ..checkpoint import CheckpointError, check_tensor, tensor_error
 from ..core.reference import QuantizedLinear
+from ..core.topology import PACKED_MODULES
 from ..core.transform import InputTransform, choose_block_size
 from ..kernels.base import LayerSpec, device_capability
 from ..kernels.select import choose_kernel
@@ -299,7 +300,7 @@ class DuQuantLinearMethod(LinearMethodBase):
         return layer.duquant_kernel.apply_groups(layer.duquant_prepared, x)
 
 
-DEFAULT_QKV = ["q_proj", "k_proj", "v_proj"]
+DEFAULT_QKV = PACKED_MODULES["qkv_proj"]
 
 
 def _prepared_tensors(p: Any) -> dict[str, torch.Tensor]:
