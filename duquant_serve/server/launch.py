@@ -195,6 +195,17 @@ def print_help(rest: list[str]) -> int:
     return 0
 
 
+def kv_cache_note(rest: list[str]) -> str | None:
+    """An fp8 KV cache serves DuQuant checkpoints, but they carry no KV scales (vLLM uses 1.0):
+    say what it costs (benchmarks/results/README.md)."""
+    kv = _option(rest, "--kv-cache-dtype")
+    if kv is None or not kv.startswith("fp8"):
+        return None
+    return (f"--kv-cache-dtype {kv}: DuQuant checkpoints carry no KV-cache scales, so vLLM "
+            "stores K and V with scale 1.0; SmolLM2-135M W4A4 measured perplexity 28.88 "
+            "against 25.04 with a 16-bit KV cache (+15%).")
+
+
 def start_up_note(rest: list[str]) -> str | None:
     """What the wait before "healthy" will be, on CPU with vLLM's default compile: minutes of
     silence after "Warming up model for the compilation" otherwise look like a hang. None on a
@@ -224,8 +235,9 @@ def serve(checkpoint: str, rest: list[str]) -> int:
         # removes its files at exit (endpoint.py).
         env[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="duquant-serve-")
     print("duquant serve: " + " ".join(argv[1:]), file=sys.stderr, flush=True)
-    if note := start_up_note(rest):
-        print(f"duquant serve: note: {note}", file=sys.stderr, flush=True)
+    for note in (kv_cache_note(rest), start_up_note(rest)):
+        if note:
+            print(f"duquant serve: note: {note}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     os.execve(argv[0], argv, env)
     return EXIT_USAGE  # not reached: execve replaces this process or raises OSError

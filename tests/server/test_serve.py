@@ -151,6 +151,15 @@ def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
     assert "--middleware" in argv and "--shutdown-timeout" in argv
 
 
+def test_fp8_kv_cache_note():
+    from duquant_serve.server import launch
+
+    assert launch.kv_cache_note(["--port", "9"]) is None
+    assert launch.kv_cache_note(["--kv-cache-dtype", "auto"]) is None
+    note = launch.kv_cache_note(["--kv-cache-dtype=fp8_e4m3"])
+    assert note is not None and "scale 1.0" in note and "perplexity" in note
+
+
 def test_start_up_note_only_when_cpu_compiles(monkeypatch):
     from duquant_serve.server import launch
 
