@@ -63,7 +63,11 @@ def _tp_shards(text: str) -> int | str:
 
 
 def _resolve_tp_shards(args, model: str) -> None:
-    """--tp-shards auto → the model's value (offline_quant.models.auto_tp_shards)."""
+    """--tp-shards auto → the model's value (offline_quant.models.auto_tp_shards). A bad
+    --device is reported first, before anything is read."""
+    from offline_quant.pipeline import resolve_device
+
+    resolve_device(args.device)
     if args.tp_shards == "auto":
         from offline_quant.models import auto_tp_shards, load_config
 

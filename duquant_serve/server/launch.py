@@ -143,8 +143,11 @@ def build_command(checkpoint: str | Path, rest: list[str],
                 "warming up the compiled model, so the second stage fails); drop --enforce-eager")
         if "VLLM_CPU_KVCACHE_SPACE" not in env and _option(rest, "--gpu-memory-utilization") is None:
             env["VLLM_CPU_KVCACHE_SPACE"] = CPU_KVCACHE_GIB
-        if tp * pp > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(tp * pp)
+        # Workers on this machine: multi-node (--nnodes N) spreads the TP x PP workers over N.
+        nnodes = _size(rest, "--nnodes", "-n")
+        local = max(1, tp * pp // max(1, nnodes))
+        if local > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in env:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = _cpu_binding(local)
     defaults = ["--middleware", MIDDLEWARE]
     if _option(rest, "--shutdown-timeout") is None:
         defaults += ["--shutdown-timeout", DRAIN_TIMEOUT_S]

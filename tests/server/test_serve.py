@@ -72,6 +72,9 @@ def test_pipeline_parallel_on_cpu(dq_checkpoint, monkeypatch):
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0|1|2|3"  # one core block per worker
     _, env = launch.build_command(dq_checkpoint, ["--pipeline-parallel-size=2"], environ={})
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "0,1|2,3"
+    # two nodes of TP 2: one worker here, no binding to split
+    _, env = launch.build_command(dq_checkpoint, ["-tp", "2", "--nnodes", "2"], environ={})
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in env
     with pytest.raises(launch.ServeError, match="drop --enforce-eager"):
         launch.build_command(dq_checkpoint, ["-pp", "2", "--enforce-eager"], environ={})
     with pytest.raises(launch.ServeError, match="need at least 8 CPU cores"):
