@@ -80,3 +80,29 @@ def test_entrypoint_defaults_and_user_overrides(tmp_path):
     # User options come last, so vLLM's argparse keeps them over the defaults.
     assert run("/ckpt", "--port", "9000")[-2:] == ["--port", "9000"]
     assert run("/ckpt")[1] == "/ckpt"
+
+
+def test_multinode_script_head_and_worker(tmp_path):
+    """deploy/multinode.sh with a stub `docker`: the head serves, the worker is headless, both
+    reach the same master with the same TP x PP (what tests/server/test_multinode.py runs)."""
+    stub = tmp_path / "docker"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HEAD_IP": "10.0.0.1", "CHECKPOINT": "/ck",
+            "TP": "8", "PP": "2"}
+
+    def run(**kw):
+        return subprocess.run(["sh", str(ROOT / "deploy/multinode.sh")], env={**base, **kw},
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    head, worker = run(ROLE="head"), run(ROLE="worker")
+    for argv in (head, worker):
+        assert argv[:2] == ["run", "--rm"] and "--network" in argv and "--ipc" in argv
+        assert argv[argv.index("--master-addr") + 1] == "10.0.0.1"
+        assert argv[argv.index("--tensor-parallel-size") + 1] == "8"
+        assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
+    assert head[head.index("--node-rank") + 1] == "0" and "--headless" not in head
+    assert worker[worker.index("--node-rank") + 1] == "1" and worker[-1] == "--headless"
+    bad = subprocess.run(["sh", str(ROOT / "deploy/multinode.sh")], env={**base, "ROLE": "x"},
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "ROLE must be head or worker" in bad.stderr
