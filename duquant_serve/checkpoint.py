@@ -22,12 +22,7 @@ tp_shards input shards (core/reference.py); the tensors are the same as for one 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,16 +33,18 @@ from safetensors.torch import save_file
 from .core.config import QUANT_METHOD, ConfigError, DuQuantConfig
 from .core.pack import packed_in_features
 from .core.reference import QuantizedLinear
-from .core.topology import FUSED_GROUPS, ROW_PARALLEL
+from .core.topology import FUSED_GROUPS, FUSED_LEADER, ROW_PARALLEL
 from .core.transform import (
     InputTransform,
     is_permutation,
     orthogonality_error,
     permutation_respects_shards,
 )
+from .files import atomic_directory
 
 QUANT_SUFFIXES = ("qweight", "weight_scale", "weight_zero", "input_rot1", "input_perm", "input_rot2")
 OPTIONAL_SUFFIXES = ("input_smooth",)
+TRANSFORM_SUFFIXES = ("input_rot1", "input_perm", "input_rot2", "input_smooth")
 ORTHO_TOL = 1e-4
 INDEX_FILE = "model.safetensors.index.json"
 REPORT_FILE = "duquant_report.json"
@@ -101,40 +98,6 @@ def _shard(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, t
     return shards
 
 
-def _umask_modes(root: Path) -> None:
-    """The modes `save_pretrained` would give under the caller's umask (dirs 0777, files 0666,
-    minus the umask): mkdtemp's 0700 and any temp file's 0600 would otherwise survive the
-    rename, and a server under another uid could not read the checkpoint."""
-    mask = os.umask(0)
-    os.umask(mask)
-    root.chmod(0o777 & ~mask)
-    for p in root.rglob("*"):
-        if not p.is_symlink():
-            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
-
-
-@contextlib.contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a temp directory beside `out`; when the block completes it replaces `out` (a
-    previous `out` is moved aside, then deleted), when it fails it is deleted. `out` is never
-    seen half written."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        _umask_modes(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_checkpoint(
     out_dir: str | Path,
     model_config: dict,
@@ -155,8 +118,10 @@ def write_checkpoint(
     with atomic_directory(out) as tmp:
         tensors = dict(other_tensors)
         for name, q in linears.items():
-            tensors.update(linear_tensors(name, q))
-        # Fused linears share transform tensors in memory; safetensors stores each name separately.
+            t = linear_tensors(name, q)
+            if quant_config.format_version >= 4 and _leader(name) in linears:
+                t = {k: v for k, v in t.items() if not k.endswith(TRANSFORM_SUFFIXES)}
+            tensors.update(t)
         tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
         shards = _shard(tensors, max_shard_bytes)
         if len(shards) == 1:
@@ -336,11 +301,37 @@ def _linear_from_tensors(
         act_groups=shards)
 
 
+def _leader(module: str) -> str | None:
+    """`model.layers.3.self_attn.k_proj` → `model.layers.3.self_attn.q_proj` (None: no leader)."""
+    prefix, _, rel = module.partition(".layers.")
+    layer, _, name = rel.partition(".")
+    leader = FUSED_LEADER.get(name)
+    return f"{prefix}.layers.{layer}.{leader}" if leader and rel else None
+
+
+def _share_fused_transforms(tensors: dict[str, torch.Tensor]) -> None:
+    """Format 4: give each fused follower its leader's transform tensors (they must not carry
+    their own), so every linear is then read and checked alike."""
+    for name in [k for k in tensors if k.endswith(".qweight")]:
+        m = name.removesuffix(".qweight")
+        leader = _leader(m)
+        if leader is None or f"{leader}.qweight" not in tensors:
+            continue
+        for suf in TRANSFORM_SUFFIXES:
+            if f"{m}.{suf}" in tensors:
+                raise tensor_error(f"{m}.{suf}", f"unexpected: format 4 stores a fused group's "
+                                                 f"input transform once, on {leader}")
+            if f"{leader}.{suf}" in tensors:
+                tensors[f"{m}.{suf}"] = tensors[f"{leader}.{suf}"]
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read and fully validate a checkpoint; raises CheckpointError naming the first problem."""
     p = Path(path)
     model_config, qcfg = read_config(p)
     tensors = read_tensors(p)
+    if qcfg.format_version >= 4:
+        _share_fused_transforms(tensors)
     expected = _expected_model_params(model_config)
     tied = bool(model_config.get("tie_word_embeddings", False))
     consumed: set[str] = set()

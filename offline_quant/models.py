@@ -166,7 +166,7 @@ def export_hf_model(source: str, out_dir: str | Path, dtype: torch.dtype = torch
     appears complete or not at all (written beside it, then renamed)."""
     import json
 
-    from duquant_serve.checkpoint import atomic_directory
+    from duquant_serve.files import atomic_directory
 
     out = Path(out_dir).resolve()
     want = {"source": source_description(source), "dtype": str(dtype).removeprefix("torch.")}

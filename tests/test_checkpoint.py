@@ -2,12 +2,16 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
 from duquant_serve.checkpoint import CheckpointError, load_checkpoint, read_tensors
+
+sys.path.insert(0, str(Path(__file__).parent / "vllm_plugin"))  # broken.py: as_format3
 
 L0 = "model.layers.0"
 
@@ -37,7 +41,7 @@ def test_round_trip(tiny_checkpoint):
     assert c.linears[f"{L0}.self_attn.o_proj"].act_groups == 2
     assert c.linears[f"{L0}.mlp.down_proj"].act_groups == 2
     assert q.act_groups == 1 and c.linears[f"{L0}.mlp.up_proj"].act_groups == 1
-    assert c.quant_config.format_version == 3 and c.quant_config.method == "duquant-opt"
+    assert c.quant_config.format_version == 4 and c.quant_config.method == "duquant-opt"
     assert "lm_head.weight" in c.tensors and "model.embed_tokens.weight" in c.tensors
     for f in ("tokenizer.json", "generation_config.json", "duquant_report.json"):
         assert (ck / f).is_file()
@@ -84,16 +88,35 @@ CASES = [
     ("not_orthogonal", _set(f"{L0}.self_attn.o_proj.input_rot2", _nonorth), "o_proj.input_rot2", "orthogonal"),
     ("not_permutation", _set(f"{L0}.mlp.down_proj.input_perm", _dup_perm), "down_proj.input_perm", "permutation"),
     ("crosses_shards", _set(f"{L0}.mlp.down_proj.input_perm", _cross_shard), "down_proj.input_perm", "shards"),
+    # Format 4 stores a fused group's transform once; a follower's own copy is refused.
+    ("fused_copy_in_format4", lambda t: t.__setitem__(f"{L0}.self_attn.k_proj.input_rot1",
+                                                       t[f"{L0}.self_attn.q_proj.input_rot1"].clone()),
+     "k_proj.input_rot1", "stores a fused group's input transform once"),
+    # Format 3 (a copy per linear, below: FORMAT3_CASES): copies must agree.
     ("fused_mismatch", _set(f"{L0}.self_attn.k_proj.input_rot1", lambda r: r.flip(0).contiguous()),
      "k_proj.input_rot1", "fused input transform differs"),
     ("fused_perm_mismatch", _set(f"{L0}.mlp.up_proj.input_perm", lambda p: p.flip(0).contiguous()),
      "up_proj.input_perm", "fused"),
 ]
+FORMAT3_CASES = ("fused_mismatch", "fused_perm_mismatch")
 
 
 @pytest.mark.parametrize("case,edit,tensor,problem", CASES, ids=[c[0] for c in CASES])
 def test_malformed_tensor_is_refused_naming_it(tiny_checkpoint, tmp_path, case, edit, tensor, problem):
-    bad = _copy_with(tiny_checkpoint[1], tmp_path / case, edit=edit)
+    if case in FORMAT3_CASES:
+        from broken import as_format3
+
+        cfg = json.loads((tiny_checkpoint[1] / "config.json").read_text())
+        edit3 = edit
+
+        def edit(t):  # noqa: F811
+            as_format3(t, cfg)
+            edit3(t)
+
+        bad = _copy_with(tiny_checkpoint[1], tmp_path / case, edit=edit,
+                         cfg_edit=lambda c: c.update(quantization_config=cfg["quantization_config"]))
+    else:
+        bad = _copy_with(tiny_checkpoint[1], tmp_path / case, edit=edit)
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(bad)
     assert tensor in str(e.value) and problem in str(e.value)
@@ -138,7 +161,7 @@ def test_checkpoint_modes_follow_the_umask(tmp_path):
     import os
     import stat
 
-    from duquant_serve.checkpoint import atomic_directory
+    from duquant_serve.files import atomic_directory
 
     old = os.umask(0o022)
     try:
@@ -153,3 +176,25 @@ def test_checkpoint_modes_follow_the_umask(tmp_path):
     assert stat.S_IMODE((ck / "sub").stat().st_mode) == 0o755
     assert stat.S_IMODE((ck / "model.safetensors").stat().st_mode) == 0o644
     assert not list(tmp_path.glob(".ck.tmp-*"))
+
+
+def test_format3_copies_per_linear_still_load(tiny_checkpoint, tmp_path):
+    """Format 4 stores a fused group's transform once (on q_proj / gate_proj); a format-3
+    checkpoint holding a copy per linear reads as the same linears."""
+    from broken import as_format3
+
+    _, ck = tiny_checkpoint
+    cfg = json.loads((ck / "config.json").read_text())
+    assert cfg["quantization_config"]["format_version"] == 4
+    stored = read_tensors(ck)
+    assert f"{L0}.self_attn.q_proj.input_rot1" in stored
+    assert f"{L0}.self_attn.k_proj.input_rot1" not in stored
+    assert f"{L0}.mlp.up_proj.input_perm" not in stored
+    v3 = _copy_with(ck, tmp_path / "v3", edit=lambda t: as_format3(t, cfg),
+                    cfg_edit=lambda c: c.update(quantization_config=cfg["quantization_config"]))
+    a, b = load_checkpoint(ck), load_checkpoint(v3)
+    assert a.linears.keys() == b.linears.keys()
+    for name, q in a.linears.items():
+        assert q.transform.first_difference(b.linears[name].transform) is None, name
+    assert sum(f.stat().st_size for f in ck.glob("*.safetensors")) < \
+        sum(f.stat().st_size for f in v3.glob("*.safetensors"))

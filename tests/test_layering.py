@@ -16,7 +16,8 @@ PACKAGES = ("duquant_serve", "offline_quant", "benchmarks", "cutlass_ext")
 # layer → the layers it may import (itself always allowed).
 ALLOWED = {
     "duquant_serve.core": set(),
-    "duquant_serve.checkpoint": {"duquant_serve.core"},
+    "duquant_serve.files": set(),
+    "duquant_serve.checkpoint": {"duquant_serve.core", "duquant_serve.files"},
     "duquant_serve.kernels": {"duquant_serve.core"},
     "duquant_serve.vllm_plugin": {"duquant_serve.core", "duquant_serve.checkpoint",
                                   "duquant_serve.kernels"},
@@ -24,7 +25,7 @@ ALLOWED = {
                              "duquant_serve.kernels", "duquant_serve.vllm_plugin"},
     # Test-model builders: on core; nothing in the library imports them.
     "duquant_serve.testing": {"duquant_serve.core"},
-    "offline_quant": {"duquant_serve.core", "duquant_serve.checkpoint"},
+    "offline_quant": {"duquant_serve.core", "duquant_serve.checkpoint", "duquant_serve.files"},
     "duquant_serve.cli": {"duquant_serve.core", "duquant_serve.checkpoint",
                           "duquant_serve.kernels", "duquant_serve.server", "offline_quant"},
     "duquant_serve": set(),  # the package __init__

@@ -15,8 +15,9 @@ QUANT_METHOD = "duquant"
 # 2: row-parallel activations are quantized per tp_shards group (core/reference.py). A version-1
 # checkpoint means the same as version 2 when tp_shards == 1, and is refused otherwise.
 # 3: adds `method` (how transforms and weights were made); tensors and run-time math as in 2.
-FORMAT_VERSION = 3
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
+# 4: a fused group's input transform (q/k/v, gate/up) is stored once, on its first linear.
+FORMAT_VERSION = 4
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)
 # (weight bits, activation bits) pairs the pipeline and the reference kernels implement.
 SUPPORTED_BITS = ((4, 4), (4, 8), (6, 6), (8, 8))
 PERMUTATIONS = ("zigzag", "none")

@@ -46,3 +46,6 @@ ROW_PARALLEL = tuple(name for s in SITES if s.row_parallel for name in s.linears
 # packed_modules_mapping form, leaf names).
 PACKED_MODULES = {s.fused.rpartition(".")[2]: [m.rpartition(".")[2] for m in s.linears]
                   for s in SITES if s.fused}
+# A fused linear that is not its group's first → that first linear (which, from checkpoint
+# format 4, alone stores the group's shared input transform).
+FUSED_LEADER = {m: g[0] for g in FUSED_GROUPS for m in g[1:]}

@@ -239,13 +239,16 @@ class DuQuantLinearMethod(LinearMethodBase):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         st: _LayerState = layer.duquant_state
+        # Format 4 stores a fused layer's transform once, with its first shard (checkpoint.py).
+        transform_shards = (list(st.shard_modules)[:1] if self.qcfg.format_version >= 4
+                            else list(st.shard_modules))
         for param in WEIGHT_PARAMS + TRANSFORM_PARAMS:
-            for shard in st.shard_modules:
+            for shard in (st.shard_modules if param in WEIGHT_PARAMS else transform_shards):
                 if (param, shard) not in st.loaded:
                     raise _err(st.tensor(shard, param), "missing")
-        have_smooth = [s for s in st.shard_modules if ("input_smooth", s) in st.loaded]
-        if have_smooth and len(have_smooth) != len(st.shard_modules):
-            lacking = next(s for s in st.shard_modules if s not in have_smooth)
+        have_smooth = [s for s in transform_shards if ("input_smooth", s) in st.loaded]
+        if have_smooth and len(have_smooth) != len(transform_shards):
+            lacking = next(s for s in transform_shards if s not in have_smooth)
             raise _err(st.tensor(lacking, "input_smooth"),
                        f"missing while {st.tensor(have_smooth[0], 'input_smooth')} has one (vLLM "
                        f"fuses these linears into {st.prefix}, so they must share one transform)")

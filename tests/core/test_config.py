@@ -6,7 +6,7 @@ from duquant_serve.core.config import FORMAT_VERSION, ConfigError, DuQuantConfig
 def test_round_trip_writes_the_current_version():
     c = DuQuantConfig(tp_shards=4, block_size=64)
     d = c.to_dict()
-    assert d["format_version"] == FORMAT_VERSION == 3 and d["quant_method"] == "duquant"
+    assert d["format_version"] == FORMAT_VERSION == 4 and d["quant_method"] == "duquant"
     assert d["method"] == "duquant"
     assert DuQuantConfig.from_dict(d) == c
 
