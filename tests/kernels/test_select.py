@@ -7,9 +7,8 @@ import logging
 import pytest
 import torch
 
+from duquant_serve.kernels import cpu_int8, select
 from duquant_serve.kernels import cutlass as cutlass_mod
-from duquant_serve.kernels import linear_kernels as lk
-from duquant_serve.kernels import select
 from duquant_serve.kernels.base import LayerSpec
 
 
@@ -37,7 +36,7 @@ def test_cpu_gets_int8_and_logs_once(caplog):
 
 def test_cpu_falls_back_to_torch_ref(monkeypatch):
     # Without a working torch._int_mm on CPU (or with cpu_int8 disabled) the reference serves.
-    monkeypatch.setattr(lk, "_int_mm_cpu_missing", lambda: "torch._int_mm does not run on CPU")
+    monkeypatch.setattr(cpu_int8, "int_mm_cpu_missing", lambda: "torch._int_mm does not run on CPU")
     assert select.choose_kernel(CPU).name == "torch_ref"
     monkeypatch.undo()
     monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cpu_int8")

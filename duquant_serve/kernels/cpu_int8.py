@@ -1,0 +1,79 @@
+"""The CPU serving kernel: reference prologue, int8 GEMM on the codes, fp32 epilogue."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+
+from ..core.pack import unpack_int4
+from ..core.transform import InputTransform
+from . import ops
+from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common, rotations_row_major
+
+
+@functools.cache
+def int_mm_cpu_missing() -> str | None:
+    """Why `torch._int_mm` cannot serve on this CPU build, or None (probed once, with an
+    answer checked: a build that computes it wrongly must not be chosen)."""
+    try:
+        a = torch.arange(24, dtype=torch.int8).reshape(2, 12) % 16
+        w = torch.arange(36, dtype=torch.int8).reshape(3, 12) % 16
+        got = torch._int_mm(a, w.t())
+    except (AttributeError, NotImplementedError, RuntimeError) as e:
+        return f"torch._int_mm does not run on CPU in this torch build ({e})"
+    if got.dtype != torch.int32 or not torch.equal(got.long(), a.long() @ w.long().t()):
+        return "torch._int_mm gave a wrong answer on CPU"
+    return None
+
+
+class CpuInt8Kernel(LinearKernel):
+    """CPU serving: the reference prologue (the same codes as torch_ref), an int8 GEMM on the
+    codes (`torch._int_mm`: oneDNN, VNNI/AMX where the CPU has them; exact int32) and the fp32
+    epilogue (ops.py), within an output ulp of torch_ref. Weights are held unpacked, int8
+    [N, K] (twice the packed bytes), so nothing is converted per call.
+
+    `apply` calls the ops' plain torch bodies (`ops.prologue_torch`, `ops.epilogue_fp32`), not
+    the ops: under vLLM's torch.compile, inductor then fuses the smoothing, gather, min/max,
+    quantization and epilogue arithmetic around the three GEMMs into a few C++ loops; behind an
+    op boundary those ~25 small ops ran one by one. Same functions, so the same codes and
+    outputs (checked compiled and eager). benchmarks/kernels/bench_cpu_linear.py times it against the
+    16-bit linear."""
+
+    name = "cpu_int8"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        if spec.device_type != "cpu":
+            return False, f"CPU only, layer is on {spec.device_type!r}"
+        if spec.w_bits != 4 or spec.a_bits != 4:
+            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+        if spec.in_features % 2:
+            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
+        if spec.in_features * 15 * 15 >= 2**31:
+            return False, f"in_features {spec.in_features} could overflow the int32 accumulator"
+        why = int_mm_cpu_missing()
+        return why is None, why
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
+        codes = unpack_int4(qweight.cpu()).to(torch.int8)  # 0..15: int8 holds them as they are
+        p = rotations_row_major(prepare_common(
+            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
+            codes))
+        return dataclasses.replace(p, epilogue_rhs=ops.epilogue_rhs(
+            p.weight_zero, p.weight_code_sum, spec.in_features))
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        codes, scale, zero, code_sum = ops.prologue_torch(
+            x2, p.r1, p.r2, p.perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
+        acc = torch._int_mm(codes, p.qweight.t())  # [N, K] row-major read as [K, N]: no copy
+        y = ops.epilogue_fp32(acc, scale, zero, code_sum, p.weight_scale,
+                              p.epilogue_rhs, p.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])

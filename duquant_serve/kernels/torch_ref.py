@@ -1,0 +1,44 @@
+"""The torch reference kernel: core.reference as one custom op, on any device."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.pack import unpack_int4
+from ..core.transform import InputTransform
+from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
+from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common, rotations_row_major
+
+
+class TorchRefKernel(LinearKernel):
+    """`core.reference` as one custom op: any device, exact, slow. The reference every kernel is
+    tested against, and the CPU fallback where `torch._int_mm` does not run (cpu_int8)."""
+
+    name = "torch_ref"
+    is_reference = True
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        if spec.w_bits != 4 or spec.a_bits != 4:
+            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+        if spec.in_features % 2:
+            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
+        # Unpacked once here, not per call.
+        return rotations_row_major(prepare_common(
+            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
+            unpack_int4(qweight.cpu())))
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        y = torch.ops.duquant.linear_ref(
+            x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale, p.weight_zero,
+            p.weight_code_sum, p.bias, p.spec.a_bits, p.act_clip_ratio)
+        return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -1,0 +1,57 @@
+"""The Triton kernel: fused prologue, W4A4 GEMM with the scale/zero-point epilogue."""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.pack import unpack_int4
+from ..core.transform import InputTransform
+from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
+from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
+from .gpu_common import common_gpu_checks, prologue, triton_missing
+from .layout import pack_int4_grouped
+
+
+class TritonKernel(LinearKernel):
+    """Fused Triton prologue + Triton int8-tensor-core GEMM reading packed 4-bit weights
+    (grouped layout, layout.py) with the zero-point epilogue fused. sm_80 and newer."""
+
+    name = "triton"
+
+    @classmethod
+    def tuned_counts(cls, spec: LayerSpec, device: torch.device) -> tuple[int, ...]:
+        # The GEMM's tuned tile table (kernels/tuned.py) for this GPU, if it holds the shape.
+        from . import triton_gemm, tuned
+
+        name = triton_gemm._device_name(torch.device(device))
+        if name is None:
+            return ()
+        return tuned.counts("triton_gemm", name, spec.out_features, spec.in_features)
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        why = common_gpu_checks(spec) or triton_missing()
+        if why:
+            return False, why
+        if spec.capability < (8, 0):
+            return False, f"int8 tensor-core dot needs sm_80+, device is sm_{spec.capability}"
+        if spec.in_features % 64:
+            return False, f"in_features {spec.in_features} % 64 != 0 (grouped 4-bit layout)"
+        return True, None
+
+    @classmethod
+    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
+                act_clip_ratio: float, device: torch.device | str | None = None
+                ) -> PreparedLinear:
+        grouped = pack_int4_grouped(unpack_int4(qweight.cpu()))
+        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                              act_clip_ratio, device, grouped)
+
+    @classmethod
+    def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        q, s, z, qs = prologue(p, x2)
+        y = torch.ops.duquant.w4a4_gemm(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
+                                        p.weight_code_sum, p.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
