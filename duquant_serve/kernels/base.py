@@ -134,11 +134,21 @@ class LinearKernel(abc.ABC):
         device: torch.device | str | None = None,
     ) -> PreparedLinear:
         """Checkpoint layout (module docstring) → kernel layout, on `device`. Called once.
+        Kernels differ only in `weight_layout` and `finish_prepare`."""
+        p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
+                           act_clip_ratio, device, cls.weight_layout(qweight.cpu()))
+        return cls.finish_prepare(p)
 
-        Default: the weights stay in the checkpoint's packed layout; kernels that want another
-        layout override this."""
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, qweight)
+    @classmethod
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        """The checkpoint's packed codes [N, K/2] (on the CPU) → the weights `apply` reads.
+        Default: kept packed."""
+        return qweight
+
+    @classmethod
+    def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
+        """Anything else `apply` needs precomputed (epilogue constants, row-major rotations)."""
+        return p
 
     @classmethod
     @abc.abstractmethod

@@ -8,9 +8,8 @@ import functools
 import torch
 
 from ..core.pack import unpack_int4
-from ..core.transform import InputTransform
 from . import ops
-from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common, rotations_row_major
+from .base import LayerSpec, LinearKernel, PreparedLinear, rotations_row_major
 
 
 @functools.cache
@@ -57,16 +56,13 @@ class CpuInt8Kernel(LinearKernel):
         return why is None, why
 
     @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        codes = unpack_int4(qweight.cpu()).to(torch.int8)  # 0..15: int8 holds them as they are
-        p = rotations_row_major(prepare_common(
-            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
-            codes))
-        return dataclasses.replace(p, epilogue_rhs=ops.epilogue_rhs(
-            p.weight_zero, p.weight_code_sum, spec.in_features))
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        return unpack_int4(qweight).to(torch.int8)  # 0..15: int8 holds them as they are
+
+    @classmethod
+    def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
+        return dataclasses.replace(rotations_row_major(p), epilogue_rhs=ops.epilogue_rhs(
+            p.weight_zero, p.weight_code_sum, p.spec.in_features))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:

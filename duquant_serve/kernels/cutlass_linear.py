@@ -7,9 +7,8 @@ import dataclasses
 import torch
 
 from ..core.pack import unpack_int4
-from ..core.transform import InputTransform
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
-from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
+from .base import LayerSpec, LinearKernel, PreparedLinear
 from .gpu_common import common_gpu_checks, cutlass_missing, prologue, triton_missing, unvalidated
 from .layout import SIGNED_OFFSET, to_signed_int4
 
@@ -41,14 +40,11 @@ class CutlassSm90Kernel(LinearKernel):
         return (False, why) if why else (True, None)
 
     @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        weights = (to_signed_int4(qweight.cpu()) if cls.packed
-                   else unpack_int4(qweight.cpu()).to(torch.int8))
-        p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                           act_clip_ratio, device, weights)
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        return to_signed_int4(qweight) if cls.packed else unpack_int4(qweight).to(torch.int8)
+
+    @classmethod
+    def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
         # The per-channel vectors the epilogue broadcasts, in float64, rounded once to fp32:
         # u = sw, v = sw·(zw − shift), w = sw·(Σqw − K·zw) (EPILOGUE.md).
         sw, zw = p.weight_scale.double().cpu(), p.weight_zero.double().cpu()
@@ -57,7 +53,7 @@ class CutlassSm90Kernel(LinearKernel):
         dev = p.qweight.device
         return dataclasses.replace(
             p, epilogue_u=sw.float().to(dev), epilogue_v=(sw * (zw - shift)).float().to(dev),
-            epilogue_w=(sw * (sqw - spec.in_features * zw)).float().to(dev))
+            epilogue_w=(sw * (sqw - p.spec.in_features * zw)).float().to(dev))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..core.pack import unpack_int4
-from ..core.transform import InputTransform
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
-from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common, rotations_row_major
+from .base import LayerSpec, LinearKernel, PreparedLinear, rotations_row_major
 
 
 class TorchRefKernel(LinearKernel):
@@ -26,14 +25,12 @@ class TorchRefKernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        # Unpacked once here, not per call.
-        return rotations_row_major(prepare_common(
-            spec, qweight, weight_scale, weight_zero, transform, bias, act_clip_ratio, device,
-            unpack_int4(qweight.cpu())))
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        return unpack_int4(qweight)  # unpacked once here, not per call
+
+    @classmethod
+    def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
+        return rotations_row_major(p)
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from ..core.pack import unpack_int4
-from ..core.transform import InputTransform
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
-from .base import LayerSpec, LinearKernel, PreparedLinear, prepare_common
+from .base import LayerSpec, LinearKernel, PreparedLinear
 from .gpu_common import common_gpu_checks, prologue, triton_missing
 from .layout import pack_int4_grouped
 
@@ -40,13 +39,8 @@ class TritonKernel(LinearKernel):
         return True, None
 
     @classmethod
-    def prepare(cls, spec: LayerSpec, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                weight_zero: torch.Tensor, transform: InputTransform, bias: torch.Tensor | None,
-                act_clip_ratio: float, device: torch.device | str | None = None
-                ) -> PreparedLinear:
-        grouped = pack_int4_grouped(unpack_int4(qweight.cpu()))
-        return prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
-                              act_clip_ratio, device, grouped)
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        return pack_int4_grouped(unpack_int4(qweight))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
