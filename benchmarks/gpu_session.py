@@ -282,6 +282,7 @@ def bench_fn(fn, graph: bool, dev: str = "cuda", rep: int = 100) -> float:
 def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, log,
                 deadline: float) -> list[dict]:
     from duquant_serve.kernels import tuned
+    from duquant_serve.kernels.knobs import KernelKnobs
     from duquant_serve.kernels.triton_gemm import _device_name, launch_config
 
     rows = []
@@ -401,9 +402,11 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
                     res["triton_gemm_ms"] = bench(gemm_t, graph) / copies
                     # Which tiles ran: a tuned table's (kernels/tuned.py) or the static choice.
                     name = _device_name(q.device)
-                    res["triton_gemm_config"] = launch_config(m, n, k, q.device)
+                    extra = KernelKnobs.from_env().tuned_configs  # as prepare read them
+                    res["triton_gemm_config"] = launch_config(m, n, k, q.device,
+                                                              tuned_configs=extra)
                     res["triton_gemm_tuned"] = bool(
-                        name and tuned.counts("triton_gemm", name, n, k))
+                        name and tuned.counts("triton_gemm", name, n, k, extra))
                     # CUTLASS GEMM + fused epilogue alone (codes precomputed): packed 4-bit
                     # weights (mixed-input mainloop) vs int8 weights (no widening); and the
                     # int8 GEMM with int32 out, no epilogue.

@@ -25,6 +25,7 @@ import torch
 from ..core.reference import QuantizedLinear, tree_sum
 from ..core.transform import InputTransform
 from . import device_state
+from .knobs import KernelKnobs
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class PreparedLinear:
     epilogue_u: torch.Tensor | None = None  # cutlass_sm90*: [N] fp32 sw
     epilogue_v: torch.Tensor | None = None  # [N] fp32 sw·(zw − shift)
     epilogue_w: torch.Tensor | None = None  # [N] fp32 sw·(Σqw − K·zw)
+    # The operator switches in force when it was prepared; the launchers read these, never
+    # the environment.
+    knobs: KernelKnobs = KernelKnobs()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor it holds, by field name (None fields left out)."""
@@ -114,7 +118,8 @@ class LinearKernel(abc.ABC):
         """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
 
     @classmethod
-    def tuned_counts(cls, spec: LayerSpec, device: torch.device) -> tuple[int, ...]:
+    def tuned_counts(cls, spec: LayerSpec, device: torch.device,
+                     knobs: KernelKnobs | None = None) -> tuple[int, ...]:
         """Token counts at which this layer's exact (N, K) runs code tuned for it on `device`
         (one per tuned tile config), or () if none does. The load-time self-test then builds
         the layer at full width, not at most selftest.MAX_N outputs, and runs these counts
@@ -132,11 +137,14 @@ class LinearKernel(abc.ABC):
         bias: torch.Tensor | None,
         act_clip_ratio: float,
         device: torch.device | str | None = None,
+        knobs: KernelKnobs | None = None,
     ) -> PreparedLinear:
-        """Checkpoint layout (module docstring) → kernel layout, on `device`. Called once.
-        Kernels differ only in `weight_layout` and `finish_prepare`."""
+        """Checkpoint layout (module docstring) → kernel layout, on `device`, under the
+        switches `knobs` (default: the environment's, read now). Called once. Kernels differ
+        only in `weight_layout` and `finish_prepare`."""
         p = prepare_common(spec, qweight, weight_scale, weight_zero, transform, bias,
                            act_clip_ratio, device, cls.weight_layout(qweight.cpu()))
+        p.knobs = KernelKnobs.from_env() if knobs is None else knobs
         return cls.finish_prepare(p)
 
     @classmethod
@@ -157,7 +165,8 @@ class LinearKernel(abc.ABC):
 
     @classmethod
     def prepare_groups(cls, spec: LayerSpec, layer: QuantizedLinear,
-                       device: torch.device | str | None = None) -> list[PreparedLinear]:
+                       device: torch.device | str | None = None,
+                       knobs: KernelKnobs | None = None) -> list[PreparedLinear]:
         """A checkpoint linear → one prepared kernel linear per activation group
         (`QuantizedLinear.groups`: row-parallel inputs of a tp_shards > 1 checkpoint; one group
         otherwise). `spec` describes one group; the bias goes into group 0 only."""
@@ -167,7 +176,7 @@ class LinearKernel(abc.ABC):
                              f"layer's {layer.in_features} inputs")
         return [cls.prepare(dataclasses.replace(spec, has_bias=g.bias is not None),
                             g.qweight.contiguous(), g.weight_scale, g.weight_zero, g.transform,
-                            g.bias, g.act_clip_ratio, device)
+                            g.bias, g.act_clip_ratio, device, knobs)
                 for g in parts]
 
     @classmethod

@@ -4,11 +4,11 @@ opt-in for kernels never validated on hardware) and the fused Triton prologue ca
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
 from .base import LayerSpec, LinearKernel, PreparedLinear
+from .knobs import KernelKnobs
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -30,8 +30,7 @@ def common_gpu_checks(spec: LayerSpec) -> str | None:
 def unvalidated(kernel: type[LinearKernel]) -> str | None:
     """Paths never executed on a GPU are opt-in (a silent wrong answer is worse than a slower
     path). Flip `validated_on_gpu` once benchmarks/gpu_session.py passes on real hardware."""
-    if getattr(kernel, "validated_on_gpu", False) or os.environ.get(
-            "DUQUANT_ENABLE_UNVALIDATED") == "1":
+    if getattr(kernel, "validated_on_gpu", False) or KernelKnobs.from_env().unvalidated:
         return None
     return ("compiled but never run on a GPU (set DUQUANT_ENABLE_UNVALIDATED=1 to use; "
             "benchmarks/gpu_session.py --mode check validates it)")
@@ -53,6 +52,9 @@ def cutlass_missing(arch: str) -> str | None:
 
 
 def prologue(p: PreparedLinear, x2: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Codes, scale, zero and Σq of x2 [M, K] (the fused Triton prologue on CUDA)."""
+    """Codes, scale, zero and Σq of x2 [M, K] (the fused Triton prologue on CUDA, run as the
+    switches in `p.knobs` say)."""
+    k = p.knobs
     return torch.ops.duquant.prologue(x2, p.r1, p.r2, p.perm, p.inv_perm, p.smooth,
-                                      p.spec.a_bits, p.act_clip_ratio)
+                                      p.spec.a_bits, p.act_clip_ratio, k.prologue_precision,
+                                      k.prologue_phase3, k.prologue_decode)

@@ -45,11 +45,15 @@ def prologue(
     smooth: torch.Tensor | None,
     a_bits: int,
     clip_ratio: float,
+    precision: str = "",
+    phase3: str = "recompute",
+    decode: str = "tiled",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, K] → (codes int8 [M, K], scale f32 [M], zero f32 [M], code_sum i32 [M]).
 
     Matches `core.reference.prologue_ref` (CPU: it is that function). `perm` is the reference
     gather order, `inv_perm` its inverse (int32), which the fused kernel scatters with.
+    precision / phase3 / decode: the fused kernel's variant (knobs.py; "" precision: by M).
     """
     return prologue_torch(x, r1, r2, perm, smooth, a_bits, clip_ratio)
 
@@ -69,7 +73,8 @@ def prologue_torch(
 
 
 @prologue.register_fake
-def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
+def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio, precision="", phase3="recompute",
+      decode="tiled"):
     m, k = x.shape
     return (
         x.new_empty((m, k), dtype=torch.int8),
@@ -80,10 +85,12 @@ def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
 
 
 @prologue.register_kernel("cuda")
-def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio):
+def _(x, r1, r2, perm, inv_perm, smooth, a_bits, clip_ratio, precision="", phase3="recompute",
+      decode="tiled"):
     from .triton_prologue import fused_prologue
 
-    return fused_prologue(x, r1, r2, inv_perm, smooth, a_bits, clip_ratio, perm=perm)
+    return fused_prologue(x, r1, r2, inv_perm, smooth, a_bits, clip_ratio,
+                          precision=precision or None, phase3=phase3, perm=perm, decode=decode)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,10 +110,13 @@ def w4a4_gemm(
     weight_code_sum: torch.Tensor,
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
+    split_k: bool = True,
+    tuned_configs: str = "",
 ) -> torch.Tensor:
     """y [M, N] = sx·sw·(acc − zw·Σqx − zx·Σqw + K·zx·zw) + bias, acc = codes · unpack(qweight_g)ᵀ.
 
     Matches `core.reference.gemm_epilogue_ref`; qweight_g is in the grouped layout.
+    split_k / tuned_configs: the Triton GEMM's switches (knobs.py).
     """
     qw = unpack_int4_grouped(qweight_g)
     return gemm_epilogue_ref(
@@ -117,17 +127,18 @@ def w4a4_gemm(
 
 @w4a4_gemm.register_fake
 def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, weight_code_sum, bias,
-      out_dtype):
+      out_dtype, split_k=True, tuned_configs=""):
     return codes.new_empty((codes.shape[0], qweight_g.shape[0]), dtype=out_dtype)
 
 
 @w4a4_gemm.register_kernel("cuda")
 def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, weight_code_sum, bias,
-      out_dtype):
+      out_dtype, split_k=True, tuned_configs=""):
     from .triton_gemm import w4a4_gemm_triton
 
     return w4a4_gemm_triton(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero,
-                            weight_code_sum, bias, out_dtype)
+                            weight_code_sum, bias, out_dtype, split_k=split_k,
+                            tuned_configs=tuned_configs)
 
 
 # ---------------------------------------------------------------------------------------------

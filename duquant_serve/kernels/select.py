@@ -5,6 +5,7 @@
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
+Those and the launchers' switches are read here once (knobs.py); a bad value fails the load.
 A kernel that can implement the spec must also pass its self-test on the device (every kernel
 but the reference itself, torch_ref). The choice is logged once per distinct LayerSpec, with
 the self-test's error; when nothing fits, the error lists every kernel's rejection reason.
@@ -13,10 +14,10 @@ the self-test's error; when nothing fits, the error lists every kernel's rejecti
 from __future__ import annotations
 
 import logging
-import os
 
 from . import selftest
 from .base import LayerSpec, LinearKernel
+from .knobs import KernelKnobs
 from .linear_kernels import (
     CpuInt8Kernel,
     CutlassSm80Kernel,
@@ -45,14 +46,12 @@ class NoKernelError(RuntimeError):
     """No kernel can run this layer; the message lists why, kernel by kernel."""
 
 
-def _env_list(name: str) -> list[str]:
-    return [s.strip() for s in os.environ.get(name, "").split(",") if s.strip()]
-
-
-def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[LinearKernel]:
-    """LayerSpec → kernel class (stateless; call `prepare` then `apply` on it)."""
-    forced = os.environ.get("DUQUANT_KERNEL", "").strip()
-    disabled = _env_list("DUQUANT_DISABLED_KERNELS")
+def choose_kernel(spec: LayerSpec, layer_name: str | None = None,
+                  knobs: KernelKnobs | None = None) -> type[LinearKernel]:
+    """LayerSpec → kernel class (stateless; call `prepare` then `apply` on it). `knobs`:
+    the switches in force (default: read from the environment now)."""
+    knobs = KernelKnobs.from_env() if knobs is None else knobs
+    forced, disabled = knobs.kernel, knobs.disabled
     for name in [forced, *disabled]:
         if name and name not in KERNELS:
             raise ValueError(f"unknown kernel {name!r}; known: {', '.join(KERNELS)}")
@@ -64,8 +63,8 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[Linear
             continue
         ok, why = k.can_implement(spec)
         err = float("nan")
-        if ok and not k.is_reference and selftest.enabled():
-            why, err = selftest.self_test(k, spec)
+        if ok and not k.is_reference and knobs.selftest:
+            why, err = selftest.self_test(k, spec, knobs)
             ok = why is None
             if not ok:
                 logger.warning("duquant: kernel %s failed its self-test for %s: %s", k.name,
@@ -74,8 +73,9 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None) -> type[Linear
             key = (spec, k.name)
             if key not in _logged:
                 _logged.add(key)
-                logger.info("duquant: selected kernel %s for %s (%s; self-test rel. error %.1e)",
-                            k.name, layer_name or "layer", spec, err)
+                logger.info("duquant: selected kernel %s for %s (%s; self-test rel. error %.1e%s)",
+                            k.name, layer_name or "layer", spec, err,
+                            f"; switches {knobs.changed()}" if knobs.changed() else "")
             return k
         reasons.append(f"{k.name}: {why}")
     head = f"DUQUANT_KERNEL={forced} cannot run" if forced else "no duquant kernel can run"

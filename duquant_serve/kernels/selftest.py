@@ -11,18 +11,18 @@ silently. It runs once per distinct layer shape and process: on the 2-core CPU, 
 shape for cpu_int8 (SmolLM2 to LLaMA-2 widths; the reference at M = 300 dominates), plus ~1 s
 of one-time initialisation at the first.
 
-DUQUANT_KERNEL_SELFTEST=0 skips it.
+DUQUANT_KERNEL_SELFTEST=0 skips it (knobs.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import torch
 
 from ..core.reference import w4a4_linear_ref
 from .base import LayerSpec, LinearKernel
+from .knobs import KernelKnobs
 from .random_cases import random_activations, random_linear
 
 SELFTEST_MS = (1, 37, 300)  # decode, a ragged tile, prefill-sized (the M > 256 paths)
@@ -39,10 +39,6 @@ MAX_REL_ERR = 2e-2
 _results: dict[tuple, tuple[str | None, float]] = {}
 
 
-def enabled() -> bool:
-    return os.environ.get("DUQUANT_KERNEL_SELFTEST", "1") != "0"
-
-
 def _device(spec: LayerSpec) -> torch.device | None:
     """The device the layer will run on (the current one of its type), or None if absent."""
     if spec.device_type == "cpu":
@@ -52,22 +48,25 @@ def _device(spec: LayerSpec) -> torch.device | None:
     return None
 
 
-def self_test(kernel: type[LinearKernel], spec: LayerSpec) -> tuple[str | None, float]:
+def self_test(kernel: type[LinearKernel], spec: LayerSpec, knobs: KernelKnobs | None = None
+              ) -> tuple[str | None, float]:
     """(None, worst relative error) if `kernel` reproduces the reference for `spec` on its
-    device, else (why, worst error). Cached per kernel, spec and device."""
+    device under the switches `knobs` (default: the environment's), else (why, worst error).
+    Cached per kernel, spec, device and switches."""
+    knobs = KernelKnobs.from_env() if knobs is None else knobs
     device = _device(spec)
     if device is None:  # a spec for hardware this process does not have: nothing to run on
         return None, float("nan")
-    key = (kernel.name, spec, str(device))
+    key = (kernel.name, spec, str(device), knobs)
     if key not in _results:
-        _results[key] = _run(kernel, spec, device)
+        _results[key] = _run(kernel, spec, device, knobs)
     return _results[key]
 
 
-def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
+def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device, knobs: KernelKnobs
          ) -> tuple[str | None, float]:
     worst = 0.0
-    tuned = kernel.tuned_counts(spec, device)
+    tuned = kernel.tuned_counts(spec, device, knobs)
     if not tuned:
         spec = dataclasses.replace(spec, out_features=min(spec.out_features, MAX_N))
     g = torch.Generator().manual_seed(0)
@@ -75,7 +74,7 @@ def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device
         lin = random_linear(spec.out_features, spec.in_features, spec.block_size,
                             spec.has_smooth, spec.has_bias, g).to(device)
         p = kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero, lin.transform,
-                           lin.bias, lin.act_clip_ratio, device=device)
+                           lin.bias, lin.act_clip_ratio, device=device, knobs=knobs)
         for m in sorted(set(SELFTEST_MS) | set(tuned)):
             x = random_activations(m, spec.in_features, g, spec.act_dtype).to(device)
             y = kernel.apply(p, x).float()

@@ -20,7 +20,6 @@ the int32 partials, which is exact, so the result does not depend on the split o
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -195,11 +194,12 @@ def _static_split_k(tiles: int, k: int, block_k: int, sms: int | None) -> int:
 
 
 def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None,
-                 sms: int | None = None) -> dict[str, int]:
+                 sms: int | None = None, tuned_configs: str = "") -> dict[str, int]:
     """The tile config for an [m, k] × [k, n] GEMM on the GPU named `device` with `sms` SMs: the
-    table tuned on this GPU (`tuned.py`, written by benchmarks/kernels/tune_triton_gemm.py) if
-    it has the shape, else a static choice by M bucket. Never autotuned while serving: the
-    same shapes run the same code in tests, benchmarks and serving.
+    table tuned on this GPU (`tuned.py`, written by benchmarks/kernels/tune_triton_gemm.py;
+    `tuned_configs` the operator's folder of tables) if it has the shape, else a static
+    choice by M bucket. Never autotuned while serving: the same shapes run the same code in
+    tests, benchmarks and serving.
 
     Static choice: small M is weight-streaming bound, so narrow N tiles put more programs on
     the SMs, and where the tiles are still fewer than half the SMs, K is split over more
@@ -211,7 +211,7 @@ def _gemm_config(m: int, n: int, k: int | None = None, device: str | None = None
     docs/kernels.md). A static choice, not a timed one: benchmarks/gpu_session.py measures it,
     and benchmarks/kernels/tune_triton_gemm.py replaces it per GPU and shape."""
     if device is not None and k is not None:
-        cfg = tuned.lookup("triton_gemm", device, n, k, m)
+        cfg = tuned.lookup("triton_gemm", device, n, k, m, tuned_configs)
         if cfg is not None:
             return cfg
     if m <= 16:
@@ -239,25 +239,19 @@ def _device_name(device: torch.device) -> str | None:
 
 
 def launch_config(m: int, n: int, k: int, device: torch.device,
-                  config: dict[str, int] | None = None) -> dict[str, int]:
+                  config: dict[str, int] | None = None, split_k: bool = True,
+                  tuned_configs: str = "") -> dict[str, int]:
     """The config a launch of this shape on `device` runs: `config` (SPLIT_K defaulting to 1)
     or `_gemm_config`'s, unsplit where the grid has more tiles than SPLIT_TILES_MAX — a tuned
     split config also serves the counts above its own, where splitting is neither possible
-    (one counter per tile) nor needed."""
+    (one counter per tile) nor needed. split_k=False (DUQUANT_SPLIT_K=0, knobs.py) unsplits
+    every config: an operator's switch should a GPU or driver ever disagree with the counter
+    hand-off."""
     cfg = dict(config or _gemm_config(m, n, k, _device_name(device),
-                                      device_state.sm_count(device)))
+                                      device_state.sm_count(device), tuned_configs))
     fits = tile_count(m, n, cfg) <= SPLIT_TILES_MAX
-    cfg["SPLIT_K"] = cfg.get("SPLIT_K", 1) if fits and _split_k_on() else 1
+    cfg["SPLIT_K"] = cfg.get("SPLIT_K", 1) if fits and split_k else 1
     return cfg
-
-
-def _split_k_on() -> bool:
-    """DUQUANT_SPLIT_K=0 turns split-K off everywhere (static and tuned configs): an operator's
-    switch should a GPU or driver ever disagree with the counter hand-off."""
-    v = os.environ.get("DUQUANT_SPLIT_K", "1")
-    if v not in ("0", "1"):
-        raise ValueError(f"DUQUANT_SPLIT_K={v!r}: use 1 (split where SMs would idle) or 0 (never)")
-    return v == "1"
 
 
 def split_counters(device: torch.device | str) -> torch.Tensor:
@@ -277,9 +271,12 @@ def w4a4_gemm_triton(
     bias: torch.Tensor | None,
     out_dtype: torch.dtype,
     config: dict[str, int] | None = None,
+    split_k: bool = True,
+    tuned_configs: str = "",
 ) -> torch.Tensor:
     """codes int8 [M, K], qweight_g uint8 [N, K/2] (grouped) → y [M, N] out_dtype. `config`
-    overrides the tile config (`_gemm_config`'s keys; SPLIT_K defaults to 1)."""
+    overrides the tile config (`_gemm_config`'s keys; SPLIT_K defaults to 1); split_k and
+    tuned_configs: `launch_config`'s switches."""
     m, k = codes.shape
     n = qweight_g.shape[0]
     if k % 64 or qweight_g.shape[1] * 2 != k:
@@ -291,7 +288,7 @@ def w4a4_gemm_triton(
     if m == 0:
         return out
     dev = codes.device
-    cfg = launch_config(m, n, k, dev, config)
+    cfg = launch_config(m, n, k, dev, config, split_k, tuned_configs)
     grid = (tile_count(m, n, cfg), cfg["SPLIT_K"])
     if cfg["SPLIT_K"] > 1:
         # int32 partials [tiles, SPLIT_K, BLOCK_M, BLOCK_N], per call like all scratch (a CUDA

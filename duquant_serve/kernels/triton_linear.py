@@ -8,6 +8,7 @@ from ..core.pack import unpack_int4
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
 from .base import LayerSpec, LinearKernel, PreparedLinear
 from .gpu_common import common_gpu_checks, prologue, triton_missing
+from .knobs import KernelKnobs
 from .layout import pack_int4_grouped
 
 
@@ -18,14 +19,16 @@ class TritonKernel(LinearKernel):
     name = "triton"
 
     @classmethod
-    def tuned_counts(cls, spec: LayerSpec, device: torch.device) -> tuple[int, ...]:
+    def tuned_counts(cls, spec: LayerSpec, device: torch.device,
+                     knobs: KernelKnobs | None = None) -> tuple[int, ...]:
         # The GEMM's tuned tile table (kernels/tuned.py) for this GPU, if it holds the shape.
         from . import triton_gemm, tuned
 
         name = triton_gemm._device_name(torch.device(device))
         if name is None:
             return ()
-        return tuned.counts("triton_gemm", name, spec.out_features, spec.in_features)
+        return tuned.counts("triton_gemm", name, spec.out_features, spec.in_features,
+                            knobs.tuned_configs if knobs else "")
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
@@ -47,5 +50,6 @@ class TritonKernel(LinearKernel):
         x2 = x.reshape(-1, x.shape[-1])
         q, s, z, qs = prologue(p, x2)
         y = torch.ops.duquant.w4a4_gemm(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
-                                        p.weight_code_sum, p.bias, x.dtype)
+                                        p.weight_code_sum, p.bias, x.dtype, p.knobs.split_k,
+                                        p.knobs.tuned_configs)
         return y.reshape(*x.shape[:-1], y.shape[-1])

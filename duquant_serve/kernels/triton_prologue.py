@@ -24,13 +24,11 @@ variant is triton_prologue_split.py.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from duquant_serve.kernels import device_state
+from duquant_serve.kernels import device_state, knobs
 from duquant_serve.kernels.triton_codes import INTERPRET, token_codes, token_scale_zero
 from duquant_serve.kernels.triton_prologue_split import SPLIT_MAX_M, split_prologue
 
@@ -203,7 +201,7 @@ def _prologue_kernel(
 
 
 # R1/R2 dot precisions (module docstring).
-PRECISIONS = ("tf32x3", "tf32", "fp16", "ieee")
+PRECISIONS = knobs.PRECISIONS
 # Columns of R per dot (NS) and the K slice each dot reads (KC): what bounds the live operands.
 NS, KC = 64, 32
 
@@ -266,10 +264,11 @@ def fused_prologue(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x [M, C] (bf16/fp16/fp32) → codes int8 [M, C], scale f32 [M], zero f32 [M], Σq i32 [M].
 
-    inv_perm: int32 [C] with inv_perm[perm[i]] = i. phase3: "recompute" (default) or "reload"
-    (module docstring; DUQUANT_PROLOGUE_PHASE3 overrides). decode: "tiled" (default) or
-    "split": up to SPLIT_MAX_M tokens through triton_prologue_split.py, which needs `perm`
-    (computed here if not given; DUQUANT_PROLOGUE_DECODE overrides). tokens: tokens per
+    inv_perm: int32 [C] with inv_perm[perm[i]] = i. precision: one of PRECISIONS, None to
+    choose by M. phase3: "recompute" (default) or "reload" (module docstring). decode: "tiled"
+    (default) or "split": up to SPLIT_MAX_M tokens through triton_prologue_split.py, which
+    needs `perm` (computed here if not given). The serving path passes the operator's
+    switches (knobs.py, read once at load). tokens: tokens per
     program of the tiled kernel (`_config` chooses by default). Launcher of both kernels.
     """
     if x.dim() != 2:
@@ -286,16 +285,15 @@ def fused_prologue(
     if smooth is not None:
         smooth = smooth.float().contiguous()
     if precision is None:
-        precision = os.environ.get("DUQUANT_PROLOGUE_PRECISION") or (
-            "ieee" if INTERPRET else "tf32x3" if m <= 256 else "tf32")
+        precision = "ieee" if INTERPRET else "tf32x3" if m <= 256 else "tf32"
     if precision not in PRECISIONS:
         raise ValueError(f"prologue precision {precision!r} not in {', '.join(PRECISIONS)}")
-    phase3 = phase3 or os.environ.get("DUQUANT_PROLOGUE_PHASE3") or "recompute"
-    if phase3 not in ("reload", "recompute"):
-        raise ValueError(f"prologue phase3 {phase3!r} not in reload, recompute")
-    decode = decode or os.environ.get("DUQUANT_PROLOGUE_DECODE") or "tiled"
-    if decode not in ("tiled", "split"):
-        raise ValueError(f"prologue decode {decode!r} not in tiled, split")
+    phase3 = phase3 or "recompute"
+    if phase3 not in knobs.PHASE3:
+        raise ValueError(f"prologue phase3 {phase3!r} not in {', '.join(knobs.PHASE3)}")
+    decode = decode or "tiled"
+    if decode not in knobs.DECODE:
+        raise ValueError(f"prologue decode {decode!r} not in {', '.join(knobs.DECODE)}")
     codes = torch.empty((m, c), dtype=torch.int8, device=x.device)
     scale = torch.empty((m,), dtype=torch.float32, device=x.device)
     zero = torch.empty((m,), dtype=torch.float32, device=x.device)

@@ -21,7 +21,6 @@ import functools
 import importlib.metadata
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -99,9 +98,8 @@ def triton_version() -> str | None:
         return None
 
 
-def search_dirs(extra: str | None = None) -> tuple[Path, ...]:
-    """DUQUANT_TUNED_CONFIGS (or `extra`) first, then the shipped tables."""
-    extra = os.environ.get("DUQUANT_TUNED_CONFIGS") if extra is None else extra
+def search_dirs(extra: str = "") -> tuple[Path, ...]:
+    """`extra` (the DUQUANT_TUNED_CONFIGS switch, knobs.py) first, then the shipped tables."""
     return ((Path(extra),) if extra else ()) + (SHIPPED_DIR,)
 
 
@@ -137,18 +135,19 @@ def _bucketed(kernel: str, device: str, n: int, k: int, extra: str):
     return ([m for m, _ in rows], [c for _, c in rows]) if rows else None
 
 
-def counts(kernel: str, device: str, n: int, k: int) -> tuple[int, ...]:
-    """The token counts (n, k) was tuned at on `device`, ascending; () if it was not. Running
-    at each one runs each of its tuned configs."""
-    hit = _bucketed(kernel, device, n, k, os.environ.get("DUQUANT_TUNED_CONFIGS", ""))
+def counts(kernel: str, device: str, n: int, k: int, extra: str = "") -> tuple[int, ...]:
+    """The token counts (n, k) was tuned at on `device` (tables in `extra`, then the shipped
+    ones), ascending; () if it was not. Running at each one runs each of its tuned configs."""
+    hit = _bucketed(kernel, device, n, k, extra)
     return tuple(hit[0]) if hit else ()
 
 
-def lookup(kernel: str, device: str, n: int, k: int, m: int) -> dict[str, int] | None:
-    """The tuned config for an [m, k] × [k, n] problem on `device`, or None (no table, or the
-    shape is not in it): the config tuned at the smallest tuned count ≥ m, else the largest.
-    Cached per shape: one environment read and a bisect per call."""
-    hit = _bucketed(kernel, device, n, k, os.environ.get("DUQUANT_TUNED_CONFIGS", ""))
+def lookup(kernel: str, device: str, n: int, k: int, m: int, extra: str = ""
+           ) -> dict[str, int] | None:
+    """The tuned config for an [m, k] × [k, n] problem on `device` (tables in `extra`, then
+    the shipped ones), or None (no table, or the shape is not in it): the config tuned at the
+    smallest tuned count ≥ m, else the largest. Cached per shape: a bisect per call."""
+    hit = _bucketed(kernel, device, n, k, extra)
     if hit is None:
         return None
     ms, cfgs = hit

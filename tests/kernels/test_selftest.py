@@ -10,6 +10,7 @@ import torch
 
 from duquant_serve.kernels import select, selftest
 from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.knobs import KernelKnobs
 from duquant_serve.kernels.linear_kernels import CpuInt8Kernel
 
 SPEC = LayerSpec(192, 40, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
@@ -119,7 +120,7 @@ def test_self_test_width_and_counts(monkeypatch, tuned, width, ms):
 
     monkeypatch.setattr(CpuInt8Kernel, "prepare", classmethod(spy_prepare))
     monkeypatch.setattr(CpuInt8Kernel, "apply", classmethod(spy_apply))
-    monkeypatch.setattr(CpuInt8Kernel, "tuned_counts", classmethod(lambda cls, spec, d: tuned))
+    monkeypatch.setattr(CpuInt8Kernel, "tuned_counts", classmethod(lambda cls, spec, d, knobs: tuned))
     wide = LayerSpec(128, 3000, 64, act_dtype=torch.float32, device_type="cpu")
     assert selftest.self_test(CpuInt8Kernel, wide)[0] is None
     assert [s.out_features for s in seen] == [width]
@@ -139,10 +140,12 @@ def test_triton_tuned_counts_come_from_the_table_for_the_shape(tmp_path, monkeyp
         {"kernel": "triton_gemm", "device": "Fake GPU",
          "entries": [dict(n=4096, k=4096, m=m, config=cfg) for m in (256, 16)]}))
     monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
+    knobs = KernelKnobs.from_env()  # what select reads at load
     spec = LayerSpec(4096, 4096, 128, device_type="cuda")
     other = LayerSpec(4096, 11008, 128, device_type="cuda")
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(triton_gemm, "_device_name", lambda d: "Fake GPU" if d.type == "cuda" else None)
-    assert TritonKernel.tuned_counts(spec, cuda) == (16, 256)
-    assert TritonKernel.tuned_counts(other, cuda) == ()
-    assert TritonKernel.tuned_counts(spec, torch.device("cpu")) == ()
+    assert TritonKernel.tuned_counts(spec, cuda, knobs) == (16, 256)
+    assert TritonKernel.tuned_counts(spec, cuda) == ()  # without the switch: shipped tables
+    assert TritonKernel.tuned_counts(other, cuda, knobs) == ()
+    assert TritonKernel.tuned_counts(spec, torch.device("cpu"), knobs) == ()

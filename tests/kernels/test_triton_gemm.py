@@ -8,6 +8,7 @@ import torch
 import duquant_serve.kernels.ops  # noqa: F401  (registers torch.ops.duquant.*)
 from duquant_serve.core.reference import gemm_epilogue_ref
 from duquant_serve.kernels import triton_gemm
+from duquant_serve.kernels.knobs import KernelKnobs, KnobError
 from duquant_serve.kernels.layout import pack_int4_grouped, unpack_int4_grouped
 from duquant_serve.kernels.triton_gemm import epilogue_triton, w4a4_gemm_triton
 
@@ -142,11 +143,13 @@ def test_split_k_off_above_the_counters(monkeypatch):
 
 
 def test_split_k_switch(monkeypatch):
-    # DUQUANT_SPLIT_K=0 unsplits tuned and forced configs too; a value other than 0/1 is refused.
+    # DUQUANT_SPLIT_K=0 unsplits tuned and forced configs too; a value other than 0/1 is refused
+    # when the switches are read (at kernel choice), not at a launch.
     cfg = dict(SMALL_CFG, SPLIT_K=4)
     assert triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)["SPLIT_K"] == 4
     monkeypatch.setenv("DUQUANT_SPLIT_K", "0")
-    assert triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)["SPLIT_K"] == 1
+    split_k = KernelKnobs.from_env().split_k
+    assert triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg, split_k)["SPLIT_K"] == 1
     monkeypatch.setenv("DUQUANT_SPLIT_K", "off")
-    with pytest.raises(ValueError, match="DUQUANT_SPLIT_K='off'"):
-        triton_gemm.launch_config(1, 40, 576, torch.device("cpu"), cfg)
+    with pytest.raises(KnobError, match="DUQUANT_SPLIT_K='off'"):
+        KernelKnobs.from_env()

@@ -8,6 +8,7 @@ from kernel_cases import inverse_perm, make_transform, make_x
 
 from duquant_serve.core.reference import prologue_ref
 from duquant_serve.kernels import triton_prologue, triton_prologue_split
+from duquant_serve.kernels.knobs import KernelKnobs, KnobError
 from duquant_serve.kernels.triton_prologue import SPLIT_MAX_M, fused_prologue
 
 # (M, K, b, smooth): K=576 = 9 blocks of 64 (SmolLM2), K=192 = 3 blocks, K=256 with b=128.
@@ -142,13 +143,18 @@ def test_prologue_precision_choice(monkeypatch):
     t = make_transform(192, 64, False, g)
     x = make_x(3, 192, g)
     _compare(x, t, 1.0, precision="tf32")  # the interpreter computes in fp32 whatever is asked
-    monkeypatch.setenv("DUQUANT_PROLOGUE_PRECISION", "bf16")
     with pytest.raises(ValueError, match="precision"):
-        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
-    monkeypatch.delenv("DUQUANT_PROLOGUE_PRECISION")
-    monkeypatch.setenv("DUQUANT_PROLOGUE_PHASE3", "twice")
+        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0, precision="bf16")
     with pytest.raises(ValueError, match="phase3 'twice'"):
-        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
+        fused_prologue(x, t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0, phase3="twice")
+    # The same values from the environment fail when the switches are read, naming the variable.
+    monkeypatch.setenv("DUQUANT_PROLOGUE_PRECISION", "bf16")
+    with pytest.raises(KnobError, match="DUQUANT_PROLOGUE_PRECISION='bf16'"):
+        KernelKnobs.from_env()
+    monkeypatch.setenv("DUQUANT_PROLOGUE_PRECISION", "tf32")
+    monkeypatch.setenv("DUQUANT_PROLOGUE_PHASE3", "twice")
+    with pytest.raises(KnobError, match="DUQUANT_PROLOGUE_PHASE3='twice'"):
+        KernelKnobs.from_env()
 
 
 @pytest.mark.parametrize("m,k,b,smooth", [(1, 576, 64, True), (7, 256, 128, False),
@@ -171,8 +177,10 @@ def test_split_decode_prologue_serves_only_decode(monkeypatch):
     # Above SPLIT_MAX_M tokens the tiled kernel runs (the split one's buffers hold 16 rows).
     g = torch.Generator().manual_seed(15)
     t = make_transform(192, 64, False, g)
-    monkeypatch.setenv("DUQUANT_PROLOGUE_DECODE", "split")
-    _compare(make_x(SPLIT_MAX_M + 5, 192, g), t, 1.0)
-    monkeypatch.setenv("DUQUANT_PROLOGUE_DECODE", "fused")
+    _compare(make_x(SPLIT_MAX_M + 5, 192, g), t, 1.0, decode="split")
     with pytest.raises(ValueError, match="decode 'fused'"):
-        fused_prologue(make_x(1, 192, g), t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0)
+        fused_prologue(make_x(1, 192, g), t.r1, t.r2, inverse_perm(t.perm), None, 4, 1.0,
+                       decode="fused")
+    monkeypatch.setenv("DUQUANT_PROLOGUE_DECODE", "fused")
+    with pytest.raises(KnobError, match="DUQUANT_PROLOGUE_DECODE='fused'"):
+        KernelKnobs.from_env()

@@ -36,18 +36,17 @@ def test_lookup_serves_each_count_from_the_next_tuned_one(tmp_path, monkeypatch)
     a, b, c = cfg(bn=16), cfg(64, 64, 64, 4), cfg(128, 128, 64, 8, 8, 3)
     write_table(tmp_path, [dict(n=4096, k=4096, m=m, config=x)
                            for m, x in ((16, a), (1024, c), (64, b))])  # any order
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
-    assert lookup("triton_gemm", DEVICE, 4096, 4096, 1) == a
-    assert lookup("triton_gemm", DEVICE, 4096, 4096, 16) == a
-    assert lookup("triton_gemm", DEVICE, 4096, 4096, 17) == b
-    assert lookup("triton_gemm", DEVICE, 4096, 4096, 65) == c
-    assert lookup("triton_gemm", DEVICE, 4096, 4096, 100_000) == c  # above all: the largest
-    assert tuned.counts("triton_gemm", DEVICE, 4096, 4096) == (16, 64, 1024)
-    assert tuned.counts("triton_gemm", DEVICE, 4096, 11008) == ()
+    d = str(tmp_path)
+    assert lookup("triton_gemm", DEVICE, 4096, 4096, 1, d) == a
+    assert lookup("triton_gemm", DEVICE, 4096, 4096, 16, d) == a
+    assert lookup("triton_gemm", DEVICE, 4096, 4096, 17, d) == b
+    assert lookup("triton_gemm", DEVICE, 4096, 4096, 65, d) == c
+    assert lookup("triton_gemm", DEVICE, 4096, 4096, 100_000, d) == c  # above all: the largest
+    assert tuned.counts("triton_gemm", DEVICE, 4096, 4096, d) == (16, 64, 1024)
+    assert tuned.counts("triton_gemm", DEVICE, 4096, 11008, d) == ()
     # A shape, device or kernel the table does not hold: no tuned config.
-    assert lookup("triton_gemm", DEVICE, 4096, 11008, 16) is None
-    assert lookup("triton_gemm", "Other GPU", 4096, 4096, 16) is None
-    monkeypatch.delenv("DUQUANT_TUNED_CONFIGS")
+    assert lookup("triton_gemm", DEVICE, 4096, 11008, 16, d) is None
+    assert lookup("triton_gemm", "Other GPU", 4096, 4096, 16, d) is None
     assert lookup("triton_gemm", DEVICE, 4096, 4096, 16) is None  # shipped tables only
 
 
@@ -73,18 +72,16 @@ def test_bad_tables_are_refused_naming_the_file(tmp_path, monkeypatch, mutate, m
     mutate(t)
     path = tmp_path / table_name("triton_gemm", DEVICE)
     path.write_text(json.dumps(t))
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
     with pytest.raises(TunedConfigError, match=match) as e:
-        lookup("triton_gemm", DEVICE, 64, 128, 16)
+        lookup("triton_gemm", DEVICE, 64, 128, 16, str(tmp_path))
     assert str(path) in str(e.value)
 
 
 def test_unreadable_table_is_refused(tmp_path, monkeypatch):
     path = tmp_path / table_name("triton_gemm", DEVICE)
     path.write_text('{"kernel": "triton_gemm", "entries": [')
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
     with pytest.raises(TunedConfigError, match="unreadable"):
-        lookup("triton_gemm", DEVICE, 64, 128, 16)
+        lookup("triton_gemm", DEVICE, 64, 128, 16, str(tmp_path))
 
 
 def test_user_directory_comes_before_shipped_tables(tmp_path, monkeypatch):
@@ -95,8 +92,7 @@ def test_user_directory_comes_before_shipped_tables(tmp_path, monkeypatch):
     write_table(mine, [dict(n=64, k=128, m=16, config=cfg(bn=64))])
     monkeypatch.setattr(tuned, "SHIPPED_DIR", shipped)
     assert lookup("triton_gemm", DEVICE, 64, 128, 3)["BLOCK_N"] == 16
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(mine))
-    assert lookup("triton_gemm", DEVICE, 64, 128, 3)["BLOCK_N"] == 64
+    assert lookup("triton_gemm", DEVICE, 64, 128, 3, str(mine))["BLOCK_N"] == 64
 
 
 def test_shipped_tables_parse():
@@ -116,9 +112,10 @@ def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
     n, k, m = 40, 384, 5
     odd = cfg(16, 16, 128, 1, 4, 2, split=2)
     write_table(tmp_path, [dict(n=n, k=k, m=16, config=odd)])
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
-    assert triton_gemm._gemm_config(m, n, k, DEVICE) == odd
-    assert triton_gemm._gemm_config(m, n, k, None) != odd  # off CUDA: the static choice
+    d = str(tmp_path)
+    assert triton_gemm._gemm_config(m, n, k, DEVICE, None, d) == odd
+    assert triton_gemm._gemm_config(m, n, k, None, None, d) != odd  # off CUDA: the static choice
+    assert triton_gemm._gemm_config(m, n, k, DEVICE) != odd  # the shipped tables only
     used = []
     real = triton_gemm._gemm_config
     monkeypatch.setattr(triton_gemm, "_gemm_config", lambda *a: used.append(real(*a)) or used[-1])
@@ -129,7 +126,7 @@ def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
     sw, zw = torch.rand(n, generator=g) + 0.1, torch.randint(0, 16, (n,), generator=g).float()
     sqx, sqw = qx.sum(-1, dtype=torch.int32), qw.sum(-1, dtype=torch.int32)
     y = triton_gemm.w4a4_gemm_triton(qx, sx, zx, sqx, pack_int4_grouped(qw), sw, zw, sqw, None,
-                                     torch.float32)
+                                     torch.float32, tuned_configs=d)
     assert used == [odd]
     ref = gemm_epilogue_ref(qx, sx, zx, sqx, qw, sw, zw, sqw, None, torch.float32)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-3)
@@ -141,8 +138,7 @@ def test_triton_gemm_runs_the_tuned_config(tmp_path, monkeypatch):
 ])
 def test_table_from_another_triton(tmp_path, monkeypatch, caplog, made, running, warns):
     write_table(tmp_path, [dict(n=64, k=128, m=16, config=cfg())], triton=made)
-    monkeypatch.setenv("DUQUANT_TUNED_CONFIGS", str(tmp_path))
     monkeypatch.setattr(tuned, "triton_version", lambda: running)
     with caplog.at_level("WARNING", logger="duquant_serve.kernels.tuned"):
-        assert lookup("triton_gemm", DEVICE, 64, 128, 1) == cfg()
+        assert lookup("triton_gemm", DEVICE, 64, 128, 1, str(tmp_path)) == cfg()
     assert (f"tuned under Triton {made}, this process runs {running}" in caplog.text) == warns
