@@ -3,7 +3,7 @@
 // Both operands stay packed two codes per byte along K, low nibble = even k: the layout of
 // duquant_serve/core/pack.py and also CUTLASS's sub-byte layout, so the checkpoint's packed
 // weights are used as is. Codes are unsigned (0..15; zero points are applied in the epilogue,
-// EPILOGUE.md), hence uint4b_t rather than int4b_t.
+// docs/epilogue.md), hence uint4b_t rather than int4b_t.
 //
 // A: [M, K/2] bytes row-major, B: [N, K/2] bytes row-major (= K x N column-major), D: [M, N]
 // int32 row-major. K % 32 == 0 (128-bit alignment of 4-bit rows), N % 4 == 0.

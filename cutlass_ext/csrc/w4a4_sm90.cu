@@ -4,7 +4,7 @@
 // codes from the prologue) and B (weight codes, unpacked once at load) are int8 in memory and the
 // GEMM is CUTLASS 3.x's TMA warp-specialized s8 x s8 -> s32 kernel from the collective builder
 // (the mainloop of w4a4_sm90_evt.hpp). The output is the raw int32 accumulator: this kernel times
-// the GEMM alone; the zero-point/scale epilogue (EPILOGUE.md) can then run in the Triton kernel
+// the GEMM alone; the zero-point/scale epilogue (docs/epilogue.md) can then run in the Triton kernel
 // (duquant_serve/kernels/triton_gemm.py::epilogue_triton). Torch-free C ABI: raw pointers in,
 // an error code out, so the .so builds without torch headers (README.md).
 //

@@ -7,9 +7,9 @@
 //   u = sw,  v = sw·(zw − o),  w = sw·(Sw − K·zw)   (per output channel, precomputed at load)
 //
 // o is the offset of the stored weight values: 0 for int8 codes 0..15, 8 for the packed
-// kernel's signed nibbles q − 8 (EPILOGUE.md).
+// kernel's signed nibbles q − 8 (docs/epilogue.md).
 //
-// which is EPILOGUE.md's formula with s_w distributed into the bracket (so every per-channel
+// which is docs/epilogue.md's formula with s_w distributed into the bracket (so every per-channel
 // factor is one broadcast vector).
 //
 // kSwapAB: the GEMM computes yᵀ = W · Xᵀ (problem N × M × K). The mixed-input mainloop must

@@ -8,7 +8,7 @@
 // nibble = even k) so that CUTLASS's int4 → int8 converter (shift/prmt, 8 codes per 32-bit
 // register) applies. The shift only changes v: acc' = acc − 8·Sx, so
 //   u·acc − v·Sx = u·acc' − (v − 8·u)·Sx,
-// and prepare() passes v' = sw·(zw − 8); u and w are unchanged (EPILOGUE.md).
+// and prepare() passes v' = sw·(zw − 8); u and w are unchanged (docs/epilogue.md).
 //
 // a: activation codes int8 [M, K] row-major; b: weights int4 [N, K] row-major (K/2 bytes per
 // row); d: [M, N] bf16/fp16 row-major. K % 32 == 0 (16-byte TMA rows of 4-bit codes), N % 8.

@@ -5,7 +5,7 @@
     epilogue:  y = sx·sw·(acc − zw·Σqx − zx·Σqw + K·zx·zw) + bias
 
 which equals dequant(qx) · dequant(qw)ᵀ; the expanded form is what integer kernels compute
-(cutlass_ext/EPILOGUE.md derives it). Runs on any device; exact, not fast.
+(docs/epilogue.md derives it). Runs on any device; exact, not fast.
 
 Row-parallel linears of a checkpoint with tp_shards = G > 1 quantize activations per token
 *per group* of K/G contiguous channels: the layer is G independent group linears (input slice,
@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .epilogue import rank2_rhs
 from .pack import pack_weight_codes, unpack_weight_codes
 from .quant import dequantize, fake_quantize_per_token, quantize_per_channel, quantize_per_token
 from .transform import InputTransform
@@ -141,9 +142,8 @@ def epilogue_ref(
     Every term of the bracket is an integer, so float64 holds each exactly and the only
     rounding is the scaling. The bracket is computed as acc − [Σqx, zx]·[zw; Σqw − k·zw], one
     rank-2 update (the same exact integers, in a dozen fewer passes over [M, N] doubles)."""
-    zw64 = zw.double()
     lhs = torch.stack((sum_qx.double(), zx.double()), dim=1)  # [M, 2]
-    rhs = torch.stack((zw64, sum_qw.double() - k * zw64))  # [2, N]
+    rhs = rank2_rhs(zw, sum_qw, k)  # [2, N]
     bracket = torch.addmm(acc.double(), lhs, rhs, alpha=-1)
     y = (sx.double().unsqueeze(1) * sw.double().unsqueeze(0)).mul_(bracket)
     if bias is not None:

@@ -158,7 +158,7 @@ def w4a4_gemm_sm90_cuda(
     out_dtype: torch.dtype,
     packed: bool,
 ) -> torch.Tensor:
-    """Fused sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias (EPILOGUE.md).
+    """Fused sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias (docs/epilogue.md).
 
     packed=False: qweight int8 [N, K] codes (w4a4_sm90_evt.cu); packed=True: uint8 [N, K/2],
     two signed 4-bit codes q − 8 per byte, v = sw·(zw − 8) (w4a4_sm90_packed.cu).

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from ..core.epilogue import distributed
 from ..core.pack import unpack_int4
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
 from .base import LayerSpec, LinearKernel, PreparedLinear
@@ -45,15 +46,12 @@ class CutlassSm90Kernel(LinearKernel):
 
     @classmethod
     def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
-        # The per-channel vectors the epilogue broadcasts, in float64, rounded once to fp32:
-        # u = sw, v = sw·(zw − shift), w = sw·(Σqw − K·zw) (EPILOGUE.md).
-        sw, zw = p.weight_scale.double().cpu(), p.weight_zero.double().cpu()
-        sqw = p.weight_code_sum.double().cpu()
-        shift = SIGNED_OFFSET if cls.packed else 0
+        # The per-channel vectors the epilogue broadcasts (core.epilogue.distributed).
+        c = distributed(p.weight_scale.cpu(), p.weight_zero.cpu(), p.weight_code_sum.cpu(),
+                        p.spec.in_features, SIGNED_OFFSET if cls.packed else 0)
         dev = p.qweight.device
-        return dataclasses.replace(
-            p, epilogue_u=sw.float().to(dev), epilogue_v=(sw * (zw - shift)).float().to(dev),
-            epilogue_w=(sw * (sqw - p.spec.in_features * zw)).float().to(dev))
+        return dataclasses.replace(p, epilogue_u=c.u.to(dev), epilogue_v=c.v.to(dev),
+                                   epilogue_w=c.w.to(dev))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.epilogue import rank2_rhs
 from ..core.pack import unpack_int4
 from ..core.reference import epilogue_ref, gemm_epilogue_ref, prologue_ref
 from ..core.transform import InputTransform
@@ -159,7 +160,7 @@ def epilogue(
     k: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """acc int32 [M, N] → sx·sw·(acc − zw·Σqx − zx·Σqw + k·zx·zw) + bias (EPILOGUE.md)."""
+    """acc int32 [M, N] → sx·sw·(acc − zw·Σqx − zx·Σqw + k·zx·zw) + bias (docs/epilogue.md)."""
     return epilogue_ref(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
                         bias, k, out_dtype)
 
@@ -176,10 +177,10 @@ def _(acc, scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum, bi
 
 
 def epilogue_rhs(weight_zero: torch.Tensor, weight_code_sum: torch.Tensor, k: int) -> torch.Tensor:
-    """[2, N] fp32 [zw; Σqw − k·zw]: the weight side of the epilogue's rank-2 update, a
-    constant of the layer (cpu_int8 keeps it from prepare). Integers, exact below 2^24."""
-    zw = weight_zero.float()
-    return torch.stack((zw, weight_code_sum.float() - k * zw))
+    """[2, N] fp32 [zw; Σqw − k·zw] (core.epilogue.rank2_rhs): the weight side of the
+    epilogue's rank-2 update, a constant of the layer (cpu_int8 keeps it from prepare).
+    Integers, exact below 2^24."""
+    return rank2_rhs(weight_zero, weight_code_sum, k, torch.float32)
 
 
 def epilogue_fp32(
@@ -197,7 +198,7 @@ def epilogue_fp32(
     fp32, like the CUDA kernel, in place on one [M, N] buffer: float64 temporaries of the
     reference's size made the CPU int8 linear slower than the 16-bit one (allocation and
     conversion passes dominated). The bracket acc − Σqx·zw − zx·(Σqw − k·zw) is a rank-2
-    update, exact while its integers stay below 2^24 (EPILOGUE.md "Exactness"); then two
+    update, exact while its integers stay below 2^24 (docs/epilogue.md "Exactness"); then two
     roundings by the scales (relative error ~1e-7; the reference rounds once). Two addcmuls,
     not an addmm of [M, 2]·[2, N]: under inductor they fuse with the scaling into one loop (an
     addmm is an extern call between loops). Inductor makes each an fma, which changes nothing
@@ -260,7 +261,7 @@ def w4a4_gemm_sm90(
     packed: bool,
 ) -> torch.Tensor:
     """Fused CUTLASS sm_90a GEMM + EVT epilogue: y = sx·(u·acc − (v·Σqx + w·zx)) + bias
-    (EPILOGUE.md), u, v, w fp32 [N] built at load. Weights: packed=True, qweight_s4 (signed
+    (docs/epilogue.md), u, v, w fp32 [N] built at load. Weights: packed=True, qweight_s4 (signed
     nibbles q − 8, w4a4_sm90_packed.cu) with v = sw·(zw − 8); packed=False, int8 codes [N, K]
     (w4a4_sm90_evt.cu) with v = sw·zw; u = sw and w = sw·(Σqw − K·zw) either way.
 

@@ -3,7 +3,7 @@
     acc[m, n] = Σ_k qx[m, k] · qw[n, k]                        (int32, exact)
     y[m, n]   = sx[m]·sw[n]·(acc − zw[n]·Σqx[m] − zx[m]·(Σqw[n] − K·zw[n])) + bias[n]
 
-which is `core.reference.gemm_epilogue_ref` regrouped (cutlass_ext/EPILOGUE.md). The bracket
+which is `core.reference.gemm_epilogue_ref` regrouped (docs/epilogue.md). The bracket
 is evaluated in fp32: every term is an integer, exact while below 2^24 (K·15·15 < 2^24 for
 K < 74k), so the only rounding is the final scaling, as in the reference.
 
@@ -320,7 +320,7 @@ def epilogue_triton(
     k: int,
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    """acc int32 [M, N] → y [M, N] out_dtype (EPILOGUE.md)."""
+    """acc int32 [M, N] → y [M, N] out_dtype (docs/epilogue.md)."""
     m, n = acc.shape
     out = torch.empty((m, n), dtype=out_dtype, device=acc.device)
     if m == 0:

@@ -49,7 +49,7 @@ def test_epilogue_formula_against_float64_dequant():
 
 def test_epilogue_rank2_form_equals_the_expanded_formula():
     """epilogue_ref computes the bracket as one rank-2 update; the expanded formula of
-    EPILOGUE.md, term by term in float64, must give the same bits (the bracket is exact either
+    docs/epilogue.md, term by term in float64, must give the same bits (the bracket is exact either
     way), including zero points far outside the code range."""
     g = torch.Generator().manual_seed(0)
     for trial in range(60):
