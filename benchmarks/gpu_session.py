@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.models import block_for, site_shapes  # noqa: E402
 from duquant_serve.core.reference import (  # noqa: E402
     QuantizedLinear,
     prologue_ref,
@@ -36,26 +37,12 @@ from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.random_cases import random_activations, random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
 
-MODELS = {
-    "llama2-7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096),
-                  "down": (4096, 11008)},
-    "llama3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-                  "down": (4096, 14336)},
-    "smollm2-135m": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576),
-                     "down": (576, 1536)},
-}
+MODELS = site_shapes()  # {model: {site: (N, K)}} (benchmarks/models.py)
 L2_BYTES = 50 << 20
 # Correctness sweep on the GPU: (N, K) with K not a multiple of 128 among them, and M values
 # the issue names (decode 1 and 7, a tile, prefill sizes).
 CHECK_SHAPES = [(960, 576), (1000, 1472), (4096, 4096), (4096, 11008)]
 CHECK_MS = [1, 7, 128, 2048, 8192]
-
-
-def block_for(k: int) -> int:
-    b = 128
-    while k % b:
-        b //= 2
-    return b
 
 
 def make_layer(n: int, k: int, b: int, dev: str, smooth: bool, bias: bool,
@@ -294,7 +281,7 @@ def time_shapes(dev: str, paths: list[str], models: dict, ms: list[int], cap, lo
             if (n, k) in seen:
                 continue
             seen.add((n, k))
-            b = block_for(k) if k % 128 else 128
+            b = block_for(k)
             bf16_bytes = n * k * 2
             copies = max(2, min(16, math.ceil(3 * L2_BYTES / bf16_bytes)))
             w_bf = [torch.randn(n, k, device=dev, dtype=torch.bfloat16) / math.sqrt(k)

@@ -17,50 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.models import MODELS, Model  # noqa: E402
 
 GIB = 2**30
 
 
-@dataclass(frozen=True)
-class Model:
-    name: str
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool = False
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    def linears(self) -> list[tuple[int, int]]:
-        """(out, in) of one decoder layer's linears."""
-        kv = self.kv_heads * self.head_dim
-        h, i = self.hidden, self.intermediate
-        return [(h, h), (kv, h), (kv, h), (h, h), (i, h), (i, h), (h, i)]
-
-    def sites(self) -> list[tuple[int, bool]]:
-        """(input width, smoothed online) of one layer's activation sites: qkv, o, gate_up, down."""
-        return [(self.hidden, False), (self.hidden, True), (self.hidden, False),
-                (self.intermediate, False)]
-
-    def embedding_params(self) -> int:
-        return self.vocab * self.hidden * (1 if self.tied else 2)
-
-    def params(self) -> int:
-        per_layer = sum(o * k for o, k in self.linears()) + 2 * self.hidden  # + 2 RMSNorms
-        return self.layers * per_layer + self.embedding_params() + self.hidden
-
-
-MODELS = {m.name: m for m in (
-    Model("llama-2-70b", 80, 8192, 28672, 64, 8, 32000),
-    Model("llama-3-70b", 80, 8192, 28672, 64, 8, 128256),
-    Model("llama-2-7b", 32, 4096, 11008, 32, 32, 32000),
-)}
 # (memory GB as sold, usable GiB after the driver/context, HBM TB/s)
 GPUS = {"H100-80GB": (80, 79.1, 3.35), "H200-141GB": (141, 139.8, 4.8)}
 
@@ -158,7 +124,7 @@ def print_table(doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["llama-2-70b", "llama-3-70b"],
+    ap.add_argument("--models", nargs="+", default=["llama2-70b", "llama3-70b"],
                     choices=sorted(MODELS))
     ap.add_argument("--batch", type=int, default=16, help="concurrent sequences to hold KV for")
     ap.add_argument("--context", type=int, default=4096, help="tokens per sequence")

@@ -26,10 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.gpu_session import MODELS, block_for, prepare  # noqa: E402
+from benchmarks.gpu_session import prepare  # noqa: E402
+from benchmarks.models import block_for, site_shapes  # noqa: E402
 from duquant_serve.kernels.random_cases import random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
 
+MODELS = site_shapes()
 W4A4_KERNELS = ("cpu_int8", "torch_ref")
 
 

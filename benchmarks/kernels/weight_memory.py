@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+from pathlib import Path
 
 import torch
 
@@ -20,14 +22,10 @@ from duquant_serve.core.transform import InputTransform, random_orthogonal
 from duquant_serve.kernels.base import LayerSpec
 from duquant_serve.kernels.select import KERNELS
 
-MODELS = {
-    "llama2-7b": {"qkv": (12288, 4096), "o": (4096, 4096), "gate_up": (22016, 4096),
-                  "down": (4096, 11008)},
-    "llama3-8b": {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
-                  "down": (4096, 14336)},
-    "smollm2-135m": {"qkv": (960, 576), "o": (576, 576), "gate_up": (3072, 576),
-                     "down": (576, 1536)},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.models import block_for, site_shapes  # noqa: E402
+
+MODELS = site_shapes()  # {model: {site: (N, K)}} (benchmarks/models.py)
 
 
 PATHS = ("triton", "cutlass_sm90", "cutlass_sm90_int8w", "torch_ref")
@@ -42,7 +40,7 @@ def main() -> None:
     for model, layers in MODELS.items():
         tot = {"bf16": 0}
         for lname, (n, k) in layers.items():
-            b = 128 if k % 128 == 0 else 64
+            b = block_for(k)
             # Codes from a small random weight tiled to size: only shapes and dtypes matter here.
             q, s, z = quantize_per_channel(torch.randn(64, k, generator=g) / math.sqrt(k), 4)
             reps = math.ceil(n / 64)

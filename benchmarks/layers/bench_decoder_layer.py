@@ -25,18 +25,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.models import MODELS, Model  # noqa: E402
 from duquant_serve.core.pack import pack_int4  # noqa: E402
 from duquant_serve.core.quant import quantize_per_channel  # noqa: E402
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.random_cases import random_transform  # noqa: E402
 from duquant_serve.kernels.select import choose_kernel  # noqa: E402
-
-CONFIGS = {  # hidden, heads, kv_heads, intermediate
-    "llama2-7b": (4096, 32, 32, 11008),
-    "llama3-8b": (4096, 32, 8, 14336),
-    "smollm2-135m": (576, 9, 3, 1536),
-    "tiny": (128, 4, 2, 256),
-}
 
 
 class Linears:
@@ -72,10 +66,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
     return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
 
 
-def layer_forward(lin: Linears, x: torch.Tensor, cfg, kv: tuple | None) -> torch.Tensor:
+def layer_forward(lin: Linears, x: torch.Tensor, m: Model, kv: tuple | None) -> torch.Tensor:
     """x [B, T, H]; kv = (k_cache, v_cache) [B, kvh, S, d] for decode, None for prefill."""
-    hidden, heads, kvh, _ = cfg
-    d = hidden // heads
+    hidden, heads, kvh, d = m.hidden, m.heads, m.kv_heads, m.head_dim
     bsz, t, _ = x.shape
     h = rms_norm(x)
     qkv = lin("qkv", h)
@@ -95,17 +88,15 @@ def layer_forward(lin: Linears, x: torch.Tensor, cfg, kv: tuple | None) -> torch
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="llama2-7b", choices=sorted(CONFIGS))
+    ap.add_argument("--model", default="llama2-7b", choices=sorted(MODELS))
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--dry", action="store_true")
     args = ap.parse_args()
     dev = "cpu" if args.dry else "cuda"
     model = "tiny" if args.dry else args.model
-    cfg = CONFIGS[model]
-    hidden, heads, kvh, inter = cfg
-    d = hidden // heads
-    shapes = {"qkv": ((heads + 2 * kvh) * d, hidden), "o": (hidden, hidden),
-              "gate_up": (2 * inter, hidden), "down": (hidden, inter)}
+    m = MODELS[model]
+    hidden, kvh, d = m.hidden, m.kv_heads, m.head_dim
+    shapes = m.site_linears()
     dtype = torch.float32 if args.dry else torch.bfloat16
     cases = ([("prefill", 1, 16), ("decode", 4, 32)] if args.dry else
              [("prefill", 1, 2048), ("prefill", 4, 2048), ("prefill", 16, 2048),
@@ -130,7 +121,7 @@ def main() -> None:
                 torch.randn(bsz, kvh, tokens, d, generator=gx).to(dev, dtype) for _ in range(2))
 
             def fn(lin=lin, x=x, kv=kv):
-                return layer_forward(lin, x, cfg, kv)
+                return layer_forward(lin, x, m, kv)
 
             if dev == "cuda":
                 import triton.testing as tt

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from benchmarks.models import MODELS  # noqa: E402
 from duquant_serve.core.config import DuQuantConfig  # noqa: E402
 from duquant_serve.testing.tiny import build_random_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
@@ -45,12 +46,11 @@ from offline_quant.pipeline import (  # noqa: E402
     resolve_device,
 )
 
-# Real widths; `layers` is the real depth (for the extrapolation), not what is built.
-SHAPES = {
-    "llama2-7b": dict(hidden=4096, heads=32, kv_heads=32, intermediate=11008, layers=32),
-    "llama3-8b": dict(hidden=4096, heads=32, kv_heads=8, intermediate=14336, layers=32),
-    "smollm2-135m": dict(hidden=576, heads=9, kv_heads=3, intermediate=1536, layers=30),
-}
+# Real widths (benchmarks/models.py); `layers` is the real depth (for the extrapolation), not
+# what is built.
+SHAPES = {n: dict(hidden=m.hidden, heads=m.heads, kv_heads=m.kv_heads,
+                  intermediate=m.intermediate, layers=m.layers)
+          for n, m in MODELS.items() if n in ("llama2-7b", "llama3-8b", "smollm2-135m")}
 VOCAB = 4096  # the embedding is not quantized; a small one keeps the model's memory down
 
 
