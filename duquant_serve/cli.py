@@ -12,7 +12,7 @@ from duquant_serve.core.config import METHODS
 
 EXIT_USAGE = 2
 # `duquant quantize` without --method: the most accurate method that quantizes SmolLM2 within
-# 5 minutes on a 2-core CPU (benchmarks/accuracy/README.md).
+# 5 minutes on a 2-core CPU (benchmarks/results/accuracy/README.md).
 DEFAULT_METHOD = "duquant-opt"
 
 

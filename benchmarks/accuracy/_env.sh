@@ -7,4 +7,4 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 LIMIT=${LIMIT:-8}
 DATA=${DATA:-wikitext2}  # the shipped test split (offline_quant/data/wikitext2)
 CALIB=${CALIB:-wikitext2}  # the shipped validation split
-OUT=benchmarks/accuracy
+OUT=benchmarks/results/accuracy

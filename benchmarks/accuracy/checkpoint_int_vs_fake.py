@@ -3,7 +3,7 @@ quantization (dequantize, float matmul: what `duquant eval`'s method rows comput
 windows. Isolates path numerics from quantization run-to-run differences.
 
     python benchmarks/accuracy/checkpoint_int_vs_fake.py artifacts/smollm2-w4a4 --limit 8 \
-        --json benchmarks/accuracy/smollm2_checkpoint_int_vs_fake.json
+        --json benchmarks/results/accuracy/smollm2_checkpoint_int_vs_fake.json
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/accuracy/lwc_experiment.py --tokens 2048 --batch 256 \
         --epochs 20 --json OUT.json
 
-Results of the runs made with it: smollm2_lwc_experiments.json (README.md in this folder).
+Results of the runs made with it: benchmarks/results/accuracy/smollm2_lwc_experiments.json (README.md there).
 """
 
 from __future__ import annotations

