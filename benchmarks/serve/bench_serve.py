@@ -93,8 +93,11 @@ def _per_request(d: RunData) -> dict:
 
 
 def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str],
-                workloads: dict, seed: int, warmups: int, log_dir: Path) -> dict:
-    """Start one server, run every workload, stop it."""
+                workloads: dict, seed: int, warmups: int, log_dir: Path,
+                restart: bool = True) -> dict:
+    """Start one server, run every workload, stop it; with `restart`, start it once more
+    (what an operator's restart costs: vLLM's compile cache is warm then) and record its time
+    to healthy."""
     with serving(label, model_dir, head, env, log_dir) as (out, url, model):
         out["runs"] = []
         for name, w in workloads.items():
@@ -116,6 +119,11 @@ def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str
                       f"TPOT p50 {'–' if tpot is None else f'{tpot:.1f}'} ms, "
                       f"{s['output_throughput']:.1f} out tok/s, {s['request_throughput']:.2f} req/s"
                       + (f", {data.failed} FAILED" if data.failed else ""), flush=True)
+    if restart:
+        with serving(label, model_dir, head, env, log_dir, ".restart") as (again, _, _):
+            pass
+        out["restart_startup_s"] = again["startup_s"]
+        out["restart_compile_cache_loaded"] = again["compile_cache_loaded"]
     return out
 
 
@@ -142,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-dir", default=None, help="server logs (default: a temp dir)")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--no-restart", action="store_true",
+                    help="skip the second start of each server (start-up with a warm cache)")
     args = ap.parse_args(argv)
 
     pair = ServePair.from_args(args, "bench serve")
@@ -194,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for label, model_dir, head in pair.commands(common):
         result["models"].append(bench_model(label, model_dir, head, env, workloads, args.seed,
-                                            args.warmups, log_dir))
+                                            args.warmups, log_dir, not args.no_restart))
     result["total_s"] = round(time.perf_counter() - t0, 1)
     result["loadavg_after"] = os.getloadavg()
     result["comparison"] = compare(result["models"])
@@ -207,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         result["plots"] = [p.name for p in plot(result, out_dir / args.name)]
     write_report(json_path, *split_raw(result))
     print(table)
+    for m in result["models"]:
+        print(f"start-up {m['label']}: {m['startup_s']:.0f} s"
+              + (f", restart {m['restart_startup_s']:.0f} s (compiled model from vLLM's cache: "
+                 f"{m['restart_compile_cache_loaded']})" if "restart_startup_s" in m else ""))
     print(f"wrote {json_path}" + (f" and {', '.join(result['plots'])}" if "plots" in result else ""))
     failed = sum(r["summary"]["failed"] for m in result["models"] for r in m["runs"])
     return 1 if failed else 0

@@ -153,12 +153,13 @@ def slug(label: str) -> str:
 
 @contextlib.contextmanager
 def serving(label: str, model_dir: Path, head: list[str], env: dict[str, str],
-            log_dir: Path) -> Iterator[tuple[dict, str, str]]:
+            log_dir: Path, log_suffix: str = "") -> Iterator[tuple[dict, str, str]]:
     """Start one server on a free port, yield (entry, base url, served model name), stop it.
 
     `entry` is the model's record for the result JSON: label, model dir, server command and
-    log, load average before/after, seconds to healthy and the kernel the plugin logged."""
-    log_path = log_dir / f"{slug(label)}.server.log"
+    log, load average before/after, seconds to healthy, whether vLLM loaded its compiled model
+    from the cache, and the kernel the plugin logged."""
+    log_path = log_dir / f"{slug(label)}{log_suffix}.server.log"
     port = free_port()
     argv = [*head, "--port", str(port)]
     entry: dict = {"label": label, "model_dir": str(model_dir), "server_command": shlex.join(argv),
@@ -174,6 +175,8 @@ def serving(label: str, model_dir: Path, head: list[str], env: dict[str, str],
         stop_server(proc)
     entry["loadavg_after"] = os.getloadavg()
     entry["duquant_kernel"] = kernel_from_log(log_path)
+    entry["compile_cache_loaded"] = "Directly load AOT compilation" in log_path.read_text(
+        errors="replace")
 
 
 def kernel_from_log(log_path: Path) -> str | None:

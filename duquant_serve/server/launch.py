@@ -215,9 +215,10 @@ def start_up_note(rest: list[str]) -> str | None:
     GPU or with --enforce-eager."""
     if not is_cpu_platform() or "--enforce-eager" in rest:
         return None
-    return ("on CPU, vLLM compiles the model before serving, on every start (SmolLM2-135M on 2 "
-            "cores: 130-150 s of a 190-210 s start-up). --enforce-eager starts in under a minute, but "
-            "decodes slower under concurrency (docs/serving.md).")
+    return ("on CPU, vLLM compiles the model before serving the first time it starts with this "
+            "checkpoint and settings (SmolLM2-135M on 2 cores: 130-160 s of a 190-215 s "
+            "start-up); later starts load it from vLLM's compile cache (~45 s). --enforce-eager "
+            "starts in under a minute, but decodes slower under concurrency (docs/serving.md).")
 
 
 def serve(checkpoint: str, rest: list[str]) -> int:

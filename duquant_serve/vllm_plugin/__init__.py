@@ -22,9 +22,11 @@ def register() -> None:
         return
     from vllm.model_executor.layers.quantization import register_quantization_config
 
+    from .compile_cache import enable_compile_cache_loading
     from .config import DuQuantVllmConfig
 
     register_quantization_config(DuQuantVllmConfig.NAME)(DuQuantVllmConfig)
+    enable_compile_cache_loading()  # every vLLM process: the worker is the one that loads
     _registered = True
 
 
