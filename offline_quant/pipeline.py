@@ -100,6 +100,9 @@ class PipelineOptions:
     clip_min: float = 0.5
     learn_steps: int = 30  # Adam steps per site of the learned smoothing + rotations
     learn_lr: float = 2e-3
+    # The learned loss's matrix products: "auto" (bfloat16 where the device computes it
+    # natively: CUDA, CPUs with AVX-512 BF16 or AMX; else float32), "float32", "bfloat16".
+    learn_dtype: str = "auto"
     # Greedy steps of the learned method's starting rotations (recorded as the checkpoint's
     # rotation_steps): 64 measured as accurate as 256 there, at a quarter of the search time.
     learn_start_steps: int = 64
@@ -328,13 +331,26 @@ def learn_layer_transforms(layer, sites, stats, alpha: float, cfg: DuQuantConfig
         with torch.enable_grad():
             sv, tr, reports[s.name] = refine_smoothing_and_rotations(
                 tr0, st.tokens, weight, s0, cfg.a_bits, cfg.w_bits, cfg.act_clip_ratio, shards,
-                opts.learn_steps, opts.learn_lr)
+                opts.learn_steps, opts.learn_lr, learn_matmul_dtype(opts.learn_dtype, st.tokens.device))
         if _is_online(s, sv):
             tr = InputTransform(tr.r1, tr.perm, tr.r2, sv)
         else:
             _fold(layer, s, sv)
         smooth[s.name], transforms[s.name] = sv, tr
     return smooth, transforms
+
+
+def learn_matmul_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """PipelineOptions.learn_dtype → the dtype of the learned loss's matrix products. Same
+    accuracy either way on SmolLM2 (validation 17.08 vs 17.04, benchmarks/results/accuracy)."""
+    if spec == "auto":
+        native = device.type == "cuda" or (
+            device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported()
+                                      or torch.cpu._is_amx_tile_supported()))
+        return torch.bfloat16 if native else torch.float32
+    if spec not in ("float32", "bfloat16"):
+        raise ValueError(f"learn_dtype {spec!r}: use auto, float32 or bfloat16")
+    return getattr(torch, spec)
 
 
 def site_transform(method: Method, st: _SiteStats, sv: torch.Tensor | None, online: bool,
@@ -398,7 +414,7 @@ def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arrivin
                     x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
                     # The 16-bit linear on the quantized model's inputs. (Targets from the
                     # 16-bit model's own activations, OmniQuant-style, measured worse here:
-                    # benchmarks/accuracy/README.md.)
+                    # benchmarks/results/accuracy/README.md.)
                     target = arriving @ lin.weight.float().t()
                 with torch.enable_grad():
                     lo_f, hi_f = learn_clip_factors(
@@ -529,6 +545,8 @@ def quantize_model(
 
     report = {
         "method": opts.method,
+        "learned_matmul_dtype": (str(learn_matmul_dtype(opts.learn_dtype, dev)).removeprefix("torch.")
+                                 if method.learned else None),
         "seconds_per_stage": {k: round(v, 3) for k, v in timings.items()},
         "layers": layer_reports,
     }

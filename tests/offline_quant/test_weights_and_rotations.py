@@ -11,6 +11,7 @@ from duquant_serve.core.transform import (
 )
 from offline_quant.gptq import GPTQError, gptq_quantize, search_clip
 from offline_quant.learned_transforms import refine_smoothing_and_rotations
+from offline_quant.pipeline import learn_matmul_dtype
 
 
 def _correlated_inputs(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -90,10 +91,14 @@ def _w4a4_error(x, w, s, tr):
     return float((y - x @ w.t()).pow(2).mean())
 
 
-def test_learned_smoothing_and_rotations_lower_the_w4a4_error_and_stay_exact():
+@pytest.mark.parametrize("matmul_dtype", [torch.float32, torch.bfloat16])
+def test_learned_smoothing_and_rotations_lower_the_w4a4_error_and_stay_exact(matmul_dtype):
+    # In bfloat16 products too (the default where the CPU has them): the learned transform is
+    # still float32, exactly orthogonal, and lowers the error measured in float32.
     x, w, s0, tr = _site()
     s, new, rep = refine_smoothing_and_rotations(tr, x, w, s0, a_bits=4, w_bits=4, clip=0.9,
-                                                 steps=30)
+                                                 steps=30, matmul_dtype=matmul_dtype)
+    assert s.dtype == new.r1.dtype == torch.float32
     assert rep["loss_after"] < 0.9 * rep["loss_before"]
     # Measured again with the real quantizers (not the straight-through ones it trained).
     assert _w4a4_error(x, w, s, new) < 0.9 * _w4a4_error(x, w, s0, tr)
@@ -110,3 +115,13 @@ def test_learning_with_no_steps_keeps_the_start():
     s, new, rep = refine_smoothing_and_rotations(tr, x, w, s0, 4, 4, 0.9, steps=0)
     assert torch.equal(s, s0) and rep["loss_after"] == rep["loss_before"]
     torch.testing.assert_close(new.r1, tr.r1)
+
+
+def test_learn_dtype_choice():
+    cpu = torch.device("cpu")
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert learn_matmul_dtype("auto", cpu) == (torch.bfloat16 if native else torch.float32)
+    assert learn_matmul_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert learn_matmul_dtype("float32", cpu) == torch.float32
+    with pytest.raises(ValueError, match="learn_dtype 'fp8'"):
+        learn_matmul_dtype("fp8", cpu)
