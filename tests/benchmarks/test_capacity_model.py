@@ -11,13 +11,13 @@ import capacity_model as cm  # noqa: E402
 
 
 def test_parameter_counts_match_the_published_models():
-    assert cm.MODELS["llama-2-7b"].params() == pytest.approx(6.738e9, rel=1e-3)
-    assert cm.MODELS["llama-2-70b"].params() == pytest.approx(68.98e9, rel=1e-3)
-    assert cm.MODELS["llama-3-70b"].params() == pytest.approx(70.55e9, rel=1e-3)
+    assert cm.MODELS["llama2-7b"].params() == pytest.approx(6.738e9, rel=1e-3)
+    assert cm.MODELS["llama2-70b"].params() == pytest.approx(68.98e9, rel=1e-3)
+    assert cm.MODELS["llama3-70b"].params() == pytest.approx(70.55e9, rel=1e-3)
 
 
 def test_w4a4_weights_a_quarter_plus_the_16_bit_embeddings():
-    m = cm.MODELS["llama-2-70b"]
+    m = cm.MODELS["llama2-70b"]
     bf16, w4 = cm.weight_bytes(m, "bf16"), cm.weight_bytes(m, "w4a4")
     emb = 2 * m.embedding_params()
     linear_weights = m.layers * sum(o * k for o, k in m.linears())
@@ -27,8 +27,8 @@ def test_w4a4_weights_a_quarter_plus_the_16_bit_embeddings():
 
 
 def test_kv_cache_per_token():
-    assert cm.kv_bytes_per_token(cm.MODELS["llama-2-70b"], "bf16") == 2 * 80 * 8 * 128 * 2
-    assert cm.kv_bytes_per_token(cm.MODELS["llama-2-7b"], "fp8") == 2 * 32 * 32 * 128
+    assert cm.kv_bytes_per_token(cm.MODELS["llama2-70b"], "bf16") == 2 * 80 * 8 * 128 * 2
+    assert cm.kv_bytes_per_token(cm.MODELS["llama2-7b"], "fp8") == 2 * 32 * 32 * 128
 
 
 def test_smallest_layout_fits_and_is_minimal():
@@ -43,7 +43,7 @@ def test_smallest_layout_fits_and_is_minimal():
 
 
 def test_decode_ratio_falls_as_kv_dominates():
-    m = cm.MODELS["llama-2-70b"]
+    m = cm.MODELS["llama2-70b"]
     w4, bf = cm.weight_bytes(m, "w4a4"), cm.weight_bytes(m, "bf16")
     kv = cm.kv_bytes_per_token(m, "bf16")
     r1, r64 = cm.decode_ratio(w4, bf, kv, 1, 4096), cm.decode_ratio(w4, bf, kv, 64, 4096)
@@ -52,7 +52,7 @@ def test_decode_ratio_falls_as_kv_dominates():
 
 def test_cli_writes_json(tmp_path, capsys):
     out = tmp_path / "c.json"
-    assert cm.main(["--models", "llama-2-7b", "--json", str(out)]) == 0
-    assert "llama-2-7b" in capsys.readouterr().out and out.stat().st_size > 0
+    assert cm.main(["--models", "llama2-7b", "--json", str(out)]) == 0
+    assert "llama2-7b" in capsys.readouterr().out and out.stat().st_size > 0
     with pytest.raises(SystemExit):
         cm.main(["--batch", "0"])
