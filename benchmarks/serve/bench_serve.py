@@ -74,7 +74,7 @@ def run_vllm_bench(args: list[str]) -> tuple[RunData, dict]:
 
 
 def split_raw(result: dict) -> tuple[dict, list[dict]]:
-    """The report without each run's per-request measurements, and those as rows."""
+    """Moves each run's per-request measurements out of `result` → (result, those as rows)."""
     rows = []
     for m in result["models"]:
         for run in m["runs"]:

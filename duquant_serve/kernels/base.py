@@ -111,6 +111,10 @@ class LinearKernel(abc.ABC):
     name: str = "abstract"
     # True for the kernel that *is* core.reference: nothing to self-test it against.
     is_reference: bool = False
+    # False for a path compiled but never run on a GPU: select offers it only with
+    # DUQUANT_ENABLE_UNVALIDATED=1 (a silent wrong answer is worse than a slower path). Flip it
+    # once benchmarks/gpu_session.py --mode check passes on real hardware.
+    validated_on_gpu: bool = True
 
     @classmethod
     @abc.abstractmethod

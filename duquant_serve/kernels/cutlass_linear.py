@@ -10,7 +10,7 @@ from ..core.epilogue import distributed
 from ..core.pack import unpack_int4
 from . import ops  # noqa: F401  (registers torch.ops.duquant.*)
 from .base import LayerSpec, LinearKernel, PreparedLinear
-from .gpu_common import common_gpu_checks, cutlass_missing, prologue, triton_missing, unvalidated
+from .gpu_common import common_gpu_checks, cutlass_missing, prologue, triton_missing
 from .layout import SIGNED_OFFSET, to_signed_int4
 
 
@@ -37,7 +37,7 @@ class CutlassSm90Kernel(LinearKernel):
         k_multiple = 32 if cls.packed else 16  # 16-byte TMA rows of weight codes
         if spec.in_features % k_multiple or spec.out_features % 8:
             return False, f"needs K % {k_multiple} == 0 and N % 8 == 0 (TMA alignment)"
-        why = unvalidated(cls) or cutlass_missing("sm90a")
+        why = cutlass_missing("sm90a")
         return (False, why) if why else (True, None)
 
     @classmethod
@@ -90,7 +90,7 @@ class CutlassSm80Kernel(LinearKernel):
             return False, f"int4 mma.sync path is for sm_80..sm_89, device is sm_{spec.capability}"
         if spec.in_features % 32 or spec.out_features % 4:
             return False, "needs K % 32 == 0 and N % 4 == 0 (128-bit alignment of 4-bit rows)"
-        why = unvalidated(cls) or cutlass_missing("sm80")
+        why = cutlass_missing("sm80")
         return (False, why) if why else (True, None)
 
     # prepare: the base class's (weights stay in the checkpoint's packed layout).

@@ -1,5 +1,5 @@
-"""What the GPU kernels share: availability checks (CUDA, Triton, the CUTLASS extension, the
-opt-in for kernels never validated on hardware) and the fused Triton prologue call."""
+"""What the GPU kernels share: availability checks (CUDA, Triton, the CUTLASS extension) and
+the fused Triton prologue call."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import importlib.util
 
 import torch
 
-from .base import LayerSpec, LinearKernel, PreparedLinear
-from .knobs import KernelKnobs
+from .base import LayerSpec, PreparedLinear
 
 _ACT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -25,15 +24,6 @@ def common_gpu_checks(spec: LayerSpec) -> str | None:
     if spec.block_size < 16:
         return f"rotation block {spec.block_size} < 16 (tensor-core dot minimum)"
     return None
-
-
-def unvalidated(kernel: type[LinearKernel]) -> str | None:
-    """Paths never executed on a GPU are opt-in (a silent wrong answer is worse than a slower
-    path). Flip `validated_on_gpu` once benchmarks/gpu_session.py passes on real hardware."""
-    if getattr(kernel, "validated_on_gpu", False) or KernelKnobs.from_env().unvalidated:
-        return None
-    return ("compiled but never run on a GPU (set DUQUANT_ENABLE_UNVALIDATED=1 to use; "
-            "benchmarks/gpu_session.py --mode check validates it)")
 
 
 def triton_missing() -> str | None:

@@ -6,7 +6,7 @@ fails at load with the variable's name, not at the first forward.
     DUQUANT_KERNEL=name               force one kernel (select.py)
     DUQUANT_DISABLED_KERNELS=a,b      remove kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0         skip the load-time self-test (selftest.py)
-    DUQUANT_ENABLE_UNVALIDATED=1      allow kernels never run on a GPU (gpu_common.py)
+    DUQUANT_ENABLE_UNVALIDATED=1      offer kernels never run on a GPU (select.py)
     DUQUANT_SPLIT_K=0                 never split K in the Triton GEMM (triton_gemm.py)
     DUQUANT_PROLOGUE_PRECISION=p      Triton prologue dot precision (triton_prologue.PRECISIONS)
     DUQUANT_PROLOGUE_PHASE3=reload    Triton prologue: reload the rotated rows, not recompute

@@ -61,6 +61,11 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None,
         if k.name in disabled:
             reasons.append(f"{k.name}: disabled by DUQUANT_DISABLED_KERNELS")
             continue
+        if not k.validated_on_gpu and not knobs.unvalidated:
+            reasons.append(f"{k.name}: compiled but never run on a GPU (set "
+                           "DUQUANT_ENABLE_UNVALIDATED=1 to use; benchmarks/gpu_session.py "
+                           "--mode check validates it)")
+            continue
         ok, why = k.can_implement(spec)
         err = float("nan")
         if ok and not k.is_reference and knobs.selftest:

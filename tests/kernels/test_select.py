@@ -79,10 +79,12 @@ def test_hopper_without_extension_falls_back_to_triton(monkeypatch, tmp_path):
         select.choose_kernel(H100)
 
 
-def test_unvalidated_cutlass_is_opt_in():
+def test_unvalidated_cutlass_is_opt_in(monkeypatch):
     for name in ("cutlass_sm90", "cutlass_sm90_int8w"):
-        ok, why = select.KERNELS[name].can_implement(H100)
-        assert not ok and "never run on a GPU" in why
+        monkeypatch.setenv("DUQUANT_KERNEL", name)
+        with pytest.raises(select.NoKernelError, match=f"{name}: compiled but never run on a GPU"):
+            select.choose_kernel(H100)
+    monkeypatch.delenv("DUQUANT_KERNEL")
     assert select.choose_kernel(H100).name == "triton"
 
 
@@ -104,9 +106,11 @@ def test_hopper_with_built_extension_prefers_cutlass(monkeypatch):
 
 
 def test_ampere_sm80_path_is_opt_in(monkeypatch):
-    ok, why = select.KERNELS["cutlass_sm80"].can_implement(A100)
-    assert not ok and "never run on a GPU" in why
     assert select.choose_kernel(A100).name == "triton"
+    monkeypatch.setenv("DUQUANT_KERNEL", "cutlass_sm80")
+    with pytest.raises(select.NoKernelError, match="cutlass_sm80: compiled but never run"):
+        select.choose_kernel(A100)
+    monkeypatch.delenv("DUQUANT_KERNEL")
     monkeypatch.setenv("DUQUANT_ENABLE_UNVALIDATED", "1")
     if cutlass_mod.load_error() is None:
         assert select.choose_kernel(A100).name == "cutlass_sm80"

@@ -81,8 +81,7 @@ def test_checkpoint_eval_through_the_serving_kernels(tiny_checkpoint, wikitext_v
     # The same checkpoint through the integer reference and through the kernel choose_kernel
     # picks here (cpu_int8): the same model up to the epilogue's fp32 rounding, which moves
     # the next layer's inputs across a few 4-bit rounding boundaries. On these 192 tokens that
-    # has measured below 0.2% and 0.26% (two draws of the tiny checkpoint); a wrong kernel is
-    # off by far more than 0.5%.
+    # has measured below 0.2% and 0.26% (two draws of the tiny checkpoint).
     import json
 
     from offline_quant.evaluate import EvalError, evaluate
