@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.harness import write_report
+from benchmarks.harness import REPO, git_commit, machine_info, write_report
 from benchmarks.serve.report import RunData, compare, markdown_table, plot, summarize
-from benchmarks.serve.servers import REPO, ServePair, add_model_options, git_commit, machine_info, serving
+from benchmarks.serve.servers import ServePair, add_model_options, serving
 
 
 def vllm_bench_args(url: str, model: str, tokenizer: str, input_len: int, output_len: int,

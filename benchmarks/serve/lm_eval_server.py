@@ -27,15 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.serve.servers import (
-    REPO,
-    ServePair,
-    add_model_options,
-    git_commit,
-    machine_info,
-    serving,
-    slug,
-)
+from benchmarks.harness import REPO, git_commit, machine_info
+from benchmarks.serve.servers import ServePair, add_model_options, serving, slug
 
 TASKS_DIR = REPO / "benchmarks" / "lm_eval_tasks"
 

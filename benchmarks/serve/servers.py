@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.harness import REPO, git_commit, machine_info  # noqa: F401  (re-exported)
+from benchmarks.harness import REPO
 from duquant_serve.server.launch import CPU_KVCACHE_GIB, SERVE_MODULE, is_cpu_platform
 
 
