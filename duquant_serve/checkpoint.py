@@ -48,6 +48,10 @@ TRANSFORM_SUFFIXES = ("input_rot1", "input_perm", "input_rot2", "input_smooth")
 ORTHO_TOL = 1e-4
 INDEX_FILE = "model.safetensors.index.json"
 REPORT_FILE = "duquant_report.json"
+# `duquant serve` validates the checkpoint itself before starting vLLM and puts its resolved
+# path here, so the API server does not read every tensor a second time. (Here, not in the
+# vLLM plugin: importing vLLM cost the launcher 3.5 s of start-up.)
+VALIDATED_ENV = "DUQUANT_VALIDATED_CHECKPOINT"
 
 
 class CheckpointError(ValueError):
@@ -323,6 +327,17 @@ def _share_fused_transforms(tensors: dict[str, torch.Tensor]) -> None:
                                                  f"input transform once, on {leader}")
             if f"{leader}.{suf}" in tensors:
                 tensors[f"{m}.{suf}"] = tensors[f"{leader}.{suf}"]
+
+
+def check_tp_size(tp_size: int, tp_shards: int) -> None:
+    """Refuse a tensor-parallel size the checkpoint cannot be served at (clear message)."""
+    if tp_size < 1 or tp_shards % tp_size:
+        ok = [d for d in range(1, tp_shards + 1) if tp_shards % d == 0]
+        raise CheckpointError(
+            f"duquant: tensor-parallel size {tp_size} does not divide the checkpoint's "
+            f"quantization_config.tp_shards={tp_shards} (row-parallel permutations stay inside "
+            f"{tp_shards} input shard(s)); serve with --tensor-parallel-size in {ok}, or "
+            f"re-quantize with `duquant quantize --tp-shards {tp_size}` (or a multiple)")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -119,8 +119,7 @@ def build_command(checkpoint: str | Path, rest: list[str],
                   environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """Validate, then → (argv, env) of the vLLM server process. Raises CheckpointError or
     ServeError with a message for the user."""
-    from ..checkpoint import load_checkpoint
-    from ..vllm_plugin.config import VALIDATED_ENV, check_tp_size
+    from ..checkpoint import VALIDATED_ENV, check_tp_size, load_checkpoint
 
     for flag in ("--model", "--quantization", "-q"):
         if _option(rest, flag) is not None:

@@ -21,15 +21,12 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizeMethodBase,
 )
 
-from ..checkpoint import CheckpointError, load_checkpoint
+from ..checkpoint import VALIDATED_ENV, CheckpointError, check_tp_size, load_checkpoint
 from ..core.config import QUANT_METHOD, ConfigError, DuQuantConfig
 from ..core.topology import PACKED_MODULES
 
 logger = logging.getLogger(__name__)
 
-# `duquant serve` validates the checkpoint itself before starting vLLM and puts its resolved
-# path here, so the API server does not read every tensor a second time.
-VALIDATED_ENV = "DUQUANT_VALIDATED_CHECKPOINT"
 # Bit widths the kernels (duquant_serve.kernels) implement today.
 SERVABLE_BITS = ((4, 4),)
 # vLLM's fused linears and the checkpoint (Hugging Face) modules they are built from, in shard
@@ -143,13 +140,3 @@ class DuQuantVllmConfig(QuantizationConfig):
     def _skipped(self, module: str) -> bool:
         return any(module == s or module.endswith("." + s) for s in self.qcfg.modules_not_quantized)
 
-
-def check_tp_size(tp_size: int, tp_shards: int) -> None:
-    """Refuse a tensor-parallel size the checkpoint cannot be served at (clear message)."""
-    if tp_size < 1 or tp_shards % tp_size:
-        ok = [d for d in range(1, tp_shards + 1) if tp_shards % d == 0]
-        raise CheckpointError(
-            f"duquant: tensor-parallel size {tp_size} does not divide the checkpoint's "
-            f"quantization_config.tp_shards={tp_shards} (row-parallel permutations stay inside "
-            f"{tp_shards} input shard(s)); serve with --tensor-parallel-size in {ok}, or "
-            f"re-quantize with `duquant quantize --tp-shards {tp_size}` (or a multiple)")

@@ -109,6 +109,20 @@ def test_command_and_cpu_defaults(dq_checkpoint):
         assert env["VLLM_CPU_OMP_THREADS_BIND"].count("|") == 1
 
 
+def test_launcher_validates_without_importing_vllm(dq_checkpoint):
+    """Start-up (issue 23): the launcher's checks run before vLLM's process starts, so what
+    they import is paid on top of vLLM's own start; importing vLLM here cost 3.5 s."""
+    import subprocess
+
+    code = ("import sys; from duquant_serve.server.launch import build_command; "
+            f"build_command({str(dq_checkpoint)!r}, []); "
+            "print('vllm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_float32_checkpoint_served_in_float32_on_cpu(dq_checkpoint, tmp_path):
     import json
     import shutil

@@ -60,8 +60,7 @@ def test_refused_by_weight_loaders(broken, kind, tmp_path):
 
 
 def test_tp_size_must_divide_tp_shards():
-    from duquant_serve.checkpoint import CheckpointError
-    from duquant_serve.vllm_plugin.config import check_tp_size
+    from duquant_serve.checkpoint import CheckpointError, check_tp_size
 
     check_tp_size(1, 2)
     check_tp_size(2, 2)
