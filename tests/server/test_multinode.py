@@ -14,7 +14,12 @@ import pytest
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent / "vllm_plugin"))
 
-from engine_helpers import MAX_TOKENS, PROMPTS, greedy_reference  # noqa: E402
+from engine_helpers import (  # noqa: E402
+    MAX_TOKENS,
+    PROMPTS,
+    greedy_reference,
+    near_tie_divergences,
+)
 from serve_helpers import ServerProcess  # noqa: E402
 
 from benchmarks.serve.servers import free_port  # noqa: E402
@@ -50,5 +55,12 @@ def test_two_nodes_tp2_equal_the_offline_reference(tmp_path):
     finally:
         head.stop()
         worker.stop()
+    # The first 64 tokens of 4 prompts; TP=2's reduction order may flip a near-tie (the exact
+    # in-engine TP=2 and PP=2 comparisons are tests/vllm_plugin/test_engine.py).
+    ties = {}
     for prompt, g, want in zip(PROMPTS, got, greedy_reference(ck), strict=True):
-        assert g == want, f"prompt {prompt!r}: two-node TP=2 differs from the offline reference"
+        assert len(g) == MAX_TOKENS
+        if g != want:
+            ties[prompt] = near_tie_divergences(ck, prompt, g)
+    assert sum(len(t) for t in ties.values()) <= 2, f"too many near-ties to be chance: {ties}"
+

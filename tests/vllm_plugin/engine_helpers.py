@@ -15,7 +15,7 @@ import torch
 HERE = Path(__file__).parent
 ENGINE_SCRIPT = HERE / "engine_script.py"
 PROMPTS = ["Hello world", "The quick brown fox", "1 2 3 4", "DuQuant rotates, permutes and rotates"]
-MAX_TOKENS = 32
+MAX_TOKENS = 64  # issue 20: the first 64 greedy tokens of 4 prompts
 QUANT_ARGS = ["--calib", "random", "--nsamples", "4", "--calib-seqlen", "64", "--steps", "32"]
 
 
@@ -83,4 +83,32 @@ def greedy_reference(checkpoint: Path) -> list[list[int]]:
                              use_cache=True)
                 toks.append(int(step.logits[0, -1].argmax()))
             out.append(toks)
+    return out
+
+
+def near_tie_divergences(checkpoint: Path, prompt: str, got: list[int],
+                         tie_nats: float = 0.1) -> list[tuple[int, float]]:
+    """Where `got` departs from the offline reference's greedy choice given `got`'s own prefix
+    (one teacher-forced forward): [(step, log-prob below the reference's best)]. Raises
+    AssertionError at a departure larger than `tie_nats`, i.e. one that is no near-tie.
+
+    For comparisons across tensor-parallel layouts: a different reduction order changes the
+    last float bits, which can flip a 4-bit activation code and then a token whose two best
+    log-probs were within a few hundredths of a nat (seen at token 54 of a tiny Llama; the
+    reference itself picks the other token there when it recomputes the whole sequence)."""
+    from offline_quant.evaluate import load_checkpoint_model
+
+    model, tok, _ = load_checkpoint_model(checkpoint)
+    ids = tok(prompt)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids + got])).logits[0].float().log_softmax(-1)
+    out = []
+    for t, token in enumerate(got):
+        row = logp[len(ids) - 1 + t]
+        below = float(row.max() - row[token])
+        if below > 0:
+            assert below <= tie_nats, (
+                f"{prompt!r}: token {t} ({token}) is {below:.3f} nats below the reference's "
+                f"greedy choice ({int(row.argmax())}): not a near-tie")
+            out.append((t, round(below, 4)))
     return out
