@@ -115,6 +115,25 @@ def _plugin_allowlist(current: str | None) -> str:
     return ",".join(names if PLUGIN in names else [*names, PLUGIN])
 
 
+def _check_executor_backend(backend: str | None, cpu: bool) -> None:
+    """Ray: refused on CPU before start (vLLM would fail after loading its engine), and named
+    as missing on GPU when it is not installed."""
+    if backend != "ray":
+        return
+    if cpu:
+        raise ServeError(
+            "--distributed-executor-backend ray does not run on vLLM's CPU backend (0.32: the "
+            "CPU platform has no Ray device key, so vllm/v1/executor/ray_utils.py stops with "
+            "'current platform cpu does not support ray'); for several CPU processes or nodes "
+            "use the default multiprocessing backend with --nnodes/--node-rank/--headless "
+            "(deploy/multinode.sh)")
+    from importlib.util import find_spec
+
+    if find_spec("ray") is None:
+        raise ServeError("--distributed-executor-backend ray needs Ray: pip install 'ray[default]' "
+                         "(the official vLLM image ships it)")
+
+
 def build_command(checkpoint: str | Path, rest: list[str],
                   environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
     """Validate, then → (argv, env) of the vLLM server process. Raises CheckpointError or
@@ -134,6 +153,7 @@ def build_command(checkpoint: str | Path, rest: list[str],
     env[VALIDATED_ENV] = str(path)  # the plugin need not read every tensor again
     env["VLLM_PLUGINS"] = _plugin_allowlist(env.get("VLLM_PLUGINS"))
     cpu = is_cpu_platform()
+    _check_executor_backend(_option(rest, "--distributed-executor-backend"), cpu)
     if cpu:
         if pp > 1 and "--enforce-eager" in rest:
             raise ServeError(

@@ -106,3 +106,30 @@ def test_multinode_script_head_and_worker(tmp_path):
     bad = subprocess.run(["sh", str(ROOT / "deploy/multinode.sh")], env={**base, "ROLE": "x"},
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "ROLE must be head or worker" in bad.stderr
+
+
+def test_multinode_ray_script_head_and_worker(tmp_path):
+    """deploy/multinode-ray.sh with a stub `docker`: the head starts Ray's head and serves with
+    the Ray executor, the worker joins the head's Ray; both mount the checkpoint."""
+    stub = tmp_path / "docker"
+    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    stub.chmod(0o755)
+    base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HEAD_IP": "10.0.0.1", "CHECKPOINT": "/ck",
+            "TP": "8", "PP": "2"}
+
+    def run(**kw):
+        return subprocess.run(["sh", str(ROOT / "deploy/multinode-ray.sh")], env={**base, **kw},
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+
+    head, worker = run(ROLE="head"), run(ROLE="worker")
+    for argv in (head, worker):
+        assert argv[:2] == ["run", "--rm"] and "--network" in argv and "--ipc" in argv
+        assert "/ck:/model:ro" in argv
+    script = head[-1]
+    assert script.startswith("ray start --head --node-ip-address=10.0.0.1 --port=6379")
+    assert "duquant-entrypoint /model --tensor-parallel-size 8 --pipeline-parallel-size 2" in script
+    assert "--distributed-executor-backend ray" in script
+    assert "ray start --address=10.0.0.1:6379" in worker[-1] and "--block" in worker[-1]
+    missing = subprocess.run(["sh", str(ROOT / "deploy/multinode-ray.sh")],
+                             env={**base, "CHECKPOINT": ""}, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set CHECKPOINT" in missing.stderr

@@ -1,11 +1,19 @@
 """Two nodes on one machine: vLLM's multiprocessing multi-node (`--nnodes 2`, node 1
 `--headless`) with TP=2 across them, through `duquant serve`, gives the single-process engine's
-greedy tokens. The same commands on two hosts are deploy/multinode.sh."""
+greedy tokens. The same commands on two hosts are deploy/multinode.sh.
+
+The Ray executor: vLLM's CPU backend cannot run it (shown below against a real local Ray
+cluster), so `duquant serve` refuses it on CPU before start; on GPU nodes it is
+deploy/multinode-ray.sh."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -64,3 +72,57 @@ def test_two_nodes_tp2_equal_the_offline_reference(tmp_path):
             ties[prompt] = near_tie_divergences(ck, prompt, g)
     assert sum(len(t) for t in ties.values()) <= 2, f"too many near-ties to be chance: {ties}"
 
+
+def test_serve_refuses_ray_on_cpu_before_start(tmp_path, capsys):
+    from duquant_serve.cli import main
+    from duquant_serve.testing.tiny import QUICK_QUANT_ARGS, make_tiny_model
+
+    ck = tmp_path / "llama-dq"
+    assert main(["-q", "quantize", str(make_tiny_model(tmp_path / "llama", "llama")),
+                 "--out", str(ck), "--tp-shards", "2", *QUICK_QUANT_ARGS]) == 0
+    capsys.readouterr()
+    assert main(["serve", str(ck), "-tp", "2", "--distributed-executor-backend", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--distributed-executor-backend ray does not run on vLLM's CPU backend" in err
+    assert "--nnodes" in err  # the way that works
+
+
+@pytest.mark.engine
+def test_vllm_cpu_fails_on_a_local_ray_cluster(tmp_path):
+    """Why the refusal above exists, and a canary for the day vLLM's CPU backend gains Ray:
+    against a Ray cluster of a head and a worker node started here, vLLM itself (our launcher
+    bypassed) stops with its CPU-platform error. When this fails because the server started,
+    lift the refusal in launch.py and compare tokens as the --nnodes test does."""
+    pytest.importorskip("ray", reason="Ray is in the [dev] extra: bash scripts/setup.sh")
+    from duquant_serve.cli import main
+    from duquant_serve.testing.tiny import QUICK_QUANT_ARGS, make_tiny_model
+
+    ck = tmp_path / "llama-dq"
+    assert main(["-q", "quantize", str(make_tiny_model(tmp_path / "llama", "llama")),
+                 "--out", str(ck), "--tp-shards", "2", "--dtype", "float32",
+                 *QUICK_QUANT_ARGS]) == 0
+    ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's socket paths must stay short: a pytest tmp_path is too deep for them.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    common = ["--num-cpus", "1", "--disable-usage-stats", "--temp-dir", ray_tmp]
+    try:
+        subprocess.run([ray_cli, "start", "--head", "--port", str(port),
+                        "--include-dashboard=false", *common],
+                       check=True, env=env, capture_output=True, timeout=120)
+        subprocess.run([ray_cli, "start", "--address", f"127.0.0.1:{port}", *common],
+                       check=True, env=env, capture_output=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "duquant_serve.server.vllm_serve", str(ck),
+             "-tp", "2", "--distributed-executor-backend", "ray",
+             "--enforce-eager", "--max-model-len", "256", "--dtype", "float32",
+             "--port", str(free_port())],
+            env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}", "VLLM_CPU_KVCACHE_SPACE": "1"},
+            capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = run.stdout + run.stderr
+    assert run.returncode != 0, "vLLM served with Ray on CPU: lift the refusal in launch.py"
+    assert "current platform cpu does not support ray" in out, out[-3000:]
