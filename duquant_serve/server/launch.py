@@ -240,9 +240,25 @@ def start_up_note(rest: list[str]) -> str | None:
             "starts in under a minute, but decodes slower under concurrency (docs/serving.md).")
 
 
+def _release_heap() -> None:
+    """Give the validated checkpoint's memory back to the OS before vLLM loads it again (the
+    whole checkpoint was read): glibc keeps freed heap unless trimmed."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def serve(checkpoint: str, rest: list[str]) -> int:
-    """Validate, then become vLLM's OpenAI server (exec: vLLM's own signal handling and exit
-    code, no process in between). Returns only when refused before starting: 2."""
+    """Validate, then become vLLM's OpenAI server in this process (vLLM's own signal handling
+    and exit code, no process in between). In-process rather than exec: vLLM's API server
+    imports torch and transformers anyway, so the launcher's checks cost only themselves
+    (exec paid those imports twice: about 5 s of every start). Returns only when refused
+    before starting: 2."""
     from ..checkpoint import CheckpointError
     from ..vllm_plugin.runtime_info import RUNTIME_DIR_ENV
 
@@ -257,10 +273,17 @@ def serve(checkpoint: str, rest: list[str]) -> int:
         # Fresh per launch, so no record of an earlier server is read back; the API server
         # removes its files at exit (endpoint.py).
         env[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="duquant-serve-")
-    print("duquant serve: " + " ".join(argv[1:]), file=sys.stderr, flush=True)
+    print("duquant serve: vllm serve " + " ".join(argv[3:]), file=sys.stderr, flush=True)
     for note in (kv_cache_note(rest), start_up_note(rest)):
         if note:
             print(f"duquant serve: note: {note}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os.execve(argv[0], argv, env)
-    return EXIT_USAGE  # not reached: execve replaces this process or raises OSError
+    _release_heap()
+    # vLLM is not imported yet (the launcher's checks avoid it), so it reads this environment
+    # as a fresh process would; its worker processes inherit it.
+    os.environ.clear()
+    os.environ.update(env)
+    from . import vllm_serve
+
+    vllm_serve.main(argv[3:])  # exits the process after a normal stop
+    return 0

@@ -36,7 +36,7 @@ class ServerProcess:
             [sys.executable, "-m", "duquant_serve.cli", "serve", str(checkpoint),
              "--host", "127.0.0.1", "--port", str(self.port), *args],
             stdout=self._log_file, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
-        self.pid = self.proc.pid  # exec: the API server itself
+        self.pid = self.proc.pid  # the API server itself (duquant serve runs it in-process)
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
