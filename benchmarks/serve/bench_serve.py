@@ -24,6 +24,7 @@ import argparse
 import datetime
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -127,6 +128,22 @@ def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str
     return out
 
 
+def compile_cache_dirs() -> list[Path]:
+    """Where a server start's compile artifacts live: vLLM's AOT-compiled model
+    (VLLM_CACHE_ROOT) and inductor's generated kernels (TORCHINDUCTOR_CACHE_DIR)."""
+    import getpass
+
+    vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(
+        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
+    return [vllm_root / "torch_compile_cache", Path(inductor)]
+
+
+def empty_compile_caches() -> None:
+    for d in compile_cache_dirs():
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _parse_ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
@@ -152,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--no-restart", action="store_true",
                     help="skip the second start of each server (start-up with a warm cache)")
+    ap.add_argument("--startup-only", action="store_true",
+                    help="start (and restart) each server, no workloads: start-up times only")
+    ap.add_argument("--empty-compile-cache", action="store_true",
+                    help="delete vLLM's and inductor's compile caches before each model's first "
+                         "start, so it compiles from nothing (its restart then loads what it "
+                         "compiled)")
     args = ap.parse_args(argv)
 
     pair = ServePair.from_args(args, "bench serve")
     if pair is None:
         return 2
     dtype, env = pair.dtype, pair.env
-    workloads = {
+    workloads = {} if args.startup_only else {
         "prefill": {"input_len": args.prefill_input_len, "output_len": 1, "concurrency": [1],
                     "min_prompts": args.prefill_prompts, "prompts_per_concurrency": 0},
         "decode": {"input_len": args.decode_input_len, "output_len": args.decode_output_len,
@@ -198,11 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                        "same prompts), greedy, ignore_eos, all requests at once, at most "
                        "`concurrency` in flight",
             "warmups": args.warmups, "seed": args.seed,
+            "compile_caches": ("emptied before each model's first start: "
+                               + ", ".join(str(p) for p in compile_cache_dirs())
+                               if args.empty_compile_cache else "as found"),
         },
         "models": [],
     }
     t0 = time.perf_counter()
     for label, model_dir, head in pair.commands(common):
+        if args.empty_compile_cache:
+            empty_compile_caches()
         result["models"].append(bench_model(label, model_dir, head, env, workloads, args.seed,
                                             args.warmups, log_dir, not args.no_restart))
     result["total_s"] = round(time.perf_counter() - t0, 1)
@@ -213,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{args.name}.json"
-    if not args.no_plot:
+    if not args.no_plot and workloads:
         result["plots"] = [p.name for p in plot(result, out_dir / args.name)]
     write_report(json_path, *split_raw(result))
-    print(table)
+    if workloads:
+        print(table)
     for m in result["models"]:
         print(f"start-up {m['label']}: {m['startup_s']:.0f} s"
               + (f", restart {m['restart_startup_s']:.0f} s (compiled model from vLLM's cache: "

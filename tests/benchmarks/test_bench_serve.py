@@ -120,3 +120,30 @@ def test_bench_serve_end_to_end_on_tiny_model(tiny_checkpoint, tmp_path):
             assert math.isfinite(s["ttft_ms"]["p99"])
     assert len(res["loadavg_before"]) == 3 and res["settings"]["dtype"] == "bfloat16"
     assert (tmp_path / "tiny_decode.png").is_file() and (tmp_path / "tiny_prefill.png").is_file()
+
+
+@pytest.mark.engine
+def test_bench_serve_startup_only_empties_the_compile_caches(tiny_checkpoint, tmp_path, monkeypatch):
+    """`--startup-only --empty-compile-cache`: both servers started from empty caches (the ones
+    named by VLLM_CACHE_ROOT / TORCHINDUCTOR_CACHE_DIR, here temporary), no workloads run."""
+    from benchmarks.serve.bench_serve import compile_cache_dirs, main
+
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm-cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    dirs = compile_cache_dirs()
+    assert dirs == [tmp_path / "vllm-cache" / "torch_compile_cache", tmp_path / "inductor"]
+    for d in dirs:
+        d.mkdir(parents=True)
+        (d / "stale").write_text("x")
+    src, ck = tiny_checkpoint
+    rc = main(["--baseline", str(src), "--checkpoint", str(ck), "--out-dir", str(tmp_path),
+               "--name", "tiny", "--startup-only", "--empty-compile-cache", "--no-restart",
+               "--max-model-len", "256", "--server-arg=--enforce-eager",
+               "--log-dir", str(tmp_path / "logs")])
+    assert rc == 0
+    res = json.loads((tmp_path / "tiny.json").read_text())
+    assert [m["label"] for m in res["models"]] == ["16-bit", "DuQuant W4A4"]
+    for m in res["models"]:
+        assert m["runs"] == [] and m["startup_s"] > 0 and "restart_startup_s" not in m
+    assert res["settings"]["compile_caches"].startswith("emptied")
+    assert not any((d / "stale").exists() for d in dirs)
