@@ -36,9 +36,10 @@ class CpuInt8Kernel(LinearKernel):
     `apply` calls the ops' plain torch bodies (`ops.prologue_torch`, `ops.epilogue_fp32`), not
     the ops: under vLLM's torch.compile, inductor then fuses the smoothing, gather, min/max,
     quantization and epilogue arithmetic around the three GEMMs into a few C++ loops; behind an
-    op boundary those ~25 small ops ran one by one. Same functions, so the same codes and
-    outputs (checked compiled and eager). benchmarks/kernels/bench_cpu_linear.py times it against the
-    16-bit linear."""
+    op boundary those ~25 small ops ran one by one. They sit in a nested compile region
+    (`_linear`), compiled once and reused by every layer (docs/kernels.md). Same functions, so
+    the same codes and outputs (checked compiled and eager).
+    benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear."""
 
     name = "cpu_int8"
 
@@ -66,10 +67,21 @@ class CpuInt8Kernel(LinearKernel):
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        codes, scale, zero, code_sum = ops.prologue_torch(
-            x2, p.r1, p.r2, p.perm, p.smooth, p.spec.a_bits, p.act_clip_ratio)
-        acc = torch._int_mm(codes, p.qweight.t())  # [N, K] row-major read as [K, N]: no copy
-        y = ops.epilogue_fp32(acc, scale, zero, code_sum, p.weight_scale,
-                              p.epilogue_rhs, p.bias, x.dtype)
+        y = _linear(x.reshape(-1, x.shape[-1]), p.r1, p.r2, p.perm, p.smooth, p.qweight,
+                    p.weight_scale, p.epilogue_rhs, p.bias, p.spec.a_bits, p.act_clip_ratio)
         return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+# A nested compile region: under torch.compile, the ~50 traced ops of a linear are compiled
+# once per distinct signature (a handful per model: shapes, smoothing or not) and reused by
+# every layer, instead of inductor lowering all 120 linears of SmolLM2 one by one. Inside the
+# region inductor still fuses them into a few C++ loops. Eager: a plain call.
+@torch.compiler.nested_compile_region
+def _linear(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, perm: torch.Tensor,
+            smooth: torch.Tensor | None, qweight: torch.Tensor, weight_scale: torch.Tensor,
+            epilogue_rhs: torch.Tensor, bias: torch.Tensor | None, a_bits: int,
+            clip_ratio: float) -> torch.Tensor:
+    codes, scale, zero, code_sum = ops.prologue_torch(x, r1, r2, perm, smooth, a_bits, clip_ratio)
+    acc = torch._int_mm(codes, qweight.t())  # [N, K] row-major read as [K, N]: no copy
+    return ops.epilogue_fp32(acc, scale, zero, code_sum, weight_scale, epilogue_rhs, bias,
+                             x.dtype)

@@ -235,8 +235,8 @@ def start_up_note(rest: list[str]) -> str | None:
     if not is_cpu_platform() or "--enforce-eager" in rest:
         return None
     return ("on CPU, vLLM compiles the model before serving the first time it starts with this "
-            "checkpoint and settings (SmolLM2-135M on 2 cores: 130-160 s of a 190-215 s "
-            "start-up); later starts load it from vLLM's compile cache (~45 s). --enforce-eager "
+            "checkpoint and settings (SmolLM2-135M on 2 cores: about 75 s of a 115 s "
+            "start-up); later starts load it from vLLM's compile cache (~40 s). --enforce-eager "
             "starts in under a minute, but decodes slower under concurrency (docs/serving.md).")
 
 
