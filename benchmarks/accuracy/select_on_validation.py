@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=8, help="windows of each split")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--json", required=True)
+    ap.add_argument("--nsamples", type=int, default=16, help="calibration windows")
+    ap.add_argument("--calib-seqlen", type=int, default=512, help="tokens per calibration window")
     args = ap.parse_args()
     try:
         variants = [parse_variant(v) for v in args.variant]
@@ -98,11 +100,13 @@ def main() -> int:
     base, tok = load_model(args.model)
     splits = {"validation": windows_of(tok, CALIB_TEXTS["wikitext2"], args.seqlen, args.limit),
               "test": windows_of(tok, EVAL_TEXTS["wikitext2"], args.seqlen, args.limit)}
-    calib = calibration_windows(tok, "wikitext2", 16, 512, vocab_size=base.config.vocab_size)
+    calib = calibration_windows(tok, "wikitext2", args.nsamples, args.calib_seqlen,
+                                vocab_size=base.config.vocab_size)
+    calib_note = f"wikitext2 validation, {args.nsamples} x {args.calib_seqlen}"
     out_path = Path(args.json)
     out = (json.loads(out_path.read_text()) if out_path.exists()
            else {"model": args.model, "seqlen": args.seqlen, "windows": args.limit,
-                 "calibration": "wikitext2 validation, 16 x 512", "results": []})
+                 "calibration": calib_note, "results": []})
     for name, method, cfg_over, opt_over in variants:
         t = time.perf_counter()
         model = copy.deepcopy(base)
@@ -111,7 +115,7 @@ def main() -> int:
                            PipelineOptions(method=method, progress=False, **opt_over))
         q_seconds = time.perf_counter() - t
         row = {"variant": name, "method": method, "config": cfg_over, "options": opt_over,
-               "quantize_seconds": round(q_seconds, 1)}
+               "calibration": calib_note, "quantize_seconds": round(q_seconds, 1)}
         for split, w in splits.items():
             nll = window_nlls(model, w)
             row[split] = round(math.exp(sum(nll) / len(nll)), 4)
