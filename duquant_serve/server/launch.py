@@ -136,8 +136,8 @@ def _check_executor_backend(backend: str | None, cpu: bool) -> None:
 
 def build_command(checkpoint: str | Path, rest: list[str],
                   environ: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """Validate, then → (argv, env) of the vLLM server process. Raises CheckpointError or
-    ServeError with a message for the user."""
+    """Validate, then → (`vllm serve` arguments, environment) of the server. Raises
+    CheckpointError or ServeError with a message for the user."""
     from ..checkpoint import VALIDATED_ENV, check_tp_size, load_checkpoint
 
     for flag in ("--model", "--quantization", "-q"):
@@ -177,8 +177,7 @@ def build_command(checkpoint: str | Path, rest: list[str],
     if _option(rest, "--served-model-name") is None:
         # Clients ask for a model by name: the folder's, not the server machine's path.
         defaults += ["--served-model-name", path.name]
-    argv = [sys.executable, "-m", SERVE_MODULE, str(path), *defaults, *rest]
-    return argv, env
+    return [str(path), *defaults, *rest], env
 
 
 SERVE_HELP = f"""usage: duquant serve CHECKPOINT [vllm serve options]
@@ -240,19 +239,6 @@ def start_up_note(rest: list[str]) -> str | None:
             "starts in under a minute, but decodes slower under concurrency (docs/serving.md).")
 
 
-def _release_heap() -> None:
-    """Give the validated checkpoint's memory back to the OS before vLLM loads it again (the
-    whole checkpoint was read): glibc keeps freed heap unless trimmed."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def serve(checkpoint: str, rest: list[str]) -> int:
     """Validate, then become vLLM's OpenAI server in this process (vLLM's own signal handling
     and exit code, no process in between). In-process rather than exec: vLLM's API server
@@ -265,7 +251,7 @@ def serve(checkpoint: str, rest: list[str]) -> int:
     if wants_help([checkpoint, *rest]):
         return print_help([checkpoint, *rest])
     try:
-        argv, env = build_command(checkpoint, rest)
+        args, env = build_command(checkpoint, rest)
     except (CheckpointError, ServeError) as e:
         print(f"duquant serve: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -273,17 +259,15 @@ def serve(checkpoint: str, rest: list[str]) -> int:
         # Fresh per launch, so no record of an earlier server is read back; the API server
         # removes its files at exit (endpoint.py).
         env[RUNTIME_DIR_ENV] = tempfile.mkdtemp(prefix="duquant-serve-")
-    print("duquant serve: vllm serve " + " ".join(argv[3:]), file=sys.stderr, flush=True)
+    print("duquant serve: vllm serve " + " ".join(args), file=sys.stderr, flush=True)
     for note in (kv_cache_note(rest), start_up_note(rest)):
         if note:
             print(f"duquant serve: note: {note}", file=sys.stderr, flush=True)
     sys.stdout.flush()
-    _release_heap()
     # vLLM is not imported yet (the launcher's checks avoid it), so it reads this environment
     # as a fresh process would; its worker processes inherit it.
-    os.environ.clear()
     os.environ.update(env)
     from . import vllm_serve
 
-    vllm_serve.main(argv[3:])  # exits the process after a normal stop
+    vllm_serve.main(args)  # exits the process after a normal stop
     return 0

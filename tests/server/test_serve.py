@@ -90,11 +90,11 @@ def test_refuses_model_option(dq_checkpoint, capsys):
 
 
 def test_command_and_cpu_defaults(dq_checkpoint):
-    from duquant_serve.server.launch import SERVE_MODULE, build_command
+    from duquant_serve.server.launch import build_command
 
     argv, env = build_command(dq_checkpoint, ["--port", "9"], environ={"VLLM_PLUGINS": "x"})
-    # `vllm serve` semantics, the checkpoint as its positional model
-    assert argv[1:4] == ["-m", SERVE_MODULE, str(Path(dq_checkpoint).resolve())]
+    # `vllm serve` arguments, the checkpoint as its positional model
+    assert argv[0] == str(Path(dq_checkpoint).resolve())
     assert argv[argv.index("--served-model-name") + 1] == "llama-dq"  # the folder's name
     assert "--dtype" not in argv  # a bfloat16 checkpoint: vLLM's auto is right
     assert argv[-2:] == ["--port", "9"]
@@ -166,6 +166,31 @@ def test_front_door_defaults_on_cpu_and_gpu(dq_checkpoint, monkeypatch):
     argv, env = launch.build_command(dq_checkpoint, [], environ={})
     assert "VLLM_CPU_KVCACHE_SPACE" not in env and "--dtype" not in argv
     assert "--middleware" in argv and "--shutdown-timeout" in argv
+
+
+def test_ray_backend_checks(dq_checkpoint, monkeypatch):
+    """CPU: Ray refused before start (tests/server/test_multinode.py shows vLLM failing);
+    GPU: served when Ray is importable, a clear error when it is not."""
+    import importlib.util
+
+    from duquant_serve.server import launch
+
+    ray = ["--distributed-executor-backend", "ray"]
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: True)
+    with pytest.raises(launch.ServeError, match="does not run on vLLM's CPU backend"):
+        launch.build_command(dq_checkpoint, ray, environ={})
+    monkeypatch.setattr(launch, "is_cpu_platform", lambda: False)
+    real = importlib.util.find_spec
+
+    def ray_installed(yes):
+        return lambda name, *a: (object() if yes else None) if name == "ray" else real(name, *a)
+
+    monkeypatch.setattr(importlib.util, "find_spec", ray_installed(True))
+    argv, _ = launch.build_command(dq_checkpoint, ray, environ={})
+    assert argv[-2:] == ray
+    monkeypatch.setattr(importlib.util, "find_spec", ray_installed(False))
+    with pytest.raises(launch.ServeError, match="needs Ray"):
+        launch.build_command(dq_checkpoint, ray, environ={})
 
 
 def test_fp8_kv_cache_note():
