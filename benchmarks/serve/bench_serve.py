@@ -129,14 +129,13 @@ def bench_model(label: str, model_dir: Path, head: list[str], env: dict[str, str
 
 
 def compile_cache_dirs() -> list[Path]:
-    """Where a server start's compile artifacts live: vLLM's AOT-compiled model
-    (VLLM_CACHE_ROOT) and inductor's generated kernels (TORCHINDUCTOR_CACHE_DIR)."""
-    import getpass
+    """Where a server start's compile artifacts live, as vLLM and torch resolve them: vLLM's
+    AOT-compiled model (under VLLM_CACHE_ROOT) and inductor's generated kernels."""
+    import vllm.envs
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-    vllm_root = Path(os.environ.get("VLLM_CACHE_ROOT", Path.home() / ".cache" / "vllm"))
-    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or str(
-        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}")
-    return [vllm_root / "torch_compile_cache", Path(inductor)]
+    inductor = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()
+    return [Path(vllm.envs.VLLM_CACHE_ROOT) / "torch_compile_cache", Path(inductor)]
 
 
 def empty_compile_caches() -> None:
