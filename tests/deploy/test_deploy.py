@@ -82,20 +82,27 @@ def test_entrypoint_defaults_and_user_overrides(tmp_path):
     assert run("/ckpt")[1] == "/ckpt"
 
 
-def test_multinode_script_head_and_worker(tmp_path):
-    """deploy/multinode.sh with a stub `docker`: the head serves, the worker is headless, both
-    reach the same master with the same TP x PP (what tests/server/test_multinode.py runs)."""
+def _multinode_runner(tmp_path, script: str):
+    """Runs deploy/<script> with a stub `docker` that prints its arguments one per line →
+    run(**env overrides) → those lines; the base environment is a TP=8 x PP=2 layout."""
     stub = tmp_path / "docker"
     stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
     stub.chmod(0o755)
     base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HEAD_IP": "10.0.0.1", "CHECKPOINT": "/ck",
             "TP": "8", "PP": "2"}
 
-    def run(**kw):
-        return subprocess.run(["sh", str(ROOT / "deploy/multinode.sh")], env={**base, **kw},
-                              capture_output=True, text=True, check=True).stdout.split()
+    def run(check: bool = True, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(ROOT / "deploy" / script)], env={**base, **kw},
+                              capture_output=True, text=True, check=check)
 
-    head, worker = run(ROLE="head"), run(ROLE="worker")
+    return run
+
+
+def test_multinode_script_head_and_worker(tmp_path):
+    """deploy/multinode.sh with a stub `docker`: the head serves, the worker is headless, both
+    reach the same master with the same TP x PP (what tests/server/test_multinode.py runs)."""
+    run = _multinode_runner(tmp_path, "multinode.sh")
+    head, worker = (run(ROLE=r).stdout.split() for r in ("head", "worker"))
     for argv in (head, worker):
         assert argv[:2] == ["run", "--rm"] and "--network" in argv and "--ipc" in argv
         assert argv[argv.index("--master-addr") + 1] == "10.0.0.1"
@@ -103,25 +110,15 @@ def test_multinode_script_head_and_worker(tmp_path):
         assert argv[argv.index("--pipeline-parallel-size") + 1] == "2"
     assert head[head.index("--node-rank") + 1] == "0" and "--headless" not in head
     assert worker[worker.index("--node-rank") + 1] == "1" and worker[-1] == "--headless"
-    bad = subprocess.run(["sh", str(ROOT / "deploy/multinode.sh")], env={**base, "ROLE": "x"},
-                         capture_output=True, text=True)
+    bad = run(check=False, ROLE="x")
     assert bad.returncode == 2 and "ROLE must be head or worker" in bad.stderr
 
 
 def test_multinode_ray_script_head_and_worker(tmp_path):
     """deploy/multinode-ray.sh with a stub `docker`: the head starts Ray's head and serves with
     the Ray executor, the worker joins the head's Ray; both mount the checkpoint."""
-    stub = tmp_path / "docker"
-    stub.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
-    stub.chmod(0o755)
-    base = {"PATH": f"{tmp_path}:/usr/bin:/bin", "HEAD_IP": "10.0.0.1", "CHECKPOINT": "/ck",
-            "TP": "8", "PP": "2"}
-
-    def run(**kw):
-        return subprocess.run(["sh", str(ROOT / "deploy/multinode-ray.sh")], env={**base, **kw},
-                              capture_output=True, text=True, check=True).stdout.splitlines()
-
-    head, worker = run(ROLE="head"), run(ROLE="worker")
+    run = _multinode_runner(tmp_path, "multinode-ray.sh")
+    head, worker = (run(ROLE=r).stdout.splitlines() for r in ("head", "worker"))
     for argv in (head, worker):
         assert argv[:2] == ["run", "--rm"] and "--network" in argv and "--ipc" in argv
         assert "/ck:/model:ro" in argv
@@ -130,6 +127,5 @@ def test_multinode_ray_script_head_and_worker(tmp_path):
     assert "duquant-entrypoint /model --tensor-parallel-size 8 --pipeline-parallel-size 2" in script
     assert "--distributed-executor-backend ray" in script
     assert "ray start --address=10.0.0.1:6379" in worker[-1] and "--block" in worker[-1]
-    missing = subprocess.run(["sh", str(ROOT / "deploy/multinode-ray.sh")],
-                             env={**base, "CHECKPOINT": ""}, capture_output=True, text=True)
+    missing = run(check=False, CHECKPOINT="")
     assert missing.returncode != 0 and "set CHECKPOINT" in missing.stderr

@@ -33,15 +33,22 @@ from serve_helpers import ServerProcess  # noqa: E402
 from benchmarks.serve.servers import free_port  # noqa: E402
 
 
-@pytest.mark.engine
-def test_two_nodes_tp2_equal_the_offline_reference(tmp_path):
+@pytest.fixture(scope="module")
+def tp2_checkpoint(tmp_path_factory) -> Path:
+    """A tiny float32 Llama quantized for TP = 2 (`--tp-shards 2`)."""
     from duquant_serve.cli import main
     from duquant_serve.testing.tiny import QUICK_QUANT_ARGS, make_tiny_model
 
-    src = make_tiny_model(tmp_path / "llama", "llama")
-    ck = tmp_path / "llama-dq"
-    assert main(["-q", "quantize", str(src), "--out", str(ck), "--tp-shards", "2",
-                 "--dtype", "float32", *QUICK_QUANT_ARGS]) == 0
+    d = tmp_path_factory.mktemp("multinode")
+    ck = d / "llama-dq"
+    assert main(["-q", "quantize", str(make_tiny_model(d / "llama", "llama")), "--out", str(ck),
+                 "--tp-shards", "2", "--dtype", "float32", *QUICK_QUANT_ARGS]) == 0
+    return ck
+
+
+@pytest.mark.engine
+def test_two_nodes_tp2_equal_the_offline_reference(tp2_checkpoint, tmp_path):
+    ck = tp2_checkpoint
     common = ["--tensor-parallel-size", "2", "--nnodes", "2", "--master-addr", "127.0.0.1",
               "--master-port", str(free_port()), "--enforce-eager", "--max-model-len", "256",
               "--dtype", "float32"]
@@ -73,34 +80,25 @@ def test_two_nodes_tp2_equal_the_offline_reference(tmp_path):
     assert sum(len(t) for t in ties.values()) <= 2, f"too many near-ties to be chance: {ties}"
 
 
-def test_serve_refuses_ray_on_cpu_before_start(tmp_path, capsys):
+def test_serve_refuses_ray_on_cpu_before_start(tp2_checkpoint, capsys):
     from duquant_serve.cli import main
-    from duquant_serve.testing.tiny import QUICK_QUANT_ARGS, make_tiny_model
 
-    ck = tmp_path / "llama-dq"
-    assert main(["-q", "quantize", str(make_tiny_model(tmp_path / "llama", "llama")),
-                 "--out", str(ck), "--tp-shards", "2", *QUICK_QUANT_ARGS]) == 0
     capsys.readouterr()
-    assert main(["serve", str(ck), "-tp", "2", "--distributed-executor-backend", "ray"]) == 2
+    assert main(["serve", str(tp2_checkpoint), "-tp", "2",
+                 "--distributed-executor-backend", "ray"]) == 2
     err = capsys.readouterr().err
     assert "--distributed-executor-backend ray does not run on vLLM's CPU backend" in err
     assert "--nnodes" in err  # the way that works
 
 
 @pytest.mark.engine
-def test_vllm_cpu_fails_on_a_local_ray_cluster(tmp_path):
+def test_vllm_cpu_fails_on_a_local_ray_cluster(tp2_checkpoint):
     """Why the refusal above exists, and a canary for the day vLLM's CPU backend gains Ray:
     against a Ray cluster of a head and a worker node started here, vLLM itself (our launcher
     bypassed) stops with its CPU-platform error. When this fails because the server started,
     lift the refusal in launch.py and compare tokens as the --nnodes test does."""
     pytest.importorskip("ray", reason="Ray is in the [dev] extra: bash scripts/setup.sh")
-    from duquant_serve.cli import main
-    from duquant_serve.testing.tiny import QUICK_QUANT_ARGS, make_tiny_model
-
-    ck = tmp_path / "llama-dq"
-    assert main(["-q", "quantize", str(make_tiny_model(tmp_path / "llama", "llama")),
-                 "--out", str(ck), "--tp-shards", "2", "--dtype", "float32",
-                 *QUICK_QUANT_ARGS]) == 0
+    ck = tp2_checkpoint
     ray_cli = shutil.which("ray", path=str(Path(sys.executable).parent))
     port = free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
