@@ -94,8 +94,9 @@ def near_tie_divergences(checkpoint: Path, prompt: str, got: list[int],
 
     For comparisons across tensor-parallel layouts: a different reduction order changes the
     last float bits, which can flip a 4-bit activation code and then a token whose two best
-    log-probs were within a few hundredths of a nat (seen at token 54 of a tiny Llama; the
-    reference itself picks the other token there when it recomputes the whole sequence)."""
+    log-probs were within a few hundredths of a nat (seen at token 53 of a tiny Llama served
+    over two nodes; the reference itself picks the other token there when it recomputes the
+    whole sequence)."""
     from offline_quant.evaluate import load_checkpoint_model
 
     model, tok, _ = load_checkpoint_model(checkpoint)
