@@ -201,9 +201,12 @@ def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
 def fake_quant_linear(x: torch.Tensor, layer: QuantizedLinear,
                       weight: torch.Tensor | None = None) -> torch.Tensor:
     """Simulated W/A quantization (dequantize, then float matmul): the `duquant` eval rows.
-    `weight`: layer.dequantized_weight(), when the caller keeps it."""
-    xt = layer.transform.apply(x.float())
-    xq = fake_quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, layer.act_groups)
+    `weight`: layer.dequantized_weight(), when the caller keeps it. Under autocast only the
+    final product runs in low precision: the transform and the quantizer stay in float32, so
+    the 4-bit grid never sees bfloat16 rounding."""
+    with torch.autocast(x.device.type, enabled=False):
+        xt = layer.transform.apply(x.float())
+        xq = fake_quantize_per_token(xt, layer.a_bits, layer.act_clip_ratio, layer.act_groups)
     w = layer.dequantized_weight() if weight is None else weight
     y = xq @ w.t()
     if layer.bias is not None:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from duquant_serve.core.quant import fake_quantize_per_token
 from duquant_serve.core.reference import (
     QuantizedLinear,
     QuantLinearModule,
@@ -149,3 +150,19 @@ def test_groups_must_respect_the_transform():
                           None, 4, 4, 0.9, act_groups=2)
     with pytest.raises(TransformError, match="moves channels"):
         bad.groups()
+
+
+def test_fake_quant_quantizes_in_float32_under_autocast():
+    # Under bfloat16 autocast only the final product may drop precision: the transform and the
+    # 4-bit quantizer must see float32, or their rounding moves codes across grid points.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(32, 128, generator=g)
+    x[:, 5] *= 20
+    w = torch.randn(48, 128, generator=g) / 10
+    tr = build_input_transform(x, 32, 8, g)
+    lay = quantize_linear(tr.apply_to_weight(w), tr, None, 4, 4, 1.0, 0.9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fake_quant_linear(x, lay)
+    xq = fake_quantize_per_token(tr.apply(x), 4, 0.9)
+    want = (xq.bfloat16() @ lay.dequantized_weight().bfloat16().t()).float()
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
