@@ -14,6 +14,9 @@ EXIT_USAGE = 2
 # `duquant quantize` without --method: the most accurate method that quantizes SmolLM2 within
 # 5 minutes on a 2-core CPU (benchmarks/results/accuracy/README.md).
 DEFAULT_METHOD = "duquant-opt"
+# == offline_quant.pipeline.PipelineOptions.learn_lr (a test keeps them equal; the pipeline is
+# not imported here, so `duquant --help` stays fast).
+LEARN_LR = 0.032
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
@@ -50,6 +53,13 @@ def _nonneg_int(text: str) -> int:
     v = int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _pos_float(text: str) -> float:
+    v = float(text)
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
 
 
@@ -96,7 +106,8 @@ def cmd_quantize(args) -> int:
         args.model, args.out, qcfg,
         CalibrationSpec(args.calib, args.nsamples, args.calib_seqlen),
         PipelineOptions(method=method, learn_steps=args.learn_steps,
-                        learn_start_steps=args.learn_start_steps, learn_dtype=args.learn_dtype,
+                        learn_start_steps=args.learn_start_steps, learn_lr=args.learn_lr,
+                        learn_dtype=args.learn_dtype,
                         lwc_epochs=args.lwc_epochs, lwc_lr=args.lwc_lr, progress=not args.quiet,
                         device=args.device),
         dtype=args.dtype, overwrite=args.overwrite)
@@ -175,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--learn-start-steps", type=_nonneg_int, default=64,
                    help="duquant-opt: greedy steps of the starting rotations (--steps is for "
                         "the greedy methods)")
+    q.add_argument("--learn-lr", type=_pos_float, default=LEARN_LR,
+                   help=f"duquant-opt: Adam learning rate of the learned smoothing + rotations "
+                        f"(default {LEARN_LR}, chosen on validation text)")
     q.add_argument("--learn-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                    help="duquant-opt: dtype of the learned loss's matrix products (auto: "
                         "bfloat16 on CUDA and CPUs with AVX-512 BF16/AMX; same accuracy)")

@@ -52,7 +52,7 @@ def refine_smoothing_and_rotations(
     clip: float,
     groups: int = 1,
     steps: int = 40,
-    lr: float = 2e-3,
+    lr: float = 0.032,
     matmul_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, InputTransform, dict[str, float]]:
     """Learn the smoothing vector and R1, R2 of one site together (OSTQuant-style, inside the

@@ -5,11 +5,12 @@ import json
 import pytest
 
 from duquant_serve.checkpoint import load_checkpoint
-from duquant_serve.cli import main
+from duquant_serve.cli import build_parser, main
 from duquant_serve.core.config import METHODS
 from duquant_serve.testing.tiny import ARCHS, make_tiny_model
 from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
 from offline_quant.evaluate import evaluate
+from offline_quant.pipeline import PipelineOptions
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -125,6 +126,8 @@ def test_other_bit_widths(tmp_path, bits):
     (["--method", "gptq-magic"], "invalid choice"),
     (["--learn-steps", "-1"], "must be >= 0"),
     (["--learn-start-steps", "x"], "invalid"),
+    (["--learn-lr", "0"], "must be a finite number > 0"),
+    (["--learn-lr", "nan"], "must be a finite number > 0"),
 ])
 def test_bad_method_options_exit_2_before_writing(tmp_path, capsys, bad, fragment):
     out = tmp_path / "o"
@@ -132,6 +135,13 @@ def test_bad_method_options_exit_2_before_writing(tmp_path, capsys, bad, fragmen
         main(["-q", "quantize", "smollm2", "--out", str(out), *bad])
     assert e.value.code == 2 and not out.exists()
     assert fragment in capsys.readouterr().err
+
+
+def test_quantize_defaults_are_the_pipelines():
+    args = build_parser().parse_args(["quantize", "--out", "x"])
+    opts = PipelineOptions()
+    for name in ("learn_steps", "learn_start_steps", "learn_lr", "learn_dtype"):
+        assert getattr(args, name) == getattr(opts, name), name
 
 
 def test_each_method_writes_a_checkpoint_that_records_it(tmp_path):
