@@ -10,6 +10,7 @@ import pytest
 from engine_helpers import (
     MAX_TOKENS,
     PROMPTS,
+    assert_equals_reference,
     engine_env,
     greedy_reference,
     quantize_tiny,
@@ -34,17 +35,15 @@ def test_every_linear_but_lm_head_runs_duquant(eager_run):
         assert kernel == "cpu_int8", name  # choose_kernel's answer on CPU (torch._int_mm)
 
 
-def test_eager_greedy_tokens_equal_offline_reference(eager_run, reference_tokens):
-    for prompt, got, want in zip(PROMPTS, eager_run["tokens"], reference_tokens, strict=True):
-        assert got == want, f"prompt {prompt!r}"
+def test_eager_greedy_tokens_equal_offline_reference(dq_checkpoint, eager_run, reference_tokens):
+    assert_equals_reference(dq_checkpoint, eager_run["tokens"], reference_tokens)
 
 
 def test_compiled_greedy_tokens_equal_offline_reference(dq_checkpoint, reference_tokens, tmp_path):
     """The default torch.compile path (no --enforce-eager): apply() must trace."""
     proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--compile")
     assert res is not None, tail(proc)
-    for prompt, got, want in zip(PROMPTS, res["tokens"], reference_tokens, strict=True):
-        assert got == want, f"prompt {prompt!r}"
+    assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
 
 
 def test_qwen2_with_qkv_bias_equals_offline_reference(tmp_path_factory):
@@ -52,8 +51,7 @@ def test_qwen2_with_qkv_bias_equals_offline_reference(tmp_path_factory):
     ck = quantize_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2")
     proc, res = run_engine(ck, ck.parent / "out.json")
     assert res is not None, tail(proc)
-    for prompt, got, want in zip(PROMPTS, res["tokens"], greedy_reference(ck), strict=True):
-        assert got == want, f"prompt {prompt!r}"
+    assert_equals_reference(ck, res["tokens"], greedy_reference(ck))
 
 
 def test_tensor_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens, tmp_path):
@@ -64,10 +62,9 @@ def test_tensor_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens
     env = engine_env(VLLM_CPU_OMP_THREADS_BIND="0|1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
     proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--tp", "2", env=env)
     assert res is not None, tail(proc)
-    for prompt, got, tp1, want in zip(PROMPTS, res["tokens"], eager_run["tokens"], reference_tokens,
-                                      strict=True):
+    for prompt, got, tp1 in zip(PROMPTS, res["tokens"], eager_run["tokens"], strict=True):
         assert got == tp1, f"prompt {prompt!r}: TP=2 differs from TP=1"
-        assert got == want, f"prompt {prompt!r}: TP=2 differs from the offline reference"
+    assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
 
 
 def test_pipeline_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens, tmp_path):
@@ -79,7 +76,6 @@ def test_pipeline_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_toke
     proc, res = run_engine(dq_checkpoint, tmp_path / "out.json", "--pp", "2", "--compile",
                            env=env)
     assert res is not None, tail(proc)
-    for prompt, got, tp1, want in zip(PROMPTS, res["tokens"], eager_run["tokens"], reference_tokens,
-                                      strict=True):
+    for prompt, got, tp1 in zip(PROMPTS, res["tokens"], eager_run["tokens"], strict=True):
         assert got == tp1, f"prompt {prompt!r}: PP=2 differs from TP=1"
-        assert got == want, f"prompt {prompt!r}: PP=2 differs from the offline reference"
+    assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
