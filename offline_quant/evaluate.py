@@ -84,6 +84,17 @@ def reference_linear(q: QuantizedLinear, device: torch.device, name: str) -> tor
     return QuantLinearModule(q, "int")
 
 
+def use_fake_quant(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap every QuantLinearModule of `model` for fake quantization of the same codes
+    (dequantize, float matmul), in place: the other valid computation of a checkpoint, for
+    telling path numerics from quantization differences."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, QuantLinearModule):
+                setattr(parent, name, QuantLinearModule(child.layer, "fake"))
+    return model
+
+
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
                           linear: LinearFactory = reference_linear):
     """Checkpoint → transformers model on `device` whose linears run the stored integer codes,

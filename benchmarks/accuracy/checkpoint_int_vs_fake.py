@@ -16,8 +16,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from duquant_serve.core.reference import QuantLinearModule  # noqa: E402
-from offline_quant.evaluate import eval_windows, load_checkpoint_model, window_nlls  # noqa: E402
+from offline_quant.evaluate import (  # noqa: E402
+    eval_windows,
+    load_checkpoint_model,
+    use_fake_quant,
+    window_nlls,
+)
 
 
 def main() -> int:
@@ -31,11 +35,7 @@ def main() -> int:
     model, tok, ck = load_checkpoint_model(args.checkpoint)
     windows = eval_windows(tok, args.dataset, args.seqlen, args.limit)
     nll = {"int": window_nlls(model, windows)}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, QuantLinearModule):
-                setattr(parent, name, QuantLinearModule(child.layer, "fake"))
-    nll["fake"] = window_nlls(model, windows)
+    nll["fake"] = window_nlls(use_fake_quant(model), windows)
     ppl = {k: math.exp(sum(v) / len(v)) for k, v in nll.items()}
     out = {"checkpoint": args.checkpoint, "method": ck.quant_config.method,
            "dataset": args.dataset, "windows": len(windows), "ppl": ppl,

@@ -79,3 +79,20 @@ def test_pipeline_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_toke
     for prompt, got, tp1 in zip(PROMPTS, res["tokens"], eager_run["tokens"], strict=True):
         assert got == tp1, f"prompt {prompt!r}: PP=2 differs from TP=1"
     assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
+
+
+def test_reference_comparison_refuses_a_wrong_token(dq_checkpoint, reference_tokens):
+    """The allowance for close calls is narrow: the reference's least likely token at one step
+    fails, and the reference's own tokens pass with no departures."""
+    import torch
+    from engine_helpers import _reference_models
+
+    assert assert_equals_reference(dq_checkpoint, reference_tokens, reference_tokens) == {}
+    model, _, tok = _reference_models(dq_checkpoint)
+    ids = tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + reference_tokens[0]])).logits[0]
+    bad = [list(t) for t in reference_tokens]
+    bad[0][10] = int(logits[len(ids) - 1 + 10].argmin())
+    with pytest.raises(AssertionError, match="not a near-tie"):
+        assert_equals_reference(dq_checkpoint, bad, reference_tokens)
