@@ -14,7 +14,7 @@ EXIT_USAGE = 2
 # `duquant quantize` without --method: the most accurate method that quantizes SmolLM2 within
 # 5 minutes on a 2-core CPU (benchmarks/results/accuracy/README.md).
 DEFAULT_METHOD = "duquant-opt"
-# == offline_quant.pipeline.PipelineOptions.learn_lr (a test keeps them equal; the pipeline is
+# == offline_quant.learned_transforms.DEFAULT_LR (a test keeps them equal; offline_quant is
 # not imported here, so `duquant --help` stays fast).
 LEARN_LR = 0.032
 

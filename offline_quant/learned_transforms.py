@@ -21,6 +21,10 @@ import torch
 from duquant_serve.core.quant import SCALE_MAX, SCALE_MIN, qmax
 from duquant_serve.core.transform import InputTransform, orthonormalize
 
+# Adam's rate: chosen on WikiText-2 validation windows (benchmarks/results/accuracy/README.md);
+# PipelineOptions.learn_lr and `duquant quantize --learn-lr` default to it.
+DEFAULT_LR = 0.032
+
 
 def _fake_quant_ste(x: torch.Tensor, bits: int, clip: float = 1.0, groups: int = 1) -> torch.Tensor:
     """core.quant's quantizer over each row of x [R, C] (per `groups` contiguous channel groups):
@@ -52,7 +56,7 @@ def refine_smoothing_and_rotations(
     clip: float,
     groups: int = 1,
     steps: int = 40,
-    lr: float = 0.032,
+    lr: float = DEFAULT_LR,
     matmul_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, InputTransform, dict[str, float]]:
     """Learn the smoothing vector and R1, R2 of one site together (OSTQuant-style, inside the

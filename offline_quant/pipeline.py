@@ -47,7 +47,7 @@ from duquant_serve.core.transform import (
 )
 
 from .gptq import gptq_quantize, search_clip
-from .learned_transforms import refine_smoothing_and_rotations
+from .learned_transforms import DEFAULT_LR, refine_smoothing_and_rotations
 from .lwc import learn_clip_factors
 from .models import check_supported, layer_sites
 
@@ -99,7 +99,7 @@ class PipelineOptions:
     clip_grid: int = 40  # clip search: candidate factors in [clip_min, 1]
     clip_min: float = 0.5
     learn_steps: int = 30  # Adam steps per site of the learned smoothing + rotations
-    learn_lr: float = 0.032  # chosen on validation windows: benchmarks/results/accuracy
+    learn_lr: float = DEFAULT_LR
     # The learned loss's matrix products: "auto" (bfloat16 where the device computes it
     # natively: CUDA, CPUs with AVX-512 BF16 or AMX; else float32), "float32", "bfloat16".
     learn_dtype: str = "auto"
