@@ -87,6 +87,8 @@ def main() -> int:
     ap.add_argument("--variant", action="append", required=True,
                     help="NAME:METHOD[:key=value,...] (DuQuantConfig or PipelineOptions fields)")
     ap.add_argument("--limit", type=int, default=8, help="windows of each split")
+    ap.add_argument("--val-limit", type=int, default=None,
+                    help="validation windows, if not --limit (more windows: a steadier score)")
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--json", required=True)
     ap.add_argument("--nsamples", type=int, default=16, help="calibration windows")
@@ -98,7 +100,8 @@ def main() -> int:
         ap.error(str(e))
 
     base, tok = load_model(args.model)
-    splits = {"validation": windows_of(tok, CALIB_TEXTS["wikitext2"], args.seqlen, args.limit),
+    val_limit = args.val_limit or args.limit
+    splits = {"validation": windows_of(tok, CALIB_TEXTS["wikitext2"], args.seqlen, val_limit),
               "test": windows_of(tok, EVAL_TEXTS["wikitext2"], args.seqlen, args.limit)}
     calib = calibration_windows(tok, "wikitext2", args.nsamples, args.calib_seqlen,
                                 vocab_size=base.config.vocab_size)
@@ -119,6 +122,8 @@ def main() -> int:
         for split, w in splits.items():
             nll = window_nlls(model, w)
             row[split] = round(math.exp(sum(nll) / len(nll)), 4)
+            row[f"{split}_windows"] = len(nll)
+            row[f"{split}_window_nll"] = [round(v, 6) for v in nll]
         print(json.dumps(row), flush=True)
         out["results"].append(row)
         out_path.write_text(json.dumps(out, indent=1) + "\n")

@@ -2,6 +2,7 @@
 pipeline overrides, the calibration size, rows appended to one JSON."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def test_variants_and_calibration_size(tmp_path):
     r = _run(*common, "--nsamples", "2", "--calib-seqlen", "32",
              "--variant", "fp:fp16", "--variant", "base:duquant:rotation_steps=4")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = _run(*common, "--nsamples", "3", "--calib-seqlen", "16",
+    r = _run(*common, "--nsamples", "3", "--calib-seqlen", "16", "--val-limit", "2",
              "--variant", "opt:duquant-opt:learn_steps=2,learn_start_steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
@@ -34,6 +35,13 @@ def test_variants_and_calibration_size(tmp_path):
         "wikitext2 validation, 3 x 16"]
     assert all(row["validation"] > 1 and row["test"] > 1 for row in rows)
     assert rows[0]["validation"] != rows[1]["validation"]  # quantization changed the model
+    # Window counts and per-window NLLs: the score is their mean's exp.
+    assert [(r["validation_windows"], r["test_windows"]) for r in rows] == [(1, 1)] * 2 + [(2, 1)]
+    for row in rows:
+        for split in ("validation", "test"):
+            nll = row[f"{split}_window_nll"]
+            assert len(nll) == row[f"{split}_windows"]
+            assert abs(math.exp(sum(nll) / len(nll)) - row[split]) < 1e-3 * row[split]
 
 
 def test_unknown_override_is_refused(tmp_path):
