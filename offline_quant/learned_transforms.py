@@ -58,9 +58,6 @@ def refine_smoothing_and_rotations(
     steps: int = 40,
     lr: float = DEFAULT_LR,
     matmul_dtype: torch.dtype = torch.float32,
-    token_weighting: str = "none",
-    schedule: str = "constant",
-    affine: bool = False,
 ) -> tuple[torch.Tensor, InputTransform, dict[str, float]]:
     """Learn the smoothing vector and R1, R2 of one site together (OSTQuant-style, inside the
     block-rotation format) on its W4A4 output error
@@ -84,51 +81,26 @@ def refine_smoothing_and_rotations(
     a1 = torch.zeros(b, b, device=x.device, requires_grad=True)
     a2 = torch.zeros(b, b, device=x.device, requires_grad=True)
     d = torch.zeros(x.shape[1], device=x.device, requires_grad=True)
-    b1 = torch.zeros(b, b, device=x.device, requires_grad=True)
-    b2 = torch.zeros(b, b, device=x.device, requires_grad=True)
-    groups_ = [{"params": [a1, a2, d]}]
-    if affine:
-        groups_.append({"params": [b1, b2], "lr": lr * 0.25})
-    opt = torch.optim.Adam(groups_, lr=lr)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine"
-             else None)
+    opt = torch.optim.Adam([a1, a2, d], lr=lr)
     target = x @ w.t()
-    energy = target.pow(2).mean(dim=1)
-    if token_weighting == "relative":
-        weight_t = 1.0 / (energy + 1e-6 * energy.mean()).clamp(min=1e-30)
-    elif token_weighting == "none":
-        weight_t = torch.ones_like(energy)
-    else:
-        raise ValueError(f"token_weighting {token_weighting!r}: use none or relative")
-    weight_t = weight_t / weight_t.sum()
-    ref = (target.pow(2).mean() if token_weighting == "none"
-           else (energy * weight_t).sum()).clamp(min=1e-30)
+    ref = target.pow(2).mean().clamp(min=1e-30)
 
     def params():
-        if not affine:
-            r1 = r1_0 @ torch.linalg.matrix_exp(a1 - a1.t())
-            r2 = r2_0 @ torch.linalg.matrix_exp(a2 - a2.t())
-            return (s0 * torch.exp(d), r1, r2, r1, r2)
-        g1 = a1 - a1.t() + 0.5 * (b1 + b1.t())
-        g2 = a2 - a2.t() + 0.5 * (b2 + b2.t())
-        return (s0 * torch.exp(d), r1_0 @ torch.linalg.matrix_exp(g1),
-                r2_0 @ torch.linalg.matrix_exp(g2), r1_0 @ torch.linalg.matrix_exp(-g1.t()),
-                r2_0 @ torch.linalg.matrix_exp(-g2.t()))
+        return (s0 * torch.exp(d), r1_0 @ torch.linalg.matrix_exp(a1 - a1.t()),
+                r2_0 @ torch.linalg.matrix_exp(a2 - a2.t()))
 
     low = matmul_dtype != torch.float32
 
-    def loss_of(s, r1, r2, r1w, r2w):
+    def loss_of(s, r1, r2):
         with torch.autocast(x.device.type, dtype=matmul_dtype, enabled=low):
             xt = _rotate(_rotate(x / s, r1)[:, perm], r2).float()
-            wt = _rotate(_rotate(w * s, r1w)[:, perm], r2w).float()
+            wt = _rotate(_rotate(w * s, r1)[:, perm], r2).float()
             y = _fake_quant_ste(xt, a_bits, clip, groups) @ _fake_quant_ste(wt, w_bits).t()
-        if token_weighting == "none":
-            return (y.float() - target).pow(2).mean() / ref
-        return ((y.float() - target).pow(2).mean(dim=1) * weight_t).sum() / ref
+        return (y.float() - target).pow(2).mean() / ref
 
     with torch.no_grad():
-        before = float(loss_of(s0, r1_0, r2_0, r1_0, r2_0))
-    best, best_p = before, (s0, r1_0, r2_0, r1_0, r2_0)
+        before = float(loss_of(s0, r1_0, r2_0))
+    best, best_p = before, (s0, r1_0, r2_0)
     for _ in range(steps):
         p = params()
         loss = loss_of(*p)
@@ -137,17 +109,12 @@ def refine_smoothing_and_rotations(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if sched is not None:
-            sched.step()
     with torch.no_grad():
         p = params()
         last = float(loss_of(*p))
         if last < best:
             best, best_p = last, p
-    s, r1, r2 = best_p[:3]
-    if affine:
-        r1, r2 = (r.detach().float().to(tr.r1.device) for r in (r1, r2))
-    else:
-        r1, r2 = (orthonormalize(r).float().to(tr.r1.device) for r in (r1, r2))
+    s, r1, r2 = best_p
+    r1, r2 = (orthonormalize(r).float().to(tr.r1.device) for r in (r1, r2))
     return (s.detach().float(), InputTransform(r1, tr.perm, r2, tr.smooth),
             {"loss_before": before, "loss_after": best})

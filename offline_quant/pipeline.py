@@ -100,10 +100,6 @@ class PipelineOptions:
     clip_min: float = 0.5
     learn_steps: int = 30  # Adam steps per site of the learned smoothing + rotations
     learn_lr: float = DEFAULT_LR
-    learn_token_weighting: str = "none"  # probe: "relative" weighs each token by 1/|y_t|²
-    hessian_token_weighting: str = "none"  # probe: the same for GPTQ's XᵀX
-    learn_schedule: str = "constant"  # probe: "cosine" decays the rate to 0 over the steps
-    learn_affine: bool = False  # probe: invertible (not orthogonal) blocks, weights get r⁻ᵀ
     # The learned loss's matrix products: "auto" (bfloat16 where the device computes it
     # natively: CUDA, CPUs with AVX-512 BF16 or AMX; else float32), "float32", "bfloat16".
     learn_dtype: str = "auto"
@@ -218,7 +214,7 @@ class _SiteStats:
         self.want_hessian = hessian
         self.xtx: torch.Tensor | None = None  # Σ xᵀx over every calibration token, float64
 
-    def update(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+    def update(self, x: torch.Tensor) -> None:
         x = x.detach().float()  # [B, T, C]
         am = x.abs().amax(dim=(0, 1))
         self.absmax = am if self.absmax is None else torch.maximum(self.absmax, am)
@@ -228,8 +224,7 @@ class _SiteStats:
         flat = x.reshape(-1, x.shape[-1])
         if self.want_hessian:
             # float32 products per batch (a few thousand tokens), float64 across batches.
-            lhs = flat if weight is None else flat * weight.reshape(-1, 1)
-            part = (lhs.t() @ flat).double()
+            part = (flat.t() @ flat).double()
             self.xtx = part if self.xtx is None else self.xtx + part
         if self.sample_tokens < self.max_tokens:
             # Every stride-th token, so the sample spans all calibration sequences rather than
@@ -247,28 +242,16 @@ class _SiteStats:
         return torch.cat(self.sample)
 
 
-def _relative_token_weight(mod, x: torch.Tensor) -> torch.Tensor:
-    y = torch.nn.functional.linear(x.detach().float(), mod.weight.float())
-    e = y.pow(2).mean(dim=-1)
-    return 1.0 / (e + 1e-6 * e.mean()).clamp(min=1e-30)
-
-
 def collect_site_stats(layer, sites, inps, kwargs, batch, max_tokens,
-                       hessian: bool = False, hessian_weighting: str = "none"
-                       ) -> dict[str, _SiteStats]:
+                       hessian: bool = False) -> dict[str, _SiteStats]:
     """Step 1: statistics of every site's input while `layer` runs on `inps` (16-bit)."""
     stride = max(1, inps.shape[0] * inps.shape[1] // max_tokens)
     stats = {s.name: _SiteStats(max_tokens, stride, hessian) for s in sites}
     hooks = []
     for s in sites:
         mod = layer.get_submodule(s.stats_from)
-        if hessian_weighting == "relative":
-            hooks.append(mod.register_forward_pre_hook(
-                lambda m, args, st=stats[s.name]: st.update(args[0],
-                                                           _relative_token_weight(m, args[0]))))
-        else:
-            hooks.append(mod.register_forward_pre_hook(
-                lambda _m, args, st=stats[s.name]: st.update(args[0])))
+        hooks.append(mod.register_forward_pre_hook(
+            lambda _m, args, st=stats[s.name]: st.update(args[0])))
     try:
         _run_layer(layer, inps, kwargs, batch)
     finally:
@@ -348,8 +331,7 @@ def learn_layer_transforms(layer, sites, stats, alpha: float, cfg: DuQuantConfig
         with torch.enable_grad():
             sv, tr, reports[s.name] = refine_smoothing_and_rotations(
                 tr0, st.tokens, weight, s0, cfg.a_bits, cfg.w_bits, cfg.act_clip_ratio, shards,
-                opts.learn_steps, opts.learn_lr, learn_matmul_dtype(opts.learn_dtype, st.tokens.device),
-                opts.learn_token_weighting, opts.learn_schedule, opts.learn_affine)
+                opts.learn_steps, opts.learn_lr, learn_matmul_dtype(opts.learn_dtype, st.tokens.device))
         if _is_online(s, sv):
             tr = InputTransform(tr.r1, tr.perm, tr.r2, sv)
         else:
@@ -462,8 +444,7 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
     t = time.perf_counter()
     with torch.no_grad():
         stats = collect_site_stats(layer, sites, inps, kwargs, opts.batch_size,
-                                   opts.lwc_tokens, hessian=method.weights == "gptq",
-                                   hessian_weighting=opts.hessian_token_weighting)
+                                   opts.lwc_tokens, hessian=method.weights == "gptq")
     timings["calibration_forward"] += time.perf_counter() - t
 
     t = time.perf_counter()

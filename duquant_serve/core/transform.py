@@ -223,14 +223,6 @@ def rotate_permute_rotate(
     return block_rotate(y, r2)
 
 
-def weight_side(r: torch.Tensor) -> torch.Tensor:
-    """The weight's block matrix for activation block r: r⁻ᵀ, which is r itself when r is
-    orthogonal (then r is returned as is, so rotations stay bit-exact)."""
-    if orthogonality_error(r) < 1e-4:
-        return r
-    return torch.linalg.inv(r.double()).t().contiguous().to(r.dtype)
-
-
 @dataclass
 class InputTransform:
     """The transform of one linear input. r1, r2: [b, b] float32; perm: [C] int64; smooth: [C]
@@ -282,7 +274,7 @@ class InputTransform:
             w = w * self.smooth.to(w)
         if self.is_identity:
             return w
-        return rotate_permute_rotate(w, weight_side(self.r1), self.perm, weight_side(self.r2))
+        return rotate_permute_rotate(w, self.r1, self.perm, self.r2)
 
     def slice(self, lo: int, hi: int) -> InputTransform:
         """The transform of input channels [lo, hi) alone: valid when the permutation keeps them
