@@ -100,7 +100,7 @@ def main() -> int:
         ap.error(str(e))
 
     base, tok = load_model(args.model)
-    val_limit = args.val_limit or args.limit
+    val_limit = args.limit if args.val_limit is None else args.val_limit
     splits = {"validation": windows_of(tok, CALIB_TEXTS["wikitext2"], args.seqlen, val_limit),
               "test": windows_of(tok, EVAL_TEXTS["wikitext2"], args.seqlen, args.limit)}
     calib = calibration_windows(tok, "wikitext2", args.nsamples, args.calib_seqlen,

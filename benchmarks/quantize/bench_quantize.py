@@ -76,7 +76,8 @@ def time_quantize(shape: str, layers: int, dev: torch.device, nsamples: int, seq
     total = time.perf_counter() - t
     per_layer = total / layers
     return dict(bench="quantize_time", method=method, shape=shape, layers_built=layers,
-                device=describe_device(dev), nsamples=nsamples, seqlen=seqlen, steps=steps,
+                device=describe_device(dev), nsamples=nsamples, seqlen=seqlen,
+                steps=res.config.rotation_steps,  # what ran: duquant-opt starts from its own
                 dtype="bfloat16", seconds_total=round(total, 3),
                 seconds_per_stage=res.report["seconds_per_stage"],
                 seconds_per_layer=round(per_layer, 3),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from offline_quant.pipeline import PipelineOptions
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "quantize" / "bench_quantize.py"
 
@@ -42,6 +44,8 @@ def test_time_rows(tmp_path):
     assert row["extrapolated_model_seconds"] == pytest.approx(row["seconds_per_layer"] * 30, abs=0.1)
     # The optimized method's extra stages are timed where they run.
     assert opt["seconds_per_stage"]["learned_transforms"] > 0 and opt["seconds_per_stage"]["gptq"] > 0
+    # Each row names the greedy steps that ran: --steps for duquant, the learned method's own start.
+    assert row["steps"] == 8 and opt["steps"] == PipelineOptions().learn_start_steps != 8
 
 
 @pytest.mark.gpu
