@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import offline_quant.pipeline as pipeline  # noqa: E402
 from duquant_serve.core.config import DuQuantConfig  # noqa: E402
-from duquant_serve.core.quant import fake_quantize_per_token  # noqa: E402
+from duquant_serve.core.reference import fake_quant_linear  # noqa: E402
 from duquant_serve.core.topology import SITES  # noqa: E402
 from offline_quant.calibration import EVAL_TEXTS, calibration_windows  # noqa: E402
 from offline_quant.evaluate import window_nlls  # noqa: E402
@@ -45,7 +45,8 @@ KIND_OF_LINEAR = {lin: SITE_KIND[s.name] for s in SITES for lin in s.linears}
 
 
 class SwitchableLinear(torch.nn.Module):
-    """A fake-quant linear whose activation and weight quantizers can be switched off."""
+    """A fake-quant linear (core.reference.fake_quant_linear, as `duquant eval` runs it) whose
+    activation and weight quantizers can be switched off."""
 
     def __init__(self, q, float_weight: torch.Tensor, kind: str) -> None:
         super().__init__()
@@ -54,13 +55,12 @@ class SwitchableLinear(torch.nn.Module):
         self.quantize_acts = self.quantize_weights = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.q
-        xt = q.transform.apply(x.float())
+        w = self.w_quant if self.quantize_weights else self.w_float
         if self.quantize_acts:
-            xt = fake_quantize_per_token(xt, q.a_bits, q.act_clip_ratio, q.act_groups)
-        y = xt @ (self.w_quant if self.quantize_weights else self.w_float).t()
-        if q.bias is not None:
-            y = y + q.bias.float()
+            return fake_quant_linear(x, self.q, w)
+        y = self.q.transform.apply(x.float()) @ w.t()
+        if self.q.bias is not None:
+            y = y + self.q.bias.float()
         return y.to(x.dtype)
 
 
@@ -86,6 +86,18 @@ def quantize_keeping_float_weights(model, calib, cfg: DuQuantConfig, opts) -> di
     return {name: (q, kept[id(q)]) for name, q in res.linears.items()}
 
 
+def install_switches(model, linears: dict) -> list[SwitchableLinear]:
+    """Replace each quantized linear of `model` by a SwitchableLinear (quantize_keeping_float_
+    weights' result) → the switches, each tagged with its site kind."""
+    switches = []
+    for name, (q, w) in linears.items():
+        parent, _, child = name.rpartition(".")
+        sw = SwitchableLinear(q, w, KIND_OF_LINEAR[name.split(".", 3)[3]])
+        setattr(model.get_submodule(parent), child, sw)
+        switches.append(sw)
+    return switches
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2")
@@ -108,22 +120,17 @@ def main() -> int:
         model, calib, DuQuantConfig(seed=args.seed),
         pipeline.PipelineOptions(method=args.method, progress=False))
     seconds = time.perf_counter() - t
-    switches = []
-    for name, (q, w) in linears.items():
-        parent, _, child = name.rpartition(".")
-        kind = KIND_OF_LINEAR[name.split(".", 3)[3]]
-        sw = SwitchableLinear(q, w, kind)
-        setattr(model.get_submodule(parent), child, sw)
-        switches.append(sw)
+    switches = install_switches(model, linears)
 
     kinds = sorted(set(SITE_KIND.values()))
     rows = [("w4a4", set(), set()), ("w4a16", set(kinds), set()), ("w16a4", set(), set(kinds))]
     rows += [(f"a16_{k}", {k}, set()) for k in kinds] + [(f"w16_{k}", set(), {k}) for k in kinds]
+    fp_nll = window_nlls(base, windows)
     out = {"model": args.model, "method": args.method, "seed": args.seed,
            "windows": len(windows), "seqlen": args.seqlen,
            "calibration": f"wikitext2 validation, {args.nsamples} x {args.calib_seqlen}",
-           "quantize_seconds": round(seconds, 1), "fp16": None, "rows": {}}
-    out["fp16"] = round(math.exp(sum(nll := window_nlls(base, windows)) / len(nll)), 4)
+           "quantize_seconds": round(seconds, 1),
+           "fp16": round(math.exp(sum(fp_nll) / len(fp_nll)), 4), "rows": {}}
     print("fp16", out["fp16"], flush=True)
     for row, acts_off, weights_off in rows:
         for sw in switches:

@@ -33,12 +33,8 @@ def test_both_quantizers_off_is_the_16bit_model(tmp_path, monkeypatch):
     ids = torch.randint(0, model.config.vocab_size, (1, 48))
     linears = error_split.quantize_keeping_float_weights(
         model, calib, DuQuantConfig(), PipelineOptions(method="duquant", progress=False))
-    switches = []
-    for name, (q, w) in linears.items():
-        parent, _, child = name.rpartition(".")
-        sw = error_split.SwitchableLinear(q, w, "x")
-        setattr(model.get_submodule(parent), child, sw)
-        switches.append(sw)
+    switches = error_split.install_switches(model, linears)
+    assert {sw.kind for sw in switches} == {"qkv", "o", "gate_up", "down"}
     with torch.no_grad():
         ref = ref_model(ids).logits
         quant = model(ids).logits
