@@ -1,6 +1,6 @@
 """The DuQuant checkpoint: write atomically, read, and refuse anything that cannot be trusted.
 
-Layout (format_version 3; tensors as in 2) — a Hugging Face model directory:
+Layout (format_version 5; tensors as in 2) — a Hugging Face model directory:
   config.json            the model's config + quantization_config (DuQuantConfig.to_dict())
   model.safetensors      (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
   tokenizer files, generation_config.json, duquant_report.json (offline pipeline report)
@@ -10,14 +10,15 @@ Per quantized linear <m> (Hugging Face module name), N outputs, K inputs, block 
   <m>.weight_scale   float32 [N]      > 0, finite
   <m>.weight_zero    float32 [N]      integers
   <m>.input_rot1     float32 [b, b]   orthogonal
-  <m>.input_perm     int32   [K]      gather indices; row-parallel inputs stay inside tp_shards shards
+  <m>.input_perm     int32   [K]      gather indices; stay inside each activation group
   <m>.input_rot2     float32 [b, b]   orthogonal
   <m>.input_smooth   float32 [K]      optional: online smoothing (divide) where folding is impossible
   <m>.bias           model dtype [N]  where the model has one
 Fused inputs (q/k/v, gate/up) must carry identical transforms. Every other tensor is the 16-bit
 model's own (embeddings, norms with smoothing folded in, lm_head unless tied).
-Row-parallel linears (o_proj, down_proj) quantize activations per token within each of the
-tp_shards input shards (core/reference.py); the tensors are the same as for one shard.
+Activations are quantized per token within each activation group (DuQuantConfig
+.activation_groups: the tp_shards input shards of row-parallel linears, finer with
+act_group_size; core/reference.py); the tensors are the same as for one group.
 """
 
 from __future__ import annotations
@@ -275,10 +276,13 @@ def _linear_from_tensors(
     b = r1.shape[0] if r1.dim() == 2 else -1
     if b < 1 or b & (b - 1):
         raise tensor_error(f"{m}.input_rot1", f"shape {list(r1.shape)} is not a square power-of-two block")
-    shards = qcfg.tp_shards if row_parallel else 1
-    if k % (b * shards):
+    try:
+        groups = qcfg.activation_groups(k, row_parallel)
+    except ConfigError as e:
+        raise tensor_error(f"{m}.input_rot1", str(e)) from e
+    if k % (b * groups):
         raise tensor_error(f"{m}.input_rot1", f"block {b} does not divide the input width {k}"
-                                      + (f" in {shards} shards" if shards > 1 else ""))
+                                      + (f" in {groups} activation groups" if groups > 1 else ""))
     for nm, r in ((f"{m}.input_rot1", r1), (f"{m}.input_rot2", r2)):
         check_tensor(r, nm, (b, b), torch.float32)
         if not torch.isfinite(r).all():
@@ -290,8 +294,9 @@ def _linear_from_tensors(
     check_tensor(perm, f"{m}.input_perm", (k,), torch.int32)
     if not is_permutation(perm, k):
         raise tensor_error(f"{m}.input_perm", f"not a permutation of 0..{k - 1}")
-    if shards > 1 and not permutation_respects_shards(perm, shards):
-        raise tensor_error(f"{m}.input_perm", f"moves channels across the {shards} tensor-parallel shards")
+    if groups > 1 and not permutation_respects_shards(perm, groups):
+        raise tensor_error(f"{m}.input_perm", f"moves channels across its {groups} activation "
+                                              "groups (tensor-parallel shards)")
     smooth = tensors.get(f"{m}.input_smooth")
     if smooth is not None:
         check_tensor(smooth, f"{m}.input_smooth", (k,), torch.float32)
@@ -302,7 +307,7 @@ def _linear_from_tensors(
         qweight=qw, weight_scale=scale, weight_zero=zero,
         transform=InputTransform(r1, perm.long(), r2, smooth), bias=bias,
         w_bits=qcfg.w_bits, a_bits=qcfg.a_bits, act_clip_ratio=qcfg.act_clip_ratio,
-        act_groups=shards)
+        act_groups=groups)
 
 
 def _leader(module: str) -> str | None:

@@ -37,6 +37,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                         "input shards: any tensor-parallel size dividing N serves it identically "
                         "(auto: the largest of 8, 4, 2, 1 the model's heads allow without "
                         "shrinking a rotation block)")
+    g.add_argument("--act-group-size", type=int, default=0,
+                   help="per-token activation ranges over groups of this many channels at every "
+                        "linear (power of two; per input the largest <= this dividing its width; "
+                        "0: one range per input, or per tp shard). Finer groups cost accuracy "
+                        "less and run one GEMM per group (docs/offline-quant.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto",
                    help="where calibration and quantization run, a decoder layer at a time: "
@@ -92,7 +97,7 @@ def _qcfg(args, method: str = "duquant"):
         rotation_steps=args.steps, permutation=args.permutation,
         channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
-        tp_shards=args.tp_shards, seed=args.seed)
+        tp_shards=args.tp_shards, act_group_size=args.act_group_size, seed=args.seed)
 
 
 def cmd_quantize(args) -> int:

@@ -321,16 +321,16 @@ def learn_layer_transforms(layer, sites, stats, alpha: float, cfg: DuQuantConfig
     smooth, transforms = {}, {}
     for s in reversed(sites):
         st = stats[s.name]
-        shards = cfg.tp_shards if s.row_parallel else 1
-        block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
+        groups = cfg.activation_groups(st.absmax.numel(), s.row_parallel)
+        block = choose_block_size(st.absmax.numel(), cfg.block_size, groups)
         w_stats = layer.get_submodule(s.stats_from).weight.detach().abs().amax(dim=0)
         s0 = smoothing_factors(st.absmax, w_stats, alpha)
         tr0 = build_input_transform(st.mean / s0, block, cfg.rotation_steps, gen, cfg.permutation,
-                                    shards, cfg.channel_select)
+                                    groups, cfg.channel_select)
         weight = torch.cat([layer.get_submodule(n).weight.detach().float() for n in s.linears])
         with torch.enable_grad():
             sv, tr, reports[s.name] = refine_smoothing_and_rotations(
-                tr0, st.tokens, weight, s0, cfg.a_bits, cfg.w_bits, cfg.act_clip_ratio, shards,
+                tr0, st.tokens, weight, s0, cfg.a_bits, cfg.w_bits, cfg.act_clip_ratio, groups,
                 opts.learn_steps, opts.learn_lr, learn_matmul_dtype(opts.learn_dtype, st.tokens.device))
         if _is_online(s, sv):
             tr = InputTransform(tr.r1, tr.perm, tr.r2, sv)
@@ -354,14 +354,14 @@ def learn_matmul_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 
 def site_transform(method: Method, st: _SiteStats, sv: torch.Tensor | None, online: bool,
-                   block: int, shards: int, cfg: DuQuantConfig, gen: torch.Generator,
+                   block: int, groups: int, cfg: DuQuantConfig, gen: torch.Generator,
                    dev: torch.device) -> InputTransform:
     """Step 3: the input transform of one site (smoothing `sv` already folded unless online)."""
     width = st.absmax.numel()
     if method.transform == "duquant":
         mean = st.mean if sv is None else st.mean / sv
         return build_input_transform(
-            mean, block, cfg.rotation_steps, gen, cfg.permutation, shards,
+            mean, block, cfg.rotation_steps, gen, cfg.permutation, groups,
             cfg.channel_select, smooth=sv if online else None)
     if method.transform == "hadamard":
         return hadamard_transform(width, block).to(dev)
@@ -384,7 +384,7 @@ def transformed_hessian(st: _SiteStats, sv: torch.Tensor | None, online: bool,
 
 
 def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arriving: torch.Tensor,
-                  hessian: torch.Tensor | None, shards: int, cfg: DuQuantConfig,
+                  hessian: torch.Tensor | None, groups: int, cfg: DuQuantConfig,
                   opts: PipelineOptions, timings: dict[str, float]) -> dict[str, QuantizedLinear]:
     """Step 4: every linear of `site` quantized in the transformed basis → {name: linear}."""
     out = {}
@@ -404,14 +404,14 @@ def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arrivin
                 weight_zero=zero, transform=tr,
                 bias=None if lin.bias is None else lin.bias.detach().clone(),
                 w_bits=cfg.w_bits, a_bits=cfg.a_bits, act_clip_ratio=cfg.act_clip_ratio,
-                act_groups=shards)
+                act_groups=groups)
             timings["gptq"] += time.perf_counter() - t
         else:
             lo_f = hi_f = None
             if method.weights == "lwc":
                 with torch.no_grad():
                     x_t = tr.apply(arriving)
-                    x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, shards)
+                    x_q = fake_quantize_per_token(x_t, cfg.a_bits, cfg.act_clip_ratio, groups)
                     # The 16-bit linear on the quantized model's inputs. (Targets from the
                     # 16-bit model's own activations, OmniQuant-style, measured worse here:
                     # benchmarks/results/accuracy/README.md.)
@@ -424,7 +424,7 @@ def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arrivin
             t = time.perf_counter()
             q = quantize_linear(
                 w_t, tr, lin.bias, cfg.w_bits, cfg.a_bits, cfg.weight_clip_ratio,
-                cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=shards)
+                cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=groups)
             timings["weight_quantization"] += time.perf_counter() - t
         out[name] = q
     return out
@@ -464,11 +464,11 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
     for s in sites:
         st, sv = stats[s.name], smooth[s.name]
         online = _is_online(s, sv)
-        shards = cfg.tp_shards if s.row_parallel else 1
-        block = choose_block_size(st.absmax.numel(), cfg.block_size, shards)
+        groups = cfg.activation_groups(st.absmax.numel(), s.row_parallel)
+        block = choose_block_size(st.absmax.numel(), cfg.block_size, groups)
         arriving = st.tokens if (sv is None or online) else st.tokens / sv
         t = time.perf_counter()
-        tr = learned.get(s.name) or site_transform(method, st, sv, online, block, shards, cfg,
+        tr = learned.get(s.name) or site_transform(method, st, sv, online, block, groups, cfg,
                                                    gen, dev)
         timings["rotation_permutation"] += time.perf_counter() - t
         with torch.no_grad():
@@ -482,7 +482,7 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
                 site_reports[s.name]["learned"] = learn_reports[s.name]
             hessian = (transformed_hessian(st, sv, online, tr)
                        if method.weights == "gptq" else None)
-        for name, q in quantize_site(method, s, layer, tr, arriving, hessian, shards, cfg,
+        for name, q in quantize_site(method, s, layer, tr, arriving, hessian, groups, cfg,
                                      opts, timings).items():
             linears[name] = q
             _install(layer, name, q)

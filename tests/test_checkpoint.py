@@ -41,7 +41,8 @@ def test_round_trip(tiny_checkpoint):
     assert c.linears[f"{L0}.self_attn.o_proj"].act_groups == 2
     assert c.linears[f"{L0}.mlp.down_proj"].act_groups == 2
     assert q.act_groups == 1 and c.linears[f"{L0}.mlp.up_proj"].act_groups == 1
-    assert c.quant_config.format_version == 4 and c.quant_config.method == "duquant-opt"
+    assert c.quant_config.format_version == 5 and c.quant_config.method == "duquant-opt"
+    assert c.quant_config.act_group_size == 0
     assert "lm_head.weight" in c.tensors and "model.embed_tokens.weight" in c.tensors
     for f in ("tokenizer.json", "generation_config.json", "duquant_report.json"):
         assert (ck / f).is_file()
@@ -132,6 +133,10 @@ def test_malformed_tensor_is_refused_naming_it(tiny_checkpoint, tmp_path, case, 
     (lambda c: c.pop("quantization_config"), "not a DuQuant checkpoint"),
     (lambda c: c["quantization_config"].__setitem__("w_bits", 3), "W3A4"),
     (lambda c: c["quantization_config"].__setitem__("surprise", 1), "unknown keys"),
+    (lambda c: c["quantization_config"].__setitem__("act_group_size", 48), "act_group_size"),
+    # Groups of 16 do not match the stored transforms (128-blocks, permutations over 128).
+    (lambda c: c["quantization_config"].__setitem__("act_group_size", 16),
+     "input_rot1: block 128 does not divide the input width 256 in 16 activation groups"),
 ])
 def test_malformed_config_is_refused(tiny_checkpoint, tmp_path, edit, msg):
     bad = _copy_with(tiny_checkpoint[1], tmp_path / "cfg", cfg_edit=edit)
@@ -185,7 +190,7 @@ def test_format3_copies_per_linear_still_load(tiny_checkpoint, tmp_path):
 
     _, ck = tiny_checkpoint
     cfg = json.loads((ck / "config.json").read_text())
-    assert cfg["quantization_config"]["format_version"] == 4
+    assert cfg["quantization_config"]["format_version"] == 5
     stored = read_tensors(ck)
     assert f"{L0}.self_attn.q_proj.input_rot1" in stored
     assert f"{L0}.self_attn.k_proj.input_rot1" not in stored

@@ -16,8 +16,12 @@ QUANT_METHOD = "duquant"
 # checkpoint means the same as version 2 when tp_shards == 1, and is refused otherwise.
 # 3: adds `method` (how transforms and weights were made); tensors and run-time math as in 2.
 # 4: a fused group's input transform (q/k/v, gate/up) is stored once, on its first linear.
-FORMAT_VERSION = 4
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)
+# 5: adds `act_group_size` (per-token activation ranges over channel groups at every linear);
+# absent means 0, the version-4 behaviour.
+FORMAT_VERSION = 5
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4, 5)
+# The narrowest activation group and rotation block (core/transform.choose_block_size).
+MIN_GROUP = 8
 # (weight bits, activation bits) pairs the pipeline and the reference kernels implement.
 SUPPORTED_BITS = ((4, 4), (4, 8), (6, 6), (8, 8))
 PERMUTATIONS = ("zigzag", "none")
@@ -57,6 +61,11 @@ class DuQuantConfig:
             shards: permutations stay inside a shard and each shard has its own per-token
             activation range, so any tensor-parallel size dividing it serves the checkpoint
             with the same numbers as one GPU.
+        act_group_size: 0 — one per-token activation range per input (per tp_shards shard of a
+            row-parallel input). A power of two >= 8 — every linear input (each shard) is cut
+            into groups of the largest power of two <= this dividing its width, each with its
+            own per-token range; permutations stay inside a group and rotation blocks are no
+            wider than a group (`activation_groups`). Absent before format 5, where it is 0.
         modules_not_quantized: module-name suffixes kept in 16 bits.
         seed: RNG seed of the random orthogonal factors (reproducible transforms).
     """
@@ -73,6 +82,7 @@ class DuQuantConfig:
     lwc: bool = False
     method: str = "duquant"
     tp_shards: int = 1
+    act_group_size: int = 0
     modules_not_quantized: tuple[str, ...] = ("lm_head",)
     seed: int = 0
     format_version: int = FORMAT_VERSION
@@ -108,6 +118,10 @@ class DuQuantConfig:
                               "(lwc is true exactly for duquant-lwc)")
         if self.tp_shards < 1:
             raise ConfigError(f"tp_shards must be >= 1, got {self.tp_shards}")
+        g = self.act_group_size
+        if type(g) is not int or (g != 0 and (g < MIN_GROUP or g & (g - 1))):
+            raise ConfigError(f"act_group_size must be 0 (whole input) or a power of two >= "
+                              f"{MIN_GROUP}, got {g!r}")
         if self.format_version not in SUPPORTED_FORMAT_VERSIONS:
             raise ConfigError(
                 f"unknown DuQuant format_version {self.format_version}; this build reads "
@@ -119,7 +133,28 @@ class DuQuantConfig:
                 "row-parallel activations over whole rows, which tensor parallelism cannot "
                 "reproduce; re-quantize with this build (format_version 2)"
             )
+        if self.format_version < 5 and g:
+            raise ConfigError(f"act_group_size={g} needs format_version 5, not "
+                              f"{self.format_version}")
         object.__setattr__(self, "modules_not_quantized", tuple(self.modules_not_quantized))
+
+    def activation_groups(self, width: int, row_parallel: bool) -> int:
+        """How many per-token activation ranges a linear input of `width` channels has: the
+        one rule the pipeline, the checkpoint reader and every runtime follow. Groups are
+        contiguous, equal and never straddle a tensor-parallel shard."""
+        shards = self.tp_shards if row_parallel else 1
+        if width < 1 or width % shards:
+            raise ConfigError(f"input width {width} cannot be split into {shards} equal shards")
+        if not self.act_group_size:
+            return shards
+        shard, g = width // shards, self.act_group_size
+        while g >= MIN_GROUP and shard % g:
+            g //= 2
+        if g < MIN_GROUP:
+            raise ConfigError(f"no activation group between {MIN_GROUP} and "
+                              f"{self.act_group_size} channels divides the input width {shard}"
+                              + (f" (one of {shards} shards)" if shards > 1 else ""))
+        return width // g
 
     @property
     def packed(self) -> bool:

@@ -7,11 +7,13 @@
 which equals dequant(qx) · dequant(qw)ᵀ; the expanded form is what integer kernels compute
 (docs/epilogue.md derives it). Runs on any device; exact, not fast.
 
-Row-parallel linears of a checkpoint with tp_shards = G > 1 quantize activations per token
-*per group* of K/G contiguous channels: the layer is G independent group linears (input slice,
-qweight columns, shard-local transform; bias in group 0) whose outputs are summed in the output
-dtype, in group order. A tensor-parallel rank holding some of the groups computes exactly its
-part of that sum, so any TP size dividing G gives the same numbers as TP = 1.
+A linear with G = act_groups > 1 (row-parallel linears of a tp_shards > 1 checkpoint; every
+linear of an act_group_size checkpoint: DuQuantConfig.activation_groups) quantizes activations
+per token *per group* of K/G contiguous channels: the layer is G independent group linears
+(input slice, qweight columns, group-local transform; bias in group 0) whose outputs are summed
+in the output dtype, in tree_sum order. A tensor-parallel rank holding some of the groups
+computes exactly its part of that sum, so any TP size dividing tp_shards gives the same numbers
+as TP = 1.
 """
 
 from __future__ import annotations

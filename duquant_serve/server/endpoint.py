@@ -31,7 +31,7 @@ from ..vllm_plugin.runtime_info import RUNTIME_DIR_ENV, read_kernel_report, remo
 
 ROUTE = "/v1/duquant"
 INFO_LABELS = ("model_name", "w_bits", "a_bits", "block_size", "tp_shards", "format_version",
-               "lwc", "permutation")
+               "lwc", "permutation", "method", "act_group_size")
 _gauges: dict[str, Any] = {}
 
 

@@ -14,9 +14,10 @@ The input transform has no output dim: a fused layer (qkv_proj, gate_up_proj) re
 per shard, and our loader checks every copy against the first instead of letting the last win.
 Row-parallel layers (o_proj, down_proj) take this rank's slice of input_perm — the checkpoint
 keeps each of its tp_shards shards' permutation inside the shard, so subtracting the rank's
-offset gives local indices — and of input_smooth. Each of those shards is also an activation
-quantization group (core/reference.py), so a rank runs its tp_shards / tp groups as separate
-kernel linears whose outputs vLLM's all-reduce sums: the same numbers at every TP size.
+offset gives local indices — and of input_smooth. Each of those shards is also one or more
+activation quantization groups (DuQuantConfig.activation_groups, core/reference.py), so a rank
+runs its share of the groups as separate kernel linears, and vLLM's all-reduce sums the ranks:
+the same numbers at every TP size.
 
 process_weights_after_loading checks every tensor arrived, picks the kernel with
 `kernels.select.choose_kernel` and prepares it once (one kernel linear per activation group);
@@ -75,7 +76,7 @@ class _LayerState:
     in_features: int  # full K (checkpoint)
     in_per_rank: int  # K_p
     tp_rank: int
-    act_groups: int  # activation groups on this rank: tp_shards / tp (row-parallel), else 1
+    act_groups: int  # activation groups on this rank (DuQuantConfig.activation_groups / tp)
     block: int
     full_out: dict[Any, int]  # shard id → checkpoint N of that module
     loaded: set[tuple[str, Any]] = field(default_factory=set)
@@ -164,14 +165,15 @@ class DuQuantLinearMethod(LinearMethodBase):
             full_out = dict(enumerate(layer.output_sizes))
         else:
             shard_modules, full_out = {None: prefix}, {None: n}
-        shards = self.qcfg.tp_shards if row_parallel else 1
         try:
-            block = choose_block_size(k, self.qcfg.block_size, shards)
+            total = self.qcfg.activation_groups(k, row_parallel)
+            block = choose_block_size(k, self.qcfg.block_size, total)
         except ValueError as e:
             raise CheckpointError(f"duquant: {prefix}: {e}") from e
-        # k / k_p is the TP size for row-parallel layers; get_quant_method already refused a TP
-        # size that does not divide tp_shards, so this is a whole number >= 1.
-        groups = shards * k_p // k if row_parallel else 1
+        # k / k_p is the TP size for row-parallel layers (k_p = k otherwise); get_quant_method
+        # already refused a TP size that does not divide tp_shards, and groups never straddle a
+        # shard, so this is a whole number >= 1.
+        groups = total * k_p // k
         return _LayerState(prefix=prefix, shard_modules=shard_modules, row_parallel=row_parallel,
                            in_features=k, in_per_rank=k_p, tp_rank=getattr(layer, "tp_rank", 0),
                            act_groups=groups, block=block, full_out=full_out)

@@ -176,21 +176,21 @@ def test_apply_compiles_without_graph_breaks(kernel):
         _assert_epilogue_close(f(x), want)
 
 
-@pytest.mark.parametrize("groups", [2, 3])
-def test_grouped_apply_equals_grouped_reference(groups):
-    """Row-parallel layers of tp_shards > 1 checkpoints: one kernel linear per activation group,
-    summed as core.reference sums them (bit for bit, and through torch.compile)."""
+@pytest.mark.parametrize("groups, kg, block", [(2, 192, 64), (3, 192, 64), (9, 64, 64), (6, 32, 16)])
+def test_grouped_apply_equals_grouped_reference(groups, kg, block):
+    """Activation groups (tp_shards shards, act_group_size groups): one kernel linear per
+    group, summed as core.reference sums them (bit for bit, and through torch.compile)."""
     import dataclasses
 
     g = torch.Generator().manual_seed(groups)
-    kg, n = 192, 40  # SmolLM2-like 3 blocks per group: strided slices would round differently
+    n = 40  # kg 192: SmolLM2-like 3 blocks per group, where strided slices rounded differently
     k = kg * groups
-    lin = make_layer(n, k, 64, smooth=True, bias=True, g=g)
+    lin = make_layer(n, k, block, smooth=True, bias=True, g=g)
     local = torch.cat([torch.randperm(kg, generator=g) + kg * i for i in range(groups)])
     lin = dataclasses.replace(lin, act_groups=groups,
                               transform=dataclasses.replace(lin.transform, perm=local))
-    spec = LayerSpec(k // groups, n, 64, has_smooth=True, has_bias=True, act_dtype=torch.float32,
-                     device_type="cpu")
+    spec = LayerSpec(k // groups, n, block, has_smooth=True, has_bias=True,
+                     act_dtype=torch.float32, device_type="cpu")
     ps = TorchRefKernel.prepare_groups(spec, lin)
     assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
     ps8 = CpuInt8Kernel.prepare_groups(spec, lin)
@@ -209,7 +209,7 @@ def test_grouped_apply_equals_grouped_reference(groups):
                       backend="aot_eager")
     assert torch.equal(f(x), want)
     with pytest.raises(ValueError, match="groups"):
-        TorchRefKernel.prepare_groups(dataclasses.replace(spec, in_features=64), lin)
+        TorchRefKernel.prepare_groups(dataclasses.replace(spec, in_features=2 * kg), lin)
 
 
 def test_import_duquant_serve_stays_light():

@@ -42,6 +42,45 @@ def test_quantize_and_eval_each_architecture(tmp_path, arch, wikitext_valid):
     assert fq["device"] == real["device"] == "cpu"
 
 
+def test_activation_groups_end_to_end(tmp_path, wikitext_valid):
+    """--act-group-size: every linear input gets per-token ranges per group (row-parallel ones
+    inside each tp shard), transforms stay inside a group, the checkpoint records it, and its
+    integer path equals the pipeline's fake quantization."""
+    from duquant_serve.core.transform import permutation_respects_shards
+
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "dq"
+    assert main(["-q", "quantize", str(src), "--out", str(out), *QUICK_QUANT, "--dtype", "float32",
+                 "--tp-shards", "2", "--act-group-size", "32"]) == 0
+    ck = load_checkpoint(out)
+    assert ck.quant_config.act_group_size == 32 and ck.quant_config.format_version == 5
+    want = {"q_proj": 4, "o_proj": 4, "gate_proj": 4, "down_proj": 6}  # 128/32; 2 × 96/32
+    for name, lin in ck.linears.items():
+        g = want.get(name.rsplit(".", 1)[1])
+        if g is None:
+            continue
+        assert lin.act_groups == g, name
+        assert lin.transform.block_size <= 32 and permutation_respects_shards(lin.transform.perm, g)
+    kw = dict(dataset=wikitext_valid, seqlen=64, limit=3, progress=False)
+    fq = evaluate(str(src), methods=[ck.quant_config.method], calib_source="random",
+                  calib_nsamples=4, calib_seqlen=64, qcfg=ck.quant_config, **kw)
+    real = evaluate(str(out), methods=[], **kw)
+    ppl_fake, ppl_real = fq["results"][0]["ppl"], real["results"][0]["ppl"]
+    assert abs(ppl_real - ppl_fake) / ppl_fake < 0.005
+
+
+@pytest.mark.parametrize("size, fragment", [
+    ("48", "act_group_size must be 0 (whole input) or a power of two >= 8, got 48"),
+    ("4", "act_group_size must be 0"),
+])
+def test_bad_act_group_size_exits_2_before_writing(tmp_path, capsys, size, fragment):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "dq"
+    rc = main(["-q", "quantize", str(src), "--out", str(out), *QUICK_QUANT,
+               "--act-group-size", size])
+    _assert_clean_error(capsys, rc, out, fragment)
+
+
 def test_eval_methods_and_json(tmp_path, wikitext_valid):
     src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
     out = tmp_path / "r.json"

@@ -115,7 +115,7 @@ def test_duquant_endpoint_reports_config_and_kernels(http, server, front_door_ch
     assert Path(info["checkpoint"]).resolve() == Path(ck).resolve()
     qc = _config(ck)["quantization_config"]
     for k in ("quant_method", "w_bits", "a_bits", "block_size", "tp_shards", "format_version",
-              "permutation", "lwc"):
+              "permutation", "lwc", "act_group_size"):
         assert info["quantization_config"][k] == qc[k], k
 
     kernels = info["kernels"]
@@ -153,7 +153,8 @@ def test_duquant_metrics_next_to_vllms(http, front_door_checkpoint):
     (sample,) = fams["duquant_quantization_info"].samples
     assert sample.value == 1
     assert sample.labels["model_name"] == MODEL
-    for k in ("w_bits", "a_bits", "block_size", "tp_shards", "format_version"):
+    for k in ("w_bits", "a_bits", "block_size", "tp_shards", "format_version", "method",
+              "act_group_size"):
         assert sample.labels[k] == str(qc[k]), k
     layers = {s.labels["kernel"]: s.value for s in fams["duquant_linear_layers"].samples}
     assert layers == {k: float(n) for k, n in info["kernels"]["counts"].items()}

@@ -52,13 +52,13 @@ def tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
     return (proc.stdout + proc.stderr)[-n:]
 
 
-def quantize_tiny(d: Path, arch: str) -> Path:
+def quantize_tiny(d: Path, arch: str, *extra: str) -> Path:
     from duquant_serve.cli import main
     from duquant_serve.testing.tiny import make_tiny_model
 
     src = make_tiny_model(d / arch, arch)
     out = d / f"{arch}-dq"
-    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUANT_ARGS]) == 0
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUANT_ARGS, *extra]) == 0
     return out
 
 

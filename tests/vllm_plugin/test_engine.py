@@ -46,9 +46,14 @@ def test_compiled_greedy_tokens_equal_offline_reference(dq_checkpoint, reference
     assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
 
 
-def test_qwen2_with_qkv_bias_equals_offline_reference(tmp_path_factory):
-    """Qwen2 has a q/k/v bias: the plugin adds it in the kernel epilogue, as core.reference."""
-    ck = quantize_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2")
+def test_qwen2_with_qkv_bias_and_activation_groups_equals_offline_reference(tmp_path_factory):
+    """Qwen2 has a q/k/v bias: the plugin adds it in the kernel epilogue, as core.reference.
+    This checkpoint also has 32-channel activation groups at every linear (act_group_size):
+    the bias goes into group 0's epilogue only, the groups' outputs summed as the reference."""
+    ck = quantize_tiny(tmp_path_factory.mktemp("qwen2"), "qwen2", "--act-group-size", "32")
+    from duquant_serve.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ck).linears["model.layers.0.self_attn.q_proj"].act_groups > 1
     proc, res = run_engine(ck, ck.parent / "out.json")
     assert res is not None, tail(proc)
     assert_equals_reference(ck, res["tokens"], greedy_reference(ck))
