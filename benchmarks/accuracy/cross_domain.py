@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--limit", type=int, default=8, help="first N windows of each text")
     ap.add_argument("--calib", default="wikitext2")
+    ap.add_argument("--act-group-size", type=int, default=0,
+                    help="DuQuantConfig.act_group_size of the quantized rows")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -76,9 +78,11 @@ def main() -> int:
         t = time.perf_counter()
         model = copy.deepcopy(base)
         if method not in FP_METHODS:
-            quantize_model(model, calib, DuQuantConfig(), PipelineOptions(method=method,
-                                                                          progress=False))
+            quantize_model(model, calib, DuQuantConfig(act_group_size=args.act_group_size),
+                           PipelineOptions(method=method, progress=False))
         row = {"method": method}
+        if args.act_group_size and method not in FP_METHODS:
+            row["act_group_size"] = args.act_group_size
         for name, v in texts.items():
             nlls = window_nlls(model, v["windows"])
             row[name] = math.exp(sum(nlls) / len(nlls))

@@ -1,19 +1,24 @@
 """CPU W4A4 linears against the 16-bit linear they replace, measured in the same run.
 
     python benchmarks/kernels/bench_cpu_linear.py [--model smollm2-135m] [--ms 1,16,512,1024]
-        [--dtype float32] [--out DIR]
+        [--dtype float32] [--act-group-size 0] [--out DIR]
 
 Per linear shape of --model and per M: `F.linear` in --dtype (the 16-bit baseline; CPU serving
 keeps float32 checkpoints in float32), and the W4A4 kernels that run on CPU (`cpu_int8`, what
 `choose_kernel` picks there, and `torch_ref`), eager; then `F.linear` and `cpu_int8` again
 under torch.compile with inductor and dynamic token counts, which is how vLLM runs a model on
 CPU (`*_compiled_ms`, `speedup_compiled`). Median of repeated calls after a warm-up, single
-process, the torch threads the machine gives. Writes DIR/cpu_linear.jsonl.
+process, the torch threads the machine gives. --act-group-size N: the W4A4 linears have the
+activation groups a checkpoint quantized with that option has (DuQuantConfig
+.activation_groups, column-parallel rule), one kernel linear per group (`apply_groups`).
+Writes DIR/cpu_linear.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import platform
@@ -26,8 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.gpu_session import prepare  # noqa: E402
 from benchmarks.models import block_for, site_shapes  # noqa: E402
+from duquant_serve.core.config import DuQuantConfig  # noqa: E402
+from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.random_cases import random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
 
@@ -46,11 +52,21 @@ def median_ms(fn, min_s: float = 0.3, min_reps: int = 5) -> float:
     return statistics.median(times)
 
 
+def prepare_groups(kernel, lin, dtype: torch.dtype) -> list:
+    """One prepared kernel linear per activation group of `lin` (one when it has none)."""
+    g = lin.groups()[0]
+    spec = LayerSpec(g.in_features, g.out_features, g.transform.block_size,
+                     has_smooth=g.transform.smooth is not None, has_bias=lin.bias is not None,
+                     act_dtype=dtype, device_type="cpu")
+    return kernel.prepare_groups(spec, lin, device="cpu")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", choices=sorted(MODELS), default="smollm2-135m")
     ap.add_argument("--ms", default="1,16,512,1024")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--act-group-size", type=int, default=0)
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -59,25 +75,36 @@ def main() -> int:
     device = f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     g = torch.Generator().manual_seed(0)
     rows = []
+    qcfg = DuQuantConfig(act_group_size=args.act_group_size)
     for op, (n, k) in MODELS[args.model].items():
+        groups = qcfg.activation_groups(k, row_parallel=False)
         lin = random_linear(n, k, block_for(k), smooth=True, bias=False, g=g)
+        if groups > 1:  # a group-local permutation, as the pipeline builds it
+            kg = k // groups
+            perm = torch.cat([torch.randperm(kg, generator=g) + i * kg for i in range(groups)])
+            lin = dataclasses.replace(lin, act_groups=groups, transform=dataclasses.replace(
+                lin.transform, perm=perm))
         w16 = (torch.randn(n, k, generator=g) / k**0.5).to(dtype)
-        prepared = {name: prepare(KERNELS[name], lin, "cpu", dtype, None)[1]
-                    for name in W4A4_KERNELS}
-        compiled = {  # one compile per function, dynamic in M, as vLLM compiles on CPU
+        prepared = {name: prepare_groups(KERNELS[name], lin, dtype) for name in W4A4_KERNELS}
+        # One compile per function, dynamic in M as vLLM compiles on CPU: the token dim marked
+        # dynamic (mark_dynamic, below), as vLLM does. (dynamic=True also makes every size
+        # symbolic, and dynamo then fails on the per-group slices: torch 2.13.)
+        compiled = {
             "bf16": torch.compile(lambda x, w=w16: torch.nn.functional.linear(x, w),
-                                  dynamic=True, backend="inductor"),
+                                  backend="inductor"),
             "cpu_int8": torch.compile(
-                lambda x, p=prepared["cpu_int8"]: KERNELS["cpu_int8"].apply(p, x),
-                dynamic=True, backend="inductor"),
+                functools.partial(KERNELS["cpu_int8"].apply_groups, prepared["cpu_int8"]),
+                backend="inductor"),
         }
         for m in (int(v) for v in args.ms.split(",")):
             x = torch.randn(m, k, generator=g).to(dtype)
+            torch._dynamo.mark_dynamic(x, 0)
             row = dict(device=device, model=args.model, op=op, shape=[m, n, k],
-                       dtype=args.dtype,
+                       dtype=args.dtype, act_groups=groups,
                        bf16_ms=median_ms(lambda x=x, w=w16: torch.nn.functional.linear(x, w)))
             for name, p in prepared.items():
-                row[f"{name}_ms"] = median_ms(lambda p=p, name=name, x=x: KERNELS[name].apply(p, x))
+                row[f"{name}_ms"] = median_ms(
+                    lambda p=p, name=name, x=x: KERNELS[name].apply_groups(p, x))
             row["w4a4_path"] = "cpu_int8"
             row["w4a4_ms"] = row["cpu_int8_ms"]
             row["speedup"] = row["bf16_ms"] / row["w4a4_ms"]
