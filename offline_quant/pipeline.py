@@ -474,6 +474,7 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
         with torch.no_grad():
             site_reports[s.name] = {
                 "block_size": block,
+                "act_groups": groups,
                 "smoothing": None if sv is None else ("online" if online else "folded"),
                 "before": _outlier_stats(st.tokens),
                 "after": _outlier_stats(tr.apply(arriving)),

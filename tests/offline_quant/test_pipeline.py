@@ -61,6 +61,8 @@ def test_activation_groups_end_to_end(tmp_path, wikitext_valid):
             continue
         assert lin.act_groups == g, name
         assert lin.transform.block_size <= 32 and permutation_respects_shards(lin.transform.perm, g)
+    sites = json.loads((out / "duquant_report.json").read_text())["layers"][0]["sites"]
+    assert sites["mlp_out"]["act_groups"] == 6 and sites["attn_in"]["act_groups"] == 4
     kw = dict(dataset=wikitext_valid, seqlen=64, limit=3, progress=False)
     fq = evaluate(str(src), methods=[ck.quant_config.method], calib_source="random",
                   calib_nsamples=4, calib_seqlen=64, qcfg=ck.quant_config, **kw)
