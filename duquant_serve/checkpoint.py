@@ -319,7 +319,7 @@ def _leader(module: str) -> str | None:
 
 
 def _share_fused_transforms(tensors: dict[str, torch.Tensor]) -> None:
-    """Format 4: give each fused follower its leader's transform tensors (they must not carry
+    """Formats >= 4: give each fused follower its leader's transform tensors (they must not carry
     their own), so every linear is then read and checked alike."""
     for name in [k for k in tensors if k.endswith(".qweight")]:
         m = name.removesuffix(".qweight")
@@ -328,7 +328,7 @@ def _share_fused_transforms(tensors: dict[str, torch.Tensor]) -> None:
             continue
         for suf in TRANSFORM_SUFFIXES:
             if f"{m}.{suf}" in tensors:
-                raise tensor_error(f"{m}.{suf}", f"unexpected: format 4 stores a fused group's "
+                raise tensor_error(f"{m}.{suf}", f"unexpected: formats >= 4 store a fused group's "
                                                  f"input transform once, on {leader}")
             if f"{leader}.{suf}" in tensors:
                 tensors[f"{m}.{suf}"] = tensors[f"{leader}.{suf}"]

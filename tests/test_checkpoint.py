@@ -89,10 +89,10 @@ CASES = [
     ("not_orthogonal", _set(f"{L0}.self_attn.o_proj.input_rot2", _nonorth), "o_proj.input_rot2", "orthogonal"),
     ("not_permutation", _set(f"{L0}.mlp.down_proj.input_perm", _dup_perm), "down_proj.input_perm", "permutation"),
     ("crosses_shards", _set(f"{L0}.mlp.down_proj.input_perm", _cross_shard), "down_proj.input_perm", "shards"),
-    # Format 4 stores a fused group's transform once; a follower's own copy is refused.
+    # Formats >= 4 store a fused group's transform once; a follower's own copy is refused.
     ("fused_copy_in_format4", lambda t: t.__setitem__(f"{L0}.self_attn.k_proj.input_rot1",
                                                        t[f"{L0}.self_attn.q_proj.input_rot1"].clone()),
-     "k_proj.input_rot1", "stores a fused group's input transform once"),
+     "k_proj.input_rot1", "store a fused group's input transform once"),
     # Format 3 (a copy per linear, below: FORMAT3_CASES): copies must agree.
     ("fused_mismatch", _set(f"{L0}.self_attn.k_proj.input_rot1", lambda r: r.flip(0).contiguous()),
      "k_proj.input_rot1", "fused input transform differs"),
