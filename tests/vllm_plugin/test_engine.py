@@ -72,6 +72,17 @@ def test_tensor_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens
     assert_equals_reference(dq_checkpoint, res["tokens"], reference_tokens)
 
 
+def test_tensor_parallel_2_with_activation_groups_equals_offline_reference(tmp_path_factory):
+    """A tp_shards=2 checkpoint with 32-channel activation groups at TP=2: each rank takes its
+    half of o_proj's and down_proj's groups (rank-local permutations inside each group) and the
+    whole of the column-parallel ones; greedy tokens equal the offline reference."""
+    ck = quantize_tiny(tmp_path_factory.mktemp("groups_tp2"), "llama", "--act-group-size", "32")
+    env = engine_env(VLLM_CPU_OMP_THREADS_BIND="0|1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
+    proc, res = run_engine(ck, ck.parent / "out.json", "--tp", "2", env=env)
+    assert res is not None, tail(proc)
+    assert_equals_reference(ck, res["tokens"], greedy_reference(ck))
+
+
 def test_pipeline_parallel_2_equals_tp1(dq_checkpoint, eager_run, reference_tokens, tmp_path):
     """PP=2 (one decoder layer per stage, one core each) gives TP=1's greedy tokens: a stage
     holds whole layers, so nothing about the transforms is split. Compiled, because vLLM 0.32's
