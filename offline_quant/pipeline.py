@@ -40,9 +40,9 @@ from duquant_serve.core.topology import Site
 from duquant_serve.core.transform import (
     InputTransform,
     build_input_transform,
-    choose_block_size,
     hadamard_transform,
     identity_transform,
+    input_layout,
     smoothing_factors,
 )
 
@@ -321,8 +321,7 @@ def learn_layer_transforms(layer, sites, stats, alpha: float, cfg: DuQuantConfig
     smooth, transforms = {}, {}
     for s in reversed(sites):
         st = stats[s.name]
-        groups = cfg.activation_groups(st.absmax.numel(), s.row_parallel)
-        block = choose_block_size(st.absmax.numel(), cfg.block_size, groups)
+        groups, block = input_layout(cfg, st.absmax.numel(), s.row_parallel)
         w_stats = layer.get_submodule(s.stats_from).weight.detach().abs().amax(dim=0)
         s0 = smoothing_factors(st.absmax, w_stats, alpha)
         tr0 = build_input_transform(st.mean / s0, block, cfg.rotation_steps, gen, cfg.permutation,
@@ -464,8 +463,7 @@ def quantize_layer(layer, sites, inps: torch.Tensor, kwargs: dict, method: Metho
     for s in sites:
         st, sv = stats[s.name], smooth[s.name]
         online = _is_online(s, sv)
-        groups = cfg.activation_groups(st.absmax.numel(), s.row_parallel)
-        block = choose_block_size(st.absmax.numel(), cfg.block_size, groups)
+        groups, block = input_layout(cfg, st.absmax.numel(), s.row_parallel)
         arriving = st.tokens if (sv is None or online) else st.tokens / sv
         t = time.perf_counter()
         tr = learned.get(s.name) or site_transform(method, st, sv, online, block, groups, cfg,

@@ -77,12 +77,12 @@ def main() -> int:
     for method in methods:
         t = time.perf_counter()
         model = copy.deepcopy(base)
+        row = {"method": method}
         if method not in FP_METHODS:
             quantize_model(model, calib, DuQuantConfig(act_group_size=args.act_group_size),
                            PipelineOptions(method=method, progress=False))
-        row = {"method": method}
-        if args.act_group_size and method not in FP_METHODS:
-            row["act_group_size"] = args.act_group_size
+            if args.act_group_size:
+                row["act_group_size"] = args.act_group_size
         for name, v in texts.items():
             nlls = window_nlls(model, v["windows"])
             row[name] = math.exp(sum(nlls) / len(nlls))

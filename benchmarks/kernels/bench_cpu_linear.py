@@ -17,7 +17,6 @@ Writes DIR/cpu_linear.jsonl.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -31,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.models import block_for, site_shapes  # noqa: E402
+from benchmarks.models import site_shapes  # noqa: E402
 from duquant_serve.core.config import DuQuantConfig  # noqa: E402
+from duquant_serve.core.transform import input_layout  # noqa: E402
 from duquant_serve.kernels.base import LayerSpec  # noqa: E402
 from duquant_serve.kernels.random_cases import random_linear  # noqa: E402
 from duquant_serve.kernels.select import KERNELS  # noqa: E402
@@ -77,13 +77,8 @@ def main() -> int:
     rows = []
     qcfg = DuQuantConfig(act_group_size=args.act_group_size)
     for op, (n, k) in MODELS[args.model].items():
-        groups = qcfg.activation_groups(k, row_parallel=False)
-        lin = random_linear(n, k, block_for(k), smooth=True, bias=False, g=g)
-        if groups > 1:  # a group-local permutation, as the pipeline builds it
-            kg = k // groups
-            perm = torch.cat([torch.randperm(kg, generator=g) + i * kg for i in range(groups)])
-            lin = dataclasses.replace(lin, act_groups=groups, transform=dataclasses.replace(
-                lin.transform, perm=perm))
+        groups, block = input_layout(qcfg, k, row_parallel=False)
+        lin = random_linear(n, k, block, smooth=True, bias=False, g=g, groups=groups)
         w16 = (torch.randn(n, k, generator=g) / k**0.5).to(dtype)
         prepared = {name: prepare_groups(KERNELS[name], lin, dtype) for name in W4A4_KERNELS}
         # One compile per function, dynamic in M as vLLM compiles on CPU: the token dim marked

@@ -33,6 +33,18 @@ METHODS = ("rtn", "smoothquant", "hadamard", "hadamard-gptq", "duquant", "duquan
 CHANNEL_SELECT = ("column", "row")
 
 
+def largest_power_of_two_divisor(n: int, at_most: int, at_least: int = MIN_GROUP) -> int:
+    """The largest power of two in [at_least, at_most] dividing n, 0 if none (`at_most` a power
+    of two). Activation groups (here) and rotation blocks (transform.choose_block_size) are
+    both sized this way."""
+    p = at_most
+    while p >= at_least:
+        if n % p == 0:
+            return p
+        p //= 2
+    return 0
+
+
 class ConfigError(ValueError):
     """A quantization config that cannot be honoured."""
 
@@ -147,10 +159,9 @@ class DuQuantConfig:
             raise ConfigError(f"input width {width} cannot be split into {shards} equal shards")
         if not self.act_group_size:
             return shards
-        shard, g = width // shards, self.act_group_size
-        while g >= MIN_GROUP and shard % g:
-            g //= 2
-        if g < MIN_GROUP:
+        shard = width // shards
+        g = largest_power_of_two_divisor(shard, self.act_group_size)
+        if not g:
             raise ConfigError(f"no activation group between {MIN_GROUP} and "
                               f"{self.act_group_size} channels divides the input width {shard}"
                               + (f" (one of {shards} shards)" if shards > 1 else ""))

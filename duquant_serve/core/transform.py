@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import DuQuantConfig, largest_power_of_two_divisor
+
 
 class TransformError(ValueError):
     """A transform that cannot be built or is not valid for the width it is used on."""
@@ -38,15 +40,21 @@ def choose_block_size(width: int, configured: int, shards: int = 1, minimum: int
     if shards < 1 or width % shards:
         raise TransformError(f"width {width} cannot be split into {shards} equal shards")
     shard = width // shards
-    b = configured
-    while b >= minimum:
-        if shard % b == 0:
-            return b
-        b //= 2
-    raise TransformError(
-        f"no rotation block size between {minimum} and {configured} divides the shard width "
-        f"{shard} (width {width}, {shards} shard(s))"
-    )
+    b = largest_power_of_two_divisor(shard, configured, minimum)
+    if not b:
+        raise TransformError(
+            f"no rotation block size between {minimum} and {configured} divides the shard width "
+            f"{shard} (width {width}, {shards} shard(s))"
+        )
+    return b
+
+
+def input_layout(qcfg: DuQuantConfig, width: int, row_parallel: bool) -> tuple[int, int]:
+    """(activation groups, rotation block) of a linear input of `width` channels: the groups
+    `qcfg.activation_groups` gives and the widest configured block dividing one of them. The
+    pipeline and the vLLM plugin both size inputs through this."""
+    groups = qcfg.activation_groups(width, row_parallel)
+    return groups, choose_block_size(width, qcfg.block_size, groups)
 
 
 # ---------------------------------------------------------------------------------------------

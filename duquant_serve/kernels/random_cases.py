@@ -16,27 +16,31 @@ from ..core.reference import QuantizedLinear
 from ..core.transform import InputTransform, random_orthogonal
 
 
-def random_transform(k: int, b: int, smooth: bool, g: torch.Generator) -> InputTransform:
-    """Orthogonal R1/R2 (column-major out of QR: kernels must cope), a random permutation,
-    smoothing factors in [0.5, 1.5) where asked."""
+def random_transform(k: int, b: int, smooth: bool, g: torch.Generator,
+                     groups: int = 1) -> InputTransform:
+    """Orthogonal R1/R2 (column-major out of QR: kernels must cope), a random permutation
+    (inside each of `groups` contiguous groups, as checkpoints keep it), smoothing factors in
+    [0.5, 1.5) where asked."""
+    kg = k // groups
     return InputTransform(
         random_orthogonal(b, g).float(),
-        torch.randperm(k, generator=g),
+        torch.cat([torch.randperm(kg, generator=g) + i * kg for i in range(groups)]),
         random_orthogonal(b, g).float(),
         (torch.rand(k, generator=g) + 0.5) if smooth else None,
     )
 
 
 def random_linear(n: int, k: int, b: int, smooth: bool, bias: bool, g: torch.Generator,
-                  clip: float = 0.9) -> QuantizedLinear:
-    """A W4A4 checkpoint linear [n, k] with rotation block b: per-channel 4-bit weights."""
+                  clip: float = 0.9, groups: int = 1) -> QuantizedLinear:
+    """A W4A4 checkpoint linear [n, k] with rotation block b: per-channel 4-bit weights;
+    `groups` activation groups (QuantizedLinear.act_groups)."""
     w = torch.randn(n, k, generator=g) / math.sqrt(k)
     q, s, z = quantize_per_channel(w, 4, 1.0)
     return QuantizedLinear(
         qweight=pack_int4(q), weight_scale=s, weight_zero=z,
-        transform=random_transform(k, b, smooth, g),
+        transform=random_transform(k, b, smooth, g, groups),
         bias=(torch.randn(n, generator=g) * 0.1) if bias else None,
-        w_bits=4, a_bits=4, act_clip_ratio=clip,
+        w_bits=4, a_bits=4, act_clip_ratio=clip, act_groups=groups,
     )
 
 

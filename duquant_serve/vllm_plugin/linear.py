@@ -44,7 +44,7 @@ from vllm.model_executor.utils import set_weight_attrs
 from ..checkpoint import CheckpointError, check_tensor, tensor_error
 from ..core.reference import QuantizedLinear
 from ..core.topology import PACKED_MODULES
-from ..core.transform import InputTransform, choose_block_size
+from ..core.transform import InputTransform, input_layout
 from ..kernels.base import LayerSpec, device_capability
 from ..kernels.select import choose_kernel
 from . import runtime_info
@@ -166,8 +166,7 @@ class DuQuantLinearMethod(LinearMethodBase):
         else:
             shard_modules, full_out = {None: prefix}, {None: n}
         try:
-            total = self.qcfg.activation_groups(k, row_parallel)
-            block = choose_block_size(k, self.qcfg.block_size, total)
+            total, block = input_layout(self.qcfg, k, row_parallel)
         except ValueError as e:
             raise CheckpointError(f"duquant: {prefix}: {e}") from e
         # k / k_p is the TP size for row-parallel layers (k_p = k otherwise); get_quant_method

@@ -185,10 +185,7 @@ def test_grouped_apply_equals_grouped_reference(groups, kg, block):
     g = torch.Generator().manual_seed(groups)
     n = 40  # kg 192: SmolLM2-like 3 blocks per group, where strided slices rounded differently
     k = kg * groups
-    lin = make_layer(n, k, block, smooth=True, bias=True, g=g)
-    local = torch.cat([torch.randperm(kg, generator=g) + kg * i for i in range(groups)])
-    lin = dataclasses.replace(lin, act_groups=groups,
-                              transform=dataclasses.replace(lin.transform, perm=local))
+    lin = make_layer(n, k, block, smooth=True, bias=True, g=g, groups=groups)
     spec = LayerSpec(k // groups, n, block, has_smooth=True, has_bias=True,
                      act_dtype=torch.float32, device_type="cpu")
     ps = TorchRefKernel.prepare_groups(spec, lin)
