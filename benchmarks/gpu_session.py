@@ -126,6 +126,48 @@ def check_correctness(dev: str, paths: list[str], ms: list[int], shapes, cap, lo
     return rows
 
 
+# Activation groups of 128 channels (`--act-group-size 128` checkpoints): (N, K, block, groups).
+GROUP_SHAPES = [(960, 576, 64, 9), (4096, 4096, 128, 32), (4096, 11008, 128, 86)]
+
+
+def check_groups(dev: str, cap, ms: list[int], shapes, log, timed: bool) -> list[dict]:
+    """triton_groups (one block-scaled GEMM for all of a layer's activation groups) against
+    core.reference, with poisoned outputs; `timed`: also its median time beside the ungrouped
+    Triton linear and the bf16 linear of the same shape (CUDA graphs)."""
+    rows = []
+    g = torch.Generator().manual_seed(77)
+    kern, plain = KERNELS["triton_groups"], KERNELS["triton"]
+    for n, k, b, groups in shapes:
+        lin = random_linear(n, k, b, True, True, g, clip=0.95, groups=groups).to(dev)
+        spec = LayerSpec(k, n, b, has_smooth=True, has_bias=True, act_dtype=torch.bfloat16,
+                         device_type="cuda" if dev == "cuda" else "cpu", capability=cap,
+                         act_groups=groups)
+        (p,) = kern.prepare_groups(spec, lin, device=dev)
+        for m in ms:
+            x = random_activations(m, k, g, torch.bfloat16).to(dev)
+            try:
+                poison(dev)
+                y = kern.apply(p, x)
+                row = dict(check="groups", path=kern.name, M=m, N=n, K=k, groups=groups,
+                           rel_err=rel(y.float(), w4a4_linear_ref(x.float(), lin)),
+                           nan=int(torch.isnan(y).sum()))
+                if timed:
+                    _, p0 = prepare(plain, make_layer(n, k, b, dev, True, True, g), dev,
+                                    torch.bfloat16, cap)
+                    w16 = torch.randn(n, k, device=dev, dtype=torch.bfloat16)
+                    graph = m <= 256
+                    row["groups_ms"] = bench_fn(lambda: kern.apply(p, x), graph, dev)
+                    row["triton_ms"] = bench_fn(lambda: plain.apply(p0, x), graph, dev)
+                    row["bf16_ms"] = bench_fn(lambda: torch.nn.functional.linear(x, w16), graph,
+                                              dev)
+            except Exception as e:  # report, keep going
+                row = dict(check="groups", path=kern.name, M=m, N=n, K=k, groups=groups,
+                           error=repr(e)[:300])
+            rows.append(row)
+            log(row)
+    return rows
+
+
 def check_graph_replay(paths: list[str], cap, log) -> list[dict]:
     """Each path captured in a CUDA graph at decode size, then an eager prefill-sized call (the
     case where a launcher's reused buffers would have been regrown and the old ones freed),
@@ -512,7 +554,9 @@ def main() -> None:
         log(dict(info="cutlass_ext", load_error=load_error(), archs=sorted(built_archs())))
     # --dry runs every path on CPU through the ops' reference implementations (their
     # can_implement would refuse a CPU layer): it checks each prepare layout and this script.
-    paths = ["triton", "cutlass_sm90", "cutlass_sm90_int8w"] if dev == "cuda" else list(KERNELS)
+    # (triton_groups serves activation-group layers only: check_groups runs it.)
+    paths = (["triton", "cutlass_sm90", "cutlass_sm90_int8w"] if dev == "cuda"
+             else [name for name in KERNELS if name != "triton_groups"])
     for name in list(paths):
         if dev == "cuda":
             spec = LayerSpec(4096, 4096, 128, capability=cap)
@@ -528,6 +572,9 @@ def main() -> None:
     corr += check_selftest(dev, paths, shapes, cap, log)
     if "triton" in paths:
         corr += check_split_k(dev, log)
+        corr += check_groups(dev, cap, [1, 7, 33] if args.dry else [1, 16, 2048],
+                             [(72, 576, 64, 9)] if args.dry else GROUP_SHAPES, log,
+                             timed=args.mode != "check")
     if dev == "cuda":  # CUDA graphs need a GPU; --dry skips this check, and says so
         corr += check_graph_replay(paths, cap, log)
     else:
@@ -566,6 +613,12 @@ def main() -> None:
         if r["check"] == "graph":
             print(f"{r['path']:>13} graph replay ({r['decode']} prologue) "
                   f"rel={r.get('rel_err', r.get('error'))}")
+    for r in corr:
+        if r["check"] == "groups":
+            times = "".join(f" {key}={r[key]:.4f}" for key in ("groups_ms", "triton_ms", "bf16_ms")
+                            if key in r)
+            print(f"{r['path']:>13} M={r['M']:<5} N={r['N']:<5} K={r['K']:<5} G={r['groups']:<3} "
+                  f"rel={r.get('rel_err', r.get('error'))}{times}")
     for r in corr:
         if r["check"] == "split_k":
             print(f"       triton split-K={r['split']} M={r['M']:<3} N={r['N']:<5} K={r['K']:<5} "

@@ -307,7 +307,7 @@ def _linear_from_tensors(
         qweight=qw, weight_scale=scale, weight_zero=zero,
         transform=InputTransform(r1, perm.long(), r2, smooth), bias=bias,
         w_bits=qcfg.w_bits, a_bits=qcfg.a_bits, act_clip_ratio=qcfg.act_clip_ratio,
-        act_groups=groups)
+        act_groups=groups, shards=qcfg.input_shards(row_parallel))
 
 
 def _leader(module: str) -> str | None:

@@ -403,7 +403,7 @@ def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arrivin
                 weight_zero=zero, transform=tr,
                 bias=None if lin.bias is None else lin.bias.detach().clone(),
                 w_bits=cfg.w_bits, a_bits=cfg.a_bits, act_clip_ratio=cfg.act_clip_ratio,
-                act_groups=groups)
+                act_groups=groups, shards=cfg.input_shards(site.row_parallel))
             timings["gptq"] += time.perf_counter() - t
         else:
             lo_f = hi_f = None
@@ -423,7 +423,8 @@ def quantize_site(method: Method, site: Site, layer, tr: InputTransform, arrivin
             t = time.perf_counter()
             q = quantize_linear(
                 w_t, tr, lin.bias, cfg.w_bits, cfg.a_bits, cfg.weight_clip_ratio,
-                cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=groups)
+                cfg.act_clip_ratio, lo_factor=lo_f, hi_factor=hi_f, act_groups=groups,
+                shards=cfg.input_shards(site.row_parallel))
             timings["weight_quantization"] += time.perf_counter() - t
         out[name] = q
     return out

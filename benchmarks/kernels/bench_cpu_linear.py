@@ -10,7 +10,7 @@ under torch.compile with inductor and dynamic token counts, which is how vLLM ru
 CPU (`*_compiled_ms`, `speedup_compiled`). Median of repeated calls after a warm-up, single
 process, the torch threads the machine gives. --act-group-size N: the W4A4 linears have the
 activation groups a checkpoint quantized with that option has (DuQuantConfig
-.activation_groups, column-parallel rule), one kernel linear per group (`apply_groups`).
+.activation_groups, column-parallel rule), run as `prepare_groups` / `apply_groups` run them.
 Writes DIR/cpu_linear.jsonl.
 """
 
@@ -53,11 +53,10 @@ def median_ms(fn, min_s: float = 0.3, min_reps: int = 5) -> float:
 
 
 def prepare_groups(kernel, lin, dtype: torch.dtype) -> list:
-    """One prepared kernel linear per activation group of `lin` (one when it has none)."""
-    g = lin.groups()[0]
-    spec = LayerSpec(g.in_features, g.out_features, g.transform.block_size,
-                     has_smooth=g.transform.smooth is not None, has_bias=lin.bias is not None,
-                     act_dtype=dtype, device_type="cpu")
+    """`lin` (one shard, its activation groups) as `kernel` prepares it."""
+    spec = LayerSpec(lin.in_features, lin.out_features, lin.transform.block_size,
+                     has_smooth=lin.transform.smooth is not None, has_bias=lin.bias is not None,
+                     act_dtype=dtype, device_type="cpu", act_groups=lin.act_groups)
     return kernel.prepare_groups(spec, lin, device="cpu")
 
 

@@ -150,11 +150,17 @@ class DuQuantConfig:
                               f"{self.format_version}")
         object.__setattr__(self, "modules_not_quantized", tuple(self.modules_not_quantized))
 
+    def input_shards(self, row_parallel: bool) -> int:
+        """Row-parallel shards a linear input is cut into: tp_shards for row-parallel linears
+        (o_proj, down_proj), 1 otherwise. Shard outputs are summed in the output dtype
+        (core.reference), the groups inside one shard before any rounding."""
+        return self.tp_shards if row_parallel else 1
+
     def activation_groups(self, width: int, row_parallel: bool) -> int:
         """How many per-token activation ranges a linear input of `width` channels has: the
         one rule the pipeline, the checkpoint reader and every runtime follow. Groups are
         contiguous, equal and never straddle a tensor-parallel shard."""
-        shards = self.tp_shards if row_parallel else 1
+        shards = self.input_shards(row_parallel)
         if width < 1 or width % shards:
             raise ConfigError(f"input width {width} cannot be split into {shards} equal shards")
         if not self.act_group_size:

@@ -9,11 +9,15 @@ which equals dequant(qx) · dequant(qw)ᵀ; the expanded form is what integer ke
 
 A linear with G = act_groups > 1 (row-parallel linears of a tp_shards > 1 checkpoint; every
 linear of an act_group_size checkpoint: DuQuantConfig.activation_groups) quantizes activations
-per token *per group* of K/G contiguous channels: the layer is G independent group linears
-(input slice, qweight columns, group-local transform; bias in group 0) whose outputs are summed
-in the output dtype, in tree_sum order. A tensor-parallel rank holding some of the groups
-computes exactly its part of that sum, so any TP size dividing tp_shards gives the same numbers
-as TP = 1.
+per token *per group* of K/G contiguous channels (the permutation stays inside its group):
+
+    y = Σ_g sx_g·sw·(acc_g − zw·Σqx_g − zx_g·Σqw_g + K_g·zx_g·zw) + bias
+
+Within one shard that sum is taken before any rounding (a block-scaled GEMM folds each group
+into one fp32 accumulator), so the output is rounded once, as without groups. Across the
+`shards` row-parallel shards (tp_shards; each holds G/shards groups) the shard outputs are
+summed in the output dtype, in tree_sum order: what tensor-parallel ranks and their all-reduce
+compute, so any TP size dividing tp_shards gives the same numbers as TP = 1.
 """
 
 from __future__ import annotations
@@ -47,6 +51,12 @@ class QuantizedLinear:
     a_bits: int
     act_clip_ratio: float
     act_groups: int = 1  # per-token activation ranges per contiguous K/act_groups channels
+    shards: int = 1  # row-parallel shards (tp_shards) summed in the output dtype; divides act_groups
+
+    def __post_init__(self) -> None:
+        if self.act_groups < 1 or self.shards < 1 or self.act_groups % self.shards:
+            raise ValueError(f"{self.act_groups} activation groups cannot be spread evenly over "
+                             f"{self.shards} row-parallel shards")
 
     @property
     def out_features(self) -> int:
@@ -57,20 +67,31 @@ class QuantizedLinear:
         return self.transform.width
 
     def groups(self) -> list[QuantizedLinear]:
-        """The act_groups independent group linears (module docstring); [self] when 1."""
-        g = self.act_groups
-        if g == 1:
+        """The act_groups group linears, each alone (act_groups = 1); [self] when 1."""
+        return self._split(self.act_groups)
+
+    def shard_linears(self) -> list[QuantizedLinear]:
+        """The `shards` row-parallel shard linears (each with its act_groups / shards groups, one
+        shard); [self] when 1."""
+        return self._split(self.shards)
+
+    def _split(self, parts: int) -> list[QuantizedLinear]:
+        """`parts` linears over contiguous input slices (column slices of qweight, the slice of
+        the transform), bias in the first; groups spread evenly over them."""
+        if parts == 1:
             return [self]
-        if self.in_features % g:
-            raise ValueError(f"input width {self.in_features} does not split into {g} activation groups")
-        kg = self.in_features // g
+        if self.in_features % parts or self.act_groups % parts:
+            raise ValueError(f"input width {self.in_features} ({self.act_groups} activation "
+                             f"groups) does not split into {parts} parts")
+        kg = self.in_features // parts
         per_byte = 2 if self.w_bits <= 4 else 1  # core.pack: two 4-bit codes per byte
         return [QuantizedLinear(
             qweight=self.qweight[:, i * kg // per_byte:(i + 1) * kg // per_byte],
             weight_scale=self.weight_scale, weight_zero=self.weight_zero,
             transform=self.transform.slice(i * kg, (i + 1) * kg),
             bias=self.bias if i == 0 else None, w_bits=self.w_bits, a_bits=self.a_bits,
-            act_clip_ratio=self.act_clip_ratio) for i in range(g)]
+            act_clip_ratio=self.act_clip_ratio, act_groups=self.act_groups // parts,
+            shards=max(1, self.shards // parts)) for i in range(parts)]
 
     def to(self, device: torch.device | str) -> QuantizedLinear:
         """A copy with every tensor on `device` (dtypes kept: codes, fp32 scales)."""
@@ -100,6 +121,7 @@ def quantize_linear(
     lo_factor: torch.Tensor | None = None,
     hi_factor: torch.Tensor | None = None,
     act_groups: int = 1,
+    shards: int = 1,
 ) -> QuantizedLinear:
     """Weight already in the transformed basis [N, K] → stored form."""
     q, s, z = quantize_per_channel(
@@ -115,6 +137,7 @@ def quantize_linear(
         a_bits=a_bits,
         act_clip_ratio=act_clip_ratio,
         act_groups=act_groups,
+        shards=shards,
     )
 
 
@@ -125,6 +148,19 @@ def prologue_ref(
     xt = transform.apply(x.float())
     q, s, z = quantize_per_token(xt, a_bits, clip_ratio, check_finite=False)
     return q, s, z, q.sum(dim=-1, dtype=torch.int32)
+
+
+def prologue_groups_ref(
+    x: torch.Tensor, transform: InputTransform, a_bits: int, clip_ratio: float, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] → (codes u8 [M, K], scale f32 [M, G], zero f32 [M, G], code_sum i32 [M, G]):
+    the whole transform once, then one range per token and group of K/G channels."""
+    m, k = x.shape
+    if k % groups:
+        raise ValueError(f"width {k} does not split into {groups} activation groups")
+    xt = transform.apply(x.float()).reshape(m, groups, k // groups)
+    q, s, z = quantize_per_token(xt, a_bits, clip_ratio, check_finite=False)
+    return q.reshape(m, k), s, z, q.sum(dim=-1, dtype=torch.int32)
 
 
 def epilogue_ref(
@@ -173,6 +209,39 @@ def gemm_epilogue_ref(
     return epilogue_ref(acc, sx, zx, sum_qx, sw, zw, sum_qw, bias, qx.shape[-1], out_dtype)
 
 
+def gemm_epilogue_groups_ref(
+    qx: torch.Tensor,
+    sx: torch.Tensor,
+    zx: torch.Tensor,
+    sum_qx: torch.Tensor,
+    qw: torch.Tensor,
+    sw: torch.Tensor,
+    zw: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Block-scaled integer GEMM + epilogue: qx [M, K], qw [N, K] codes; sx, zx, Σqx [M, G]
+    per token and group of K/G channels → y = sw·Σ_g sx_g·bracket_g + bias [M, N], every
+    bracket_g = acc_g − zw·Σqx_g − zx_g·(Σqw_g − K_g·zw) an exact integer, summed in float64
+    and rounded once."""
+    m, k = qx.shape
+    g = sx.shape[-1]
+    kg = k // g
+    # Exact: fp32 products of codes ≤ 15 summed over K_g ≤ 2^16 stay below 2^24; else float64.
+    acc_dtype = torch.float32 if kg * 225 < 2**24 else torch.float64
+    a = qx.reshape(m, g, kg).transpose(0, 1).to(acc_dtype)  # [G, M, K_g]
+    w = qw.reshape(-1, g, kg).transpose(0, 1).to(acc_dtype)  # [G, N, K_g]
+    acc = torch.bmm(a, w.transpose(1, 2)).double()  # [G, M, N]
+    sum_qw = w.sum(dim=-1).double()  # [G, N]
+    zwd = zw.double()
+    bracket = (acc - zwd[None, None, :] * sum_qx.t().double()[:, :, None]
+               - zx.t().double()[:, :, None] * (sum_qw - kg * zwd[None, :])[:, None, :])
+    y = (sx.t().double()[:, :, None] * bracket).sum(dim=0) * sw.double()[None, :]
+    if bias is not None:
+        y = y + bias.double()[None, :]
+    return y.to(out_dtype)
+
+
 def tree_sum(ys: list[torch.Tensor]) -> torch.Tensor:
     """Σ ys as a balanced binary tree, the order every runtime sums group outputs in: a rank
     holding the first half of the groups computes the left subtree, so TP = 2 (and TP = 1)
@@ -185,14 +254,20 @@ def tree_sum(ys: list[torch.Tensor]) -> torch.Tensor:
 
 def w4a4_linear_ref(x: torch.Tensor, layer: QuantizedLinear) -> torch.Tensor:
     """x [..., K] → [..., N] in x's dtype through real integer codes."""
-    if layer.act_groups > 1:
-        kg = layer.in_features // layer.act_groups
-        return tree_sum([w4a4_linear_ref(x[..., i * kg:(i + 1) * kg], g)
-                         for i, g in enumerate(layer.groups())])
+    if layer.shards > 1:
+        kg = layer.in_features // layer.shards
+        return tree_sum([w4a4_linear_ref(x[..., i * kg:(i + 1) * kg], s)
+                         for i, s in enumerate(layer.shard_linears())])
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    qx, sx, zx, sum_qx = prologue_ref(x2, layer.transform, layer.a_bits, layer.act_clip_ratio)
     qw = layer.weight_codes()
+    if layer.act_groups > 1:
+        qx, sx, zx, sum_qx = prologue_groups_ref(x2, layer.transform, layer.a_bits,
+                                                 layer.act_clip_ratio, layer.act_groups)
+        y = gemm_epilogue_groups_ref(qx, sx, zx, sum_qx, qw, layer.weight_scale,
+                                     layer.weight_zero, layer.bias, x.dtype)
+        return y.reshape(*shape[:-1], -1)
+    qx, sx, zx, sum_qx = prologue_ref(x2, layer.transform, layer.a_bits, layer.act_clip_ratio)
     sum_qw = qw.sum(dim=-1, dtype=torch.int32)
     y = gemm_epilogue_ref(
         qx, sx, zx, sum_qx, qw, layer.weight_scale, layer.weight_zero, sum_qw, layer.bias, x.dtype

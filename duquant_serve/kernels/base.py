@@ -33,6 +33,10 @@ class LayerSpec:
     """One quantized linear as a kernel sees it (shapes are per TP shard).
 
     capability: (major, minor) of the CUDA device, or None on CPU.
+    act_groups: per-token activation ranges over contiguous in_features/act_groups channels,
+        folded into one fp32 accumulator (core.reference.gemm_epilogue_groups_ref). Kernels
+        with `native_act_groups` run them in one GEMM; the others run one linear per group
+        (`LinearKernel.kernel_spec`).
     """
 
     in_features: int
@@ -45,6 +49,7 @@ class LayerSpec:
     act_dtype: torch.dtype = torch.bfloat16
     device_type: str = "cuda"
     capability: tuple[int, int] | None = None
+    act_groups: int = 1
 
     def __post_init__(self) -> None:
         if self.in_features <= 0 or self.out_features <= 0:
@@ -54,6 +59,18 @@ class LayerSpec:
             raise ValueError(
                 f"block size {b} must be a power of two dividing in_features {self.in_features}"
             )
+        if self.act_groups < 1 or self.in_features % (self.act_groups * b):
+            raise ValueError(f"{self.act_groups} activation groups of whole {b}-blocks do not "
+                             f"divide in_features {self.in_features}")
+
+    @property
+    def group_width(self) -> int:
+        """Channels per activation group."""
+        return self.in_features // self.act_groups
+
+    def per_group(self) -> LayerSpec:
+        """One activation group as a linear of its own (act_groups = 1)."""
+        return dataclasses.replace(self, in_features=self.group_width, act_groups=1)
 
 
 def device_capability(device: torch.device) -> tuple[int, int] | None:
@@ -83,6 +100,8 @@ class PreparedLinear:
     weight_scale: torch.Tensor  # [N] float32
     weight_zero: torch.Tensor  # [N] float32
     weight_code_sum: torch.Tensor  # [N] int32: Σ_k qw[n, k]
+    # [G, N] int32: Σ_k qw[n, k] over each activation group (spec.act_groups > 1 only)
+    group_code_sum: torch.Tensor | None
     bias: torch.Tensor | None  # [N] act dtype
     act_clip_ratio: float
     # Per-channel epilogue constants a kernel precomputes (docs/epilogue algebra):
@@ -93,6 +112,8 @@ class PreparedLinear:
     # The operator switches in force when it was prepared; the launchers read these, never
     # the environment.
     knobs: KernelKnobs = KernelKnobs()
+    # Which row-parallel shard of the rank's input it serves (`LinearKernel.apply_groups`).
+    shard: int = 0
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor it holds, by field name (None fields left out)."""
@@ -115,6 +136,15 @@ class LinearKernel(abc.ABC):
     # DUQUANT_ENABLE_UNVALIDATED=1 (a silent wrong answer is worse than a slower path). Flip it
     # once benchmarks/gpu_session.py --mode check passes on real hardware.
     validated_on_gpu: bool = True
+    # True if `apply` runs LayerSpec.act_groups > 1 itself (one prologue with per-group ranges,
+    # one block-scaled GEMM). Other kernels serve each group as its own linear.
+    native_act_groups: bool = False
+
+    @classmethod
+    def kernel_spec(cls, spec: LayerSpec) -> LayerSpec:
+        """The spec this kernel's prepare/apply see for a layer described by `spec`: itself, or
+        one activation group of it where the kernel does not run groups natively."""
+        return spec if cls.native_act_groups else spec.per_group()
 
     @classmethod
     @abc.abstractmethod
@@ -171,27 +201,48 @@ class LinearKernel(abc.ABC):
     def prepare_groups(cls, spec: LayerSpec, layer: QuantizedLinear,
                        device: torch.device | str | None = None,
                        knobs: KernelKnobs | None = None) -> list[PreparedLinear]:
-        """A checkpoint linear → one prepared kernel linear per activation group
-        (`QuantizedLinear.groups`: row-parallel inputs of a tp_shards > 1 checkpoint; one group
-        otherwise). `spec` describes one group; the bias goes into group 0 only."""
-        parts = layer.groups()
-        if spec.in_features * len(parts) != layer.in_features:
-            raise ValueError(f"spec in_features {spec.in_features} × {len(parts)} groups != the "
-                             f"layer's {layer.in_features} inputs")
-        return [cls.prepare(dataclasses.replace(spec, has_bias=g.bias is not None),
-                            g.qweight.contiguous(), g.weight_scale, g.weight_zero, g.transform,
-                            g.bias, g.act_clip_ratio, device, knobs)
-                for g in parts]
+        """A checkpoint linear (one rank's) → the prepared kernel linears `apply_groups` runs:
+        one per row-parallel shard (`QuantizedLinear.shards`) where the kernel runs activation
+        groups natively, else one per activation group. `spec` describes one shard
+        (act_groups = the shard's groups); the bias goes into the first part only."""
+        if spec.in_features * layer.shards != layer.in_features or \
+                spec.act_groups * layer.shards != layer.act_groups:
+            raise ValueError(f"spec ({spec.in_features} inputs, {spec.act_groups} groups) × "
+                             f"{layer.shards} shards != the layer's {layer.in_features} inputs in "
+                             f"{layer.act_groups} groups")
+        kspec = cls.kernel_spec(spec)
+        parts = layer.shard_linears() if kspec.act_groups == spec.act_groups else layer.groups()
+        per_shard = len(parts) // layer.shards
+        return [dataclasses.replace(
+                    cls.prepare(dataclasses.replace(kspec, has_bias=g.bias is not None),
+                                g.qweight.contiguous(), g.weight_scale, g.weight_zero,
+                                g.transform, g.bias, g.act_clip_ratio, device, knobs),
+                    shard=i // per_shard)
+                for i, g in enumerate(parts)]
 
     @classmethod
     def apply_groups(cls, ps: list[PreparedLinear], x: torch.Tensor) -> torch.Tensor:
-        """Σ over groups of `apply` on each group's input slice, in core.reference.tree_sum
-        order (what TP ranks and their all-reduce compute). One group: plain `apply`."""
+        """The linear `prepare_groups` prepared: `apply` on each part's input slice; a shard's
+        groups (kernels without native groups) summed in fp32 and rounded once, as
+        core.reference does, then the shards in core.reference.tree_sum order (what TP ranks
+        and their all-reduce compute). One part: plain `apply`."""
         if len(ps) == 1:
             return cls.apply(ps[0], x)
         kg = ps[0].spec.in_features
-        return tree_sum([cls.apply(p, x[..., i * kg:(i + 1) * kg].contiguous())
-                         for i, p in enumerate(ps)])
+        ys = [cls.apply(p, x[..., i * kg:(i + 1) * kg].contiguous()) for i, p in enumerate(ps)]
+        shards = ps[-1].shard + 1
+        if shards < len(ps):
+            per = len(ps) // shards
+            ys = [_sum_fp32(ys[s * per:(s + 1) * per]) for s in range(shards)]
+        return tree_sum(ys)
+
+
+def _sum_fp32(ys: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ys accumulated in fp32, rounded once to their dtype."""
+    acc = ys[0].float()
+    for y in ys[1:]:
+        acc = acc + y.float()
+    return acc.to(ys[0].dtype)
 
 
 def prepare_common(
@@ -220,6 +271,11 @@ def prepare_common(
     if transform.width != k or transform.block_size != spec.block_size:
         raise ValueError(f"transform (width {transform.width}, block {transform.block_size}) "
                          f"does not match spec (K={k}, b={spec.block_size})")
+    if spec.act_groups > 1:
+        offset = transform.perm.cpu() - torch.arange(k) // spec.group_width * spec.group_width
+        if int(offset.min()) < 0 or int(offset.max()) >= spec.group_width:
+            raise ValueError(f"the permutation moves channels across the {spec.act_groups} "
+                             "activation groups")
     if (transform.smooth is not None) != spec.has_smooth:
         raise ValueError("spec.has_smooth disagrees with the transform")
     if (bias is not None) != spec.has_bias:
@@ -243,6 +299,8 @@ def prepare_common(
         weight_scale=weight_scale.float().contiguous().to(dev),
         weight_zero=weight_zero.float().contiguous().to(dev),
         weight_code_sum=codes.sum(dim=-1, dtype=torch.int32).to(dev),
+        group_code_sum=None if spec.act_groups == 1 else codes.reshape(
+            n, spec.act_groups, -1).sum(dim=-1, dtype=torch.int32).t().contiguous().to(dev),
         bias=None if bias is None else bias.to(spec.act_dtype).contiguous().to(dev),
         act_clip_ratio=float(act_clip_ratio),
     )

@@ -39,9 +39,14 @@ class CpuInt8Kernel(LinearKernel):
     op boundary those ~25 small ops ran one by one. They sit in a nested compile region
     (`_linear`), compiled once and reused by every layer (docs/kernels.md). Same functions, so
     the same codes and outputs (checked compiled and eager).
-    benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear."""
+    benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear.
+
+    Activation groups (spec.act_groups = G > 1): one prologue with per-(token, group) ranges,
+    one int8 GEMM per group on [G, N, K/G] weights, and one block-scaled fp32 epilogue summing
+    the groups (`_linear_groups`)."""
 
     name = "cpu_int8"
+    native_act_groups = True
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
@@ -62,13 +67,27 @@ class CpuInt8Kernel(LinearKernel):
 
     @classmethod
     def finish_prepare(cls, p: PreparedLinear) -> PreparedLinear:
-        return dataclasses.replace(rotations_row_major(p), epilogue_rhs=ops.epilogue_rhs(
-            p.weight_zero, p.weight_code_sum, p.spec.in_features))
+        p = rotations_row_major(p)
+        g = p.spec.act_groups
+        if g == 1:
+            return dataclasses.replace(p, epilogue_rhs=ops.epilogue_rhs(
+                p.weight_zero, p.weight_code_sum, p.spec.in_features))
+        n = p.spec.out_features
+        # [G, N, K/G]: each group's GEMM operand contiguous.
+        return dataclasses.replace(
+            p, qweight=p.qweight.reshape(n, g, -1).transpose(0, 1).contiguous(),
+            epilogue_rhs=ops.epilogue_groups_rhs(p.weight_zero, p.group_code_sum,
+                                                 p.spec.group_width))
 
     @classmethod
     def apply(cls, p: PreparedLinear, x: torch.Tensor) -> torch.Tensor:
-        y = _linear(x.reshape(-1, x.shape[-1]), p.r1, p.r2, p.perm, p.smooth, p.qweight,
-                    p.weight_scale, p.epilogue_rhs, p.bias, p.spec.a_bits, p.act_clip_ratio)
+        x2 = x.reshape(-1, x.shape[-1])
+        if p.spec.act_groups > 1:
+            y = _linear_groups(x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale,
+                               p.epilogue_rhs, p.bias, p.spec.a_bits, p.act_clip_ratio)
+        else:
+            y = _linear(x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale,
+                        p.epilogue_rhs, p.bias, p.spec.a_bits, p.act_clip_ratio)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
@@ -85,3 +104,16 @@ def _linear(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, perm: torch.Ten
     acc = torch._int_mm(codes, qweight.t())  # [N, K] row-major read as [K, N]: no copy
     return ops.epilogue_fp32(acc, scale, zero, code_sum, weight_scale, epilogue_rhs, bias,
                              x.dtype)
+
+
+@torch.compiler.nested_compile_region
+def _linear_groups(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, perm: torch.Tensor,
+                   smooth: torch.Tensor | None, qweight: torch.Tensor,
+                   weight_scale: torch.Tensor, epilogue_rhs: torch.Tensor,
+                   bias: torch.Tensor | None, a_bits: int, clip_ratio: float) -> torch.Tensor:
+    """`_linear` with activation groups: qweight int8 [G, N, K/G], epilogue_rhs [G, 2, N]."""
+    codes, scale, zero, code_sum = ops.prologue_groups_torch(
+        x, r1, r2, perm, smooth, a_bits, clip_ratio, qweight.shape[0])
+    accs = [torch._int_mm(c, qweight[g].t()) for g, c in enumerate(codes)]
+    return ops.epilogue_groups_fp32(accs, scale, zero, code_sum, weight_scale, epilogue_rhs, bias,
+                                    x.dtype)

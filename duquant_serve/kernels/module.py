@@ -18,8 +18,9 @@ class KernelLinear(torch.nn.Module):
                  act_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         spec = LayerSpec(
-            layer.in_features // layer.act_groups, layer.out_features,
-            layer.transform.block_size, w_bits=layer.w_bits, a_bits=layer.a_bits,
+            layer.in_features // layer.shards, layer.out_features,
+            layer.transform.block_size, act_groups=layer.act_groups // layer.shards,
+            w_bits=layer.w_bits, a_bits=layer.a_bits,
             has_smooth=layer.transform.smooth is not None, has_bias=layer.bias is not None,
             act_dtype=act_dtype, device_type=device.type, capability=device_capability(device))
         self.kernel = choose_kernel(spec, layer_name=name)

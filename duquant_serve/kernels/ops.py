@@ -27,7 +27,14 @@ import torch
 
 from ..core.epilogue import rank2_rhs
 from ..core.pack import unpack_int4
-from ..core.reference import epilogue_ref, gemm_epilogue_ref, prologue_ref
+from ..core.quant import quantize_per_token, quantize_with_qparams
+from ..core.reference import (
+    epilogue_ref,
+    gemm_epilogue_groups_ref,
+    gemm_epilogue_ref,
+    prologue_groups_ref,
+    prologue_ref,
+)
 from ..core.transform import InputTransform
 from .layout import unpack_int4_grouped, unpack_signed_int4
 
@@ -71,6 +78,33 @@ def prologue_torch(
     """`prologue` in plain torch ops: `core.reference.prologue_ref`, codes as int8."""
     q, s, z, qs = prologue_ref(x, InputTransform(r1, perm, r2, smooth), a_bits, clip_ratio)
     return q.to(torch.int8), s, z, qs
+
+
+def prologue_groups_torch(
+    x: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    perm: torch.Tensor,
+    smooth: torch.Tensor | None,
+    a_bits: int,
+    clip_ratio: float,
+    groups: int,
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`core.reference.prologue_groups_ref` in plain torch ops: each group's codes int8
+    [M, K/G] (its GEMM operand), scale / zero f32 and code_sum i32 [M, G].
+
+    Each group's codes are computed from its own slice rather than sliced out of one [M, K]
+    code tensor: under inductor (torch 2.13, CPU) `_int_mm` on a view of a larger buffer gave
+    wrong sums at M = 1, while a buffer of its own is right at every M."""
+    m, k = x.shape
+    kg = k // groups
+    xt = InputTransform(r1, perm, r2, smooth).apply(x.float())
+    _, scale, zero = quantize_per_token(xt.reshape(m, groups, kg), a_bits, clip_ratio,
+                                        check_finite=False)
+    codes = [quantize_with_qparams(xt[:, i * kg:(i + 1) * kg], scale[:, i:i + 1],
+                                   zero[:, i:i + 1], a_bits) for i in range(groups)]
+    code_sum = torch.stack([c.sum(dim=-1, dtype=torch.int32) for c in codes], dim=-1)
+    return [c.to(torch.int8) for c in codes], scale, zero, code_sum
 
 
 @prologue.register_fake
@@ -143,6 +177,76 @@ def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, weight
 
 
 # ---------------------------------------------------------------------------------------------
+# Activation groups: per-(token, group) prologue, block-scaled GEMM
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("duquant::prologue_groups", mutates_args=())
+def prologue_groups(
+    x: torch.Tensor,
+    r1: torch.Tensor,
+    r2: torch.Tensor,
+    perm: torch.Tensor,
+    smooth: torch.Tensor | None,
+    a_bits: int,
+    clip_ratio: float,
+    groups: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [M, K] → (codes int8 [M, K], scale f32 [M, G], zero f32 [M, G], code_sum i32 [M, G]):
+    `core.reference.prologue_groups_ref` on any device (torch ops; no fused kernel yet)."""
+    q, s, z, qs = prologue_groups_ref(x, InputTransform(r1, perm, r2, smooth), a_bits,
+                                      clip_ratio, groups)
+    return q.to(torch.int8), s, z, qs
+
+
+@prologue_groups.register_fake
+def _(x, r1, r2, perm, smooth, a_bits, clip_ratio, groups):
+    m, k = x.shape
+    return (x.new_empty((m, k), dtype=torch.int8),
+            x.new_empty((m, groups), dtype=torch.float32),
+            x.new_empty((m, groups), dtype=torch.float32),
+            x.new_empty((m, groups), dtype=torch.int32))
+
+
+@torch.library.custom_op("duquant::w4a4_gemm_groups", mutates_args=())
+def w4a4_gemm_groups(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight_g: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    group_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    tuned_configs: str = "",
+) -> torch.Tensor:
+    """Block-scaled W4A4 GEMM: per-(token, group) scale / zero / code_sum [M, G], grouped-layout
+    weights, group_code_sum [G, N] → y [M, N] (core.reference.gemm_epilogue_groups_ref; CUDA:
+    triton_gemm.w4a4_gemm_groups_triton)."""
+    return gemm_epilogue_groups_ref(codes.to(torch.uint8), scale, zero, code_sum,
+                                    unpack_int4_grouped(qweight_g), weight_scale, weight_zero,
+                                    bias, out_dtype)
+
+
+@w4a4_gemm_groups.register_fake
+def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, group_code_sum, bias,
+      out_dtype, tuned_configs=""):
+    return codes.new_empty((codes.shape[0], qweight_g.shape[0]), dtype=out_dtype)
+
+
+@w4a4_gemm_groups.register_kernel("cuda")
+def _(codes, scale, zero, code_sum, qweight_g, weight_scale, weight_zero, group_code_sum, bias,
+      out_dtype, tuned_configs=""):
+    from .triton_gemm import w4a4_gemm_groups_triton
+
+    return w4a4_gemm_groups_triton(codes, scale, zero, code_sum, qweight_g, weight_scale,
+                                   weight_zero, group_code_sum, bias, out_dtype,
+                                   tuned_configs=tuned_configs)
+
+
+# ---------------------------------------------------------------------------------------------
 # epilogue alone: int32 accumulator (from CUTLASS) → y
 # ---------------------------------------------------------------------------------------------
 
@@ -209,6 +313,41 @@ def epilogue_fp32(
     y.mul_(scale.float().unsqueeze(1)).mul_(weight_scale.float().unsqueeze(0))
     if bias is not None:
         y.add_(bias.float().unsqueeze(0))
+    return y.to(out_dtype)
+
+
+def epilogue_groups_rhs(weight_zero: torch.Tensor, group_code_sum: torch.Tensor,
+                        group_width: int) -> torch.Tensor:
+    """[G, 2, N] fp32: `epilogue_rhs` of each activation group (its Σqw and width)."""
+    return torch.stack([epilogue_rhs(weight_zero, cs, group_width) for cs in group_code_sum])
+
+
+def epilogue_groups_fp32(
+    accs: list[torch.Tensor],
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    weight_scale: torch.Tensor,
+    rhs: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """Block-scaled `epilogue_fp32`: accs, one int32 [M, N] per activation group (its GEMM),
+    scale / zero / code_sum [M, G], rhs = `epilogue_groups_rhs` [G, 2, N] →
+    sw·Σ_g sx_g·bracket_g + bias (core.reference.gemm_epilogue_groups_ref). Each bracket is
+    an exact integer in fp32 as without groups; the groups are added in fp32, in order, and
+    rounded once. A chain of [M, N] terms, not a reduction over a stacked [G, M, N]: inductor
+    fuses the chain into one loop vectorized along N reading the G accumulators (the stacked
+    form's reduction over the outer dim was 8× slower at gate_up, 512 tokens)."""
+    y = None
+    for g, acc in enumerate(accs):
+        bracket = (acc.float() - code_sum[:, g:g + 1].float() * rhs[g, 0]
+                   - zero[:, g:g + 1].float() * rhs[g, 1])
+        term = scale[:, g:g + 1].float() * bracket
+        y = term if y is None else y + term
+    y = y * weight_scale.float()
+    if bias is not None:
+        y = y + bias.float()
     return y.to(out_dtype)
 
 
@@ -331,11 +470,17 @@ def linear_ref(
     bias: torch.Tensor | None,
     a_bits: int,
     clip_ratio: float,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """x [M, K] → y [M, N] in x's dtype: `prologue_ref` then `gemm_epilogue_ref` (exact).
+    """x [M, K] → y [M, N] in x's dtype: `prologue_ref` then `gemm_epilogue_ref` (exact);
+    with `groups` activation groups, their block-scaled forms.
 
     weight_codes: uint8 [N, K], unpacked once by the kernel's prepare (not per call)."""
     t = InputTransform(r1, perm, r2, smooth)
+    if groups > 1:
+        qx, sx, zx, sqx = prologue_groups_ref(x, t, a_bits, clip_ratio, groups)
+        return gemm_epilogue_groups_ref(qx, sx, zx, sqx, weight_codes, weight_scale, weight_zero,
+                                        bias, x.dtype)
     qx, sx, zx, sqx = prologue_ref(x, t, a_bits, clip_ratio)
     return gemm_epilogue_ref(qx, sx, zx, sqx, weight_codes, weight_scale, weight_zero, weight_code_sum,
                              bias, x.dtype)
@@ -343,7 +488,7 @@ def linear_ref(
 
 @linear_ref.register_fake
 def _(x, r1, r2, perm, smooth, weight_codes, weight_scale, weight_zero, weight_code_sum, bias,
-      a_bits, clip_ratio):
+      a_bits, clip_ratio, groups=1):
     return x.new_empty((x.shape[0], weight_codes.shape[0]))
 
 

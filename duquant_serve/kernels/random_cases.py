@@ -31,16 +31,16 @@ def random_transform(k: int, b: int, smooth: bool, g: torch.Generator,
 
 
 def random_linear(n: int, k: int, b: int, smooth: bool, bias: bool, g: torch.Generator,
-                  clip: float = 0.9, groups: int = 1) -> QuantizedLinear:
+                  clip: float = 0.9, groups: int = 1, shards: int = 1) -> QuantizedLinear:
     """A W4A4 checkpoint linear [n, k] with rotation block b: per-channel 4-bit weights;
-    `groups` activation groups (QuantizedLinear.act_groups)."""
+    `groups` activation groups over `shards` row-parallel shards (QuantizedLinear)."""
     w = torch.randn(n, k, generator=g) / math.sqrt(k)
     q, s, z = quantize_per_channel(w, 4, 1.0)
     return QuantizedLinear(
         qweight=pack_int4(q), weight_scale=s, weight_zero=z,
         transform=random_transform(k, b, smooth, g, groups),
         bias=(torch.randn(n, generator=g) * 0.1) if bias else None,
-        w_bits=4, a_bits=4, act_clip_ratio=clip, act_groups=groups,
+        w_bits=4, a_bits=4, act_clip_ratio=clip, act_groups=groups, shards=shards,
     )
 
 

@@ -1,7 +1,9 @@
 """The one place that decides which kernel runs a quantized linear.
 
-    choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement(spec)` agrees:
-        cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8 > torch_ref
+    choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement` agrees (on
+    `kernel_spec(spec)`: one activation group where the kernel does not run groups natively):
+        triton_groups > cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8
+        > torch_ref   (triton_groups: activation-group layers only, unvalidated: opt-in)
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
@@ -24,12 +26,14 @@ from .linear_kernels import (
     CutlassSm90Int8WeightKernel,
     CutlassSm90Kernel,
     TorchRefKernel,
+    TritonGroupsKernel,
     TritonKernel,
 )
 
 logger = logging.getLogger(__name__)
 
 PRIORITY: tuple[type[LinearKernel], ...] = (
+    TritonGroupsKernel,
     CutlassSm90Kernel,
     CutlassSm90Int8WeightKernel,
     CutlassSm80Kernel,
@@ -66,10 +70,11 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None,
                            "DUQUANT_ENABLE_UNVALIDATED=1 to use; benchmarks/gpu_session.py "
                            "--mode check validates it)")
             continue
-        ok, why = k.can_implement(spec)
+        kspec = k.kernel_spec(spec)  # one activation group, where k does not run groups itself
+        ok, why = k.can_implement(kspec)
         err = float("nan")
         if ok and not k.is_reference and knobs.selftest:
-            why, err = selftest.self_test(k, spec, knobs)
+            why, err = selftest.self_test(k, kspec, knobs)
             ok = why is None
             if not ok:
                 logger.warning("duquant: kernel %s failed its self-test for %s: %s", k.name,

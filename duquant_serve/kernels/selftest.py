@@ -72,7 +72,7 @@ def _run(kernel: type[LinearKernel], spec: LayerSpec, device: torch.device, knob
     g = torch.Generator().manual_seed(0)
     try:
         lin = random_linear(spec.out_features, spec.in_features, spec.block_size,
-                            spec.has_smooth, spec.has_bias, g).to(device)
+                            spec.has_smooth, spec.has_bias, g, groups=spec.act_groups).to(device)
         p = kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero, lin.transform,
                            lin.bias, lin.act_clip_ratio, device=device, knobs=knobs)
         for m in sorted(set(SELFTEST_MS) | set(tuned)):

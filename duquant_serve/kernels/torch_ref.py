@@ -15,6 +15,7 @@ class TorchRefKernel(LinearKernel):
 
     name = "torch_ref"
     is_reference = True
+    native_act_groups = True
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
@@ -37,5 +38,5 @@ class TorchRefKernel(LinearKernel):
         x2 = x.reshape(-1, x.shape[-1])
         y = torch.ops.duquant.linear_ref(
             x2, p.r1, p.r2, p.perm, p.smooth, p.qweight, p.weight_scale, p.weight_zero,
-            p.weight_code_sum, p.bias, p.spec.a_bits, p.act_clip_ratio)
+            p.weight_code_sum, p.bias, p.spec.a_bits, p.act_clip_ratio, p.spec.act_groups)
         return y.reshape(*x.shape[:-1], y.shape[-1])

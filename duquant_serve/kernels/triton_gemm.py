@@ -148,6 +148,73 @@ def _w4a4_gemm_kernel(
 
 
 @triton.jit
+def _w4a4_gemm_groups_kernel(
+    a_ptr, stride_am,
+    p_ptr, stride_pn,
+    sx_ptr, zx_ptr, sqx_ptr,
+    sw_ptr, zw_ptr, gsum_ptr,
+    bias_ptr,
+    out_ptr, stride_om,
+    M, N, G, KG,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    """Block-scaled W4A4: y = sw·Σ_g sx_g·(acc_g − zw·Σqx_g − zx_g·(Σqw_g − K_g·zw)) + bias on
+    one [BLOCK_M, BLOCK_N] tile (core.reference.gemm_epilogue_groups_ref). The K loop runs
+    group by group (BLOCK_K divides K_g = KG): each group's exact int32 sum is folded into one
+    fp32 accumulator with that group's per-token scale and zero point as soon as it is
+    complete, the FP8 1×128 block-scaling pattern. sx, zx, Σqx are [M, G] row-major; gsum
+    is Σqw per group, [G, N] int32."""
+    pid = tl.program_id(0)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    group = pid // width
+    first_m = group * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % width) % size_m)
+    pid_n = (pid % width) // size_m
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    HALF: tl.constexpr = BLOCK_K // 2
+    i = tl.arange(0, HALF)
+    lo_col = (i // 32) * 64 + (i % 32)
+    a_rows = a_ptr + rm.to(tl.int64)[:, None] * stride_am
+    p_cols = p_ptr + rn.to(tl.int64)[None, :] * stride_pn
+    zw = tl.load(zw_ptr + rn, mask=n_ok, other=0.0)
+    facc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, G):
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for k0 in range(g * KG, (g + 1) * KG, BLOCK_K):
+            ka = k0 + lo_col
+            a_lo = tl.load(a_rows + ka[None, :], mask=m_ok[:, None], other=0)
+            a_hi = tl.load(a_rows + (ka + 32)[None, :], mask=m_ok[:, None], other=0)
+            kb = k0 // 2 + i
+            pb = tl.load(p_cols + kb[:, None], mask=n_ok[None, :], other=0)
+            acc = tl.dot(a_lo, (pb & 0xF).to(tl.int8), acc, out_dtype=tl.int32)
+            acc = tl.dot(a_hi, (pb >> 4).to(tl.int8), acc, out_dtype=tl.int32)
+        sx = tl.load(sx_ptr + rm * G + g, mask=m_ok, other=0.0)
+        zx = tl.load(zx_ptr + rm * G + g, mask=m_ok, other=0.0)
+        sqx = tl.load(sqx_ptr + rm * G + g, mask=m_ok, other=0).to(tl.float32)
+        sqw = tl.load(gsum_ptr + g * N + rn, mask=n_ok, other=0).to(tl.float32)
+        wcorr = sqw - KG * zw
+        bracket = acc.to(tl.float32) - zw[None, :] * sqx[:, None] - zx[:, None] * wcorr[None, :]
+        facc += sx[:, None] * bracket
+    sw = tl.load(sw_ptr + rn, mask=n_ok, other=0.0)
+    y = facc * sw[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    optr = out_ptr + rm.to(tl.int64)[:, None] * stride_om + rn[None, :]
+    tl.store(optr, y.to(out_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _epilogue_kernel(
     acc_ptr, stride_am,
     sx_ptr, zx_ptr, sqx_ptr,
@@ -330,5 +397,68 @@ def epilogue_triton(
         acc, acc.stride(0), scale, zero, code_sum, weight_scale, weight_zero, weight_code_sum,
         bias if bias is not None else weight_scale, out, out.stride(0), m, n, k,
         HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, num_warps=4,
+    )
+    return out
+
+
+def groups_config(cfg: dict[str, int], group_width: int) -> dict[str, int]:
+    """The ungrouped GEMM's tile config adapted to the block-scaled kernel: no SPLIT_K,
+    BLOCK_K at most the group width, and 128×64 tiles (8 warps, BLOCK_K 128) in place of
+    128×128 ones: the fp32 group accumulator beside the int32 one spilled 56 B per thread
+    there on sm_90 and 16 B on sm_80, and none at 128×64 on either
+    (tests/kernels/aot_compile.py)."""
+    cfg = {key: v for key, v in cfg.items() if key != "SPLIT_K"}
+    if cfg["BLOCK_M"] * cfg["BLOCK_N"] >= 128 * 128:
+        cfg.update(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, num_warps=8)
+    cfg["BLOCK_K"] = min(cfg["BLOCK_K"], group_width)
+    return cfg
+
+
+def w4a4_gemm_groups_triton(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor,
+    code_sum: torch.Tensor,
+    qweight_g: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_zero: torch.Tensor,
+    group_code_sum: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: dict[str, int] | None = None,
+    tuned_configs: str = "",
+) -> torch.Tensor:
+    """Block-scaled GEMM: codes int8 [M, K], scale / zero f32 and code_sum i32 [M, G] per
+    token and activation group of K/G channels, qweight_g uint8 [N, K/2] (grouped layout),
+    group_code_sum i32 [G, N] → y [M, N] out_dtype. The tile config is the ungrouped GEMM's
+    for this shape (`launch_config`), with BLOCK_K capped at the group width and no split-K
+    (the group fold is in fp32, so partials would no longer sum exactly)."""
+    m, k = codes.shape
+    n = qweight_g.shape[0]
+    g = scale.shape[-1]
+    if g < 1 or k % g or (k // g) % 64 or qweight_g.shape[1] * 2 != k:
+        raise ValueError(f"need groups of a multiple of 64 channels and qweight [N, K/2]; got "
+                         f"codes {tuple(codes.shape)}, {g} groups, qweight "
+                         f"{tuple(qweight_g.shape)}")
+    for name, t in (("scale", scale), ("zero", zero), ("code_sum", code_sum)):
+        if tuple(t.shape) != (m, g):
+            raise ValueError(f"{name} must be [{m}, {g}], got {tuple(t.shape)}")
+    if tuple(group_code_sum.shape) != (g, n):
+        raise ValueError(f"group_code_sum must be [{g}, {n}], got {tuple(group_code_sum.shape)}")
+    kg = k // g
+    codes = codes.contiguous()
+    qweight_g = qweight_g.contiguous()
+    out = torch.empty((m, n), dtype=out_dtype, device=codes.device)
+    if m == 0:
+        return out
+    cfg = groups_config(launch_config(m, n, k, codes.device, config, split_k=False,
+                                      tuned_configs=tuned_configs), kg)
+    _w4a4_gemm_groups_kernel[(tile_count(m, n, cfg),)](
+        codes, codes.stride(0), qweight_g, qweight_g.stride(0),
+        scale.contiguous(), zero.contiguous(), code_sum.contiguous(),
+        weight_scale, weight_zero, group_code_sum.contiguous(),
+        bias if bias is not None else weight_scale,  # never read when HAS_BIAS is False
+        out, out.stride(0), m, n, g, kg,
+        HAS_BIAS=bias is not None, **cfg,
     )
     return out

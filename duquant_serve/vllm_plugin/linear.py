@@ -14,14 +14,15 @@ The input transform has no output dim: a fused layer (qkv_proj, gate_up_proj) re
 per shard, and our loader checks every copy against the first instead of letting the last win.
 Row-parallel layers (o_proj, down_proj) take this rank's slice of input_perm — the checkpoint
 keeps each of its tp_shards shards' permutation inside the shard, so subtracting the rank's
-offset gives local indices — and of input_smooth. Each of those shards is also one or more
-activation quantization groups (DuQuantConfig.activation_groups, core/reference.py), so a rank
-runs its share of the groups as separate kernel linears, and vLLM's all-reduce sums the ranks:
-the same numbers at every TP size.
+offset gives local indices — and of input_smooth. Each of those shards holds one or more
+activation quantization groups (DuQuantConfig.activation_groups, core/reference.py); a rank
+runs each of its shards as one kernel linear (its groups in one block-scaled GEMM, or one
+linear per group on kernels without native groups), sums its shards in tree order, and vLLM's
+all-reduce sums the ranks: the same numbers at every TP size.
 
 process_weights_after_loading checks every tensor arrived, picks the kernel with
-`kernels.select.choose_kernel` and prepares it once (one kernel linear per activation group);
-apply() is one `kernel.apply_groups` call.
+`kernels.select.choose_kernel` and prepares it once (`kernel.prepare_groups`); apply() is one
+`kernel.apply_groups` call.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class _LayerState:
     in_per_rank: int  # K_p
     tp_rank: int
     act_groups: int  # activation groups on this rank (DuQuantConfig.activation_groups / tp)
+    shards: int  # row-parallel shards on this rank (DuQuantConfig.input_shards / tp)
     block: int
     full_out: dict[Any, int]  # shard id → checkpoint N of that module
     loaded: set[tuple[str, Any]] = field(default_factory=set)
@@ -173,9 +175,10 @@ class DuQuantLinearMethod(LinearMethodBase):
         # already refused a TP size that does not divide tp_shards, and groups never straddle a
         # shard, so this is a whole number >= 1.
         groups = total * k_p // k
+        shards = self.qcfg.input_shards(row_parallel) * k_p // k
         return _LayerState(prefix=prefix, shard_modules=shard_modules, row_parallel=row_parallel,
                            in_features=k, in_per_rank=k_p, tp_rank=getattr(layer, "tp_rank", 0),
-                           act_groups=groups, block=block, full_out=full_out)
+                           act_groups=groups, shards=shards, block=block, full_out=full_out)
 
     # -- weight loaders ------------------------------------------------------------------------
 
@@ -257,9 +260,9 @@ class DuQuantLinearMethod(LinearMethodBase):
         qweight = layer.qweight.data
         bias = self._fused_bias(layer)
         smooth = layer.input_smooth.data if have_smooth else None
-        spec = LayerSpec(  # what the kernel sees: one activation group
-            in_features=st.in_per_rank // st.act_groups, out_features=qweight.shape[0],
-            block_size=st.block,
+        spec = LayerSpec(  # what the kernel sees: one row-parallel shard and its groups
+            in_features=st.in_per_rank // st.shards, out_features=qweight.shape[0],
+            block_size=st.block, act_groups=st.act_groups // st.shards,
             w_bits=self.qcfg.w_bits, a_bits=self.qcfg.a_bits, has_smooth=smooth is not None,
             has_bias=bias is not None, act_dtype=layer.params_dtype,
             device_type=qweight.device.type, capability=device_capability(qweight.device))
@@ -271,7 +274,8 @@ class DuQuantLinearMethod(LinearMethodBase):
                                    layer.input_rot2.data, smooth)
         rank_linear = QuantizedLinear(qweight, layer.weight_scale.data, layer.weight_zero.data,
                                       transform, bias, self.qcfg.w_bits, self.qcfg.a_bits,
-                                      self.qcfg.act_clip_ratio, act_groups=st.act_groups)
+                                      self.qcfg.act_clip_ratio, act_groups=st.act_groups,
+                                      shards=st.shards)
         prepared = kernel.prepare_groups(spec, rank_linear, device=qweight.device)
         # The checkpoint-layout parameters are replaced by the kernel's own tensors.
         for name in WEIGHT_PARAMS + TRANSFORM_PARAMS + OPTIONAL_PARAMS:

@@ -13,7 +13,7 @@ line still being written)::
      "in_features": 256, "out_features": 512, "block_size": 128, "groups": 1,
      "weight_bytes": 70144}
 
-in_features is this rank's input width (per-group width × groups), weight_bytes what the
+in_features is this rank's input width, groups its activation groups, weight_bytes what the
 prepared tensors hold on the device.
 
 Importing this module imports neither vLLM nor torch.
@@ -33,15 +33,16 @@ _SUFFIX = ".jsonl"
 
 def record_layer(name: str, kernel: str, spec: Any, prepared: Any) -> None:
     """Record that layer `name` runs `kernel` (spec: the kernels.base.LayerSpec it was chosen
-    for, prepared: its PreparedLinear, or one per activation group). A no-op unless
+    for, prepared: its PreparedLinear, or the list `prepare_groups` made). A no-op unless
     ``DUQUANT_RUNTIME_DIR`` is set."""
     directory = os.environ.get(RUNTIME_DIR_ENV)
     if not directory:
         return
     parts = list(prepared) if isinstance(prepared, (list, tuple)) else [prepared]
     entry = {"pid": os.getpid(), "rank": _rank(), "name": name, "kernel": kernel,
-             "in_features": spec.in_features * len(parts), "out_features": spec.out_features,
-             "block_size": spec.block_size, "groups": len(parts),
+             "in_features": sum(p.spec.in_features for p in parts),
+             "out_features": spec.out_features, "block_size": spec.block_size,
+             "groups": sum(p.spec.act_groups for p in parts),
              "weight_bytes": sum(int(p.resident_bytes()) for p in parts)}
     # One short append per layer (O(layers) I/O in all while the model loads).
     with open(Path(directory) / f"{_PREFIX}{os.getpid()}{_SUFFIX}", "a") as f:

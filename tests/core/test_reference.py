@@ -92,8 +92,9 @@ def test_module_modes_and_batch_shape():
         QuantLinearModule(lay, "other")
 
 
-def _grouped_layer(groups=2, k=256, n=48, seed=1):
-    """A row-parallel-style layer: shard-local transform (tp_shards = groups), bias, smoothing."""
+def _grouped_layer(groups=2, k=256, n=48, seed=1, shards=None):
+    """A row-parallel-style layer: group-local transform, `shards` row-parallel shards
+    (default: tp_shards = groups, one group each), bias, smoothing."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(64, k, generator=g)
     x[:, 3] *= 40  # an outlier in group 0 only: per-group ranges must differ from whole-row ones
@@ -101,7 +102,7 @@ def _grouped_layer(groups=2, k=256, n=48, seed=1):
                               smooth=torch.rand(k, generator=g) + 0.5)
     w = torch.randn(n, k, generator=g)
     lay = quantize_linear(t.apply_to_weight(w), t, torch.randn(n, generator=g), 4, 4, 0.8, 0.9,
-                          act_groups=groups)
+                          act_groups=groups, shards=groups if shards is None else shards)
     return lay, x
 
 
@@ -136,11 +137,43 @@ def test_grouped_layer_is_the_sum_of_its_tensor_parallel_shards(groups):
     assert not torch.allclose(w4a4_linear_ref(x, whole), y, rtol=1e-4, atol=1e-4)
 
 
-def test_grouped_fake_quant_matches_integer_path():
-    lay, x = _grouped_layer(2)
+@pytest.mark.parametrize("shards", [1, 2])
+def test_groups_inside_a_shard_are_summed_before_rounding(shards):
+    # Four activation groups: one shard (column-parallel or tp_shards = 1) or two of two.
+    lay, x = _grouped_layer(4, shards=shards)
+    xb = x.bfloat16()
+    y = w4a4_linear_ref(xb, lay)
+    kg = lay.in_features // 4
+    parts = [w4a4_linear_ref(xb[:, i * kg:(i + 1) * kg].float(), g)  # each group alone, fp32
+             for i, g in enumerate(lay.groups())]
+    per = 4 // shards
+    shard_sums = [sum(parts[s * per:(s + 1) * per]).bfloat16() for s in range(shards)]
+    # Within a shard the groups meet in one accumulator, rounded to bfloat16 once; across
+    # shards the bfloat16 outputs are added (the all-reduce).
+    want = tree_sum(shard_sums)
+    assert (y.float() - want.float()).abs().max() <= 1e-6 + 2 ** -7 * want.float().abs().max()
+    if shards == 1:
+        torch.testing.assert_close(y, sum(parts).bfloat16(), rtol=0, atol=0)
+    # The shards really are rounded apart: the reference equals the tree sum of its shards.
+    if shards == 2:
+        torch.testing.assert_close(
+            y, tree_sum([w4a4_linear_ref(xb[:, i * 2 * kg:(i + 1) * 2 * kg], s)
+                         for i, s in enumerate(lay.shard_linears())]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shards", [2, 1])
+def test_grouped_fake_quant_matches_integer_path(shards):
+    lay, x = _grouped_layer(2, shards=shards)
     y_int = w4a4_linear_ref(x, lay)
     assert (fake_quant_linear(x, lay) - y_int).norm() / y_int.norm() < 1e-5
     assert torch.allclose(QuantLinearModule(lay, "fake")(x), y_int, rtol=1e-4, atol=1e-3)
+
+
+def test_shards_must_divide_groups():
+    lay, _ = _grouped_layer(2)
+    with pytest.raises(ValueError, match="spread evenly"):
+        QuantizedLinear(lay.qweight, lay.weight_scale, lay.weight_zero, lay.transform, None,
+                        4, 4, 0.9, act_groups=2, shards=4)
 
 
 def test_groups_must_respect_the_transform():

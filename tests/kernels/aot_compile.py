@@ -21,7 +21,13 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from duquant_serve.kernels.triton_gemm import _epilogue_kernel, _gemm_config, _w4a4_gemm_kernel
+from duquant_serve.kernels.triton_gemm import (
+    _epilogue_kernel,
+    _gemm_config,
+    _w4a4_gemm_groups_kernel,
+    _w4a4_gemm_kernel,
+    groups_config,
+)
 from duquant_serve.kernels.triton_prologue import KC, NS, _config, _prologue_kernel
 from duquant_serve.kernels.triton_prologue_split import _prologue_split_kernel
 from duquant_serve.testing import cuda_tools
@@ -32,6 +38,12 @@ GEMM_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i3
             "stride_om": "i32", "ws_ptr": "*i32", "count_ptr": "*i32", "M": "i32", "N": "i32",
             "K": "i32", "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
             "BLOCK_K": "constexpr", "GROUP_M": "constexpr", "SPLIT_K": "constexpr"}
+GROUPS_SIG = {"a_ptr": "*i8", "stride_am": "i32", "p_ptr": "*u8", "stride_pn": "i32",
+              "sx_ptr": "*fp32", "zx_ptr": "*fp32", "sqx_ptr": "*i32", "sw_ptr": "*fp32",
+              "zw_ptr": "*fp32", "gsum_ptr": "*i32", "bias_ptr": "*bf16", "out_ptr": "*bf16",
+              "stride_om": "i32", "M": "i32", "N": "i32", "G": "i32", "KG": "i32",
+              "HAS_BIAS": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+              "BLOCK_K": "constexpr", "GROUP_M": "constexpr"}
 EPI_SIG = {"acc_ptr": "*i32", "stride_am": "i32", "sx_ptr": "*fp32", "zx_ptr": "*fp32",
            "sqx_ptr": "*i32", "sw_ptr": "*fp32", "zw_ptr": "*fp32", "sqw_ptr": "*i32",
            "bias_ptr": "*bf16", "out_ptr": "*bf16", "stride_om": "i32", "M": "i32", "N": "i32",
@@ -58,7 +70,8 @@ SPLIT_SIG = {"x_ptr": "*bf16", "stride_xm": "i32", "smooth_ptr": "*fp32", "r1t_p
 # C multiples of 64; M is anything). Triton specializes on both (tt.divisibility), and only
 # with it can the GEMM's loads become cp.async copies that `num_stages` pipelines: compiled
 # without, the same config was unpipelined and spilled up to 3.6 KB per thread.
-ALIGNED_INTS = {"stride_am", "stride_pn", "stride_om", "N", "K", "stride_xm", "stride_qm", "C"}
+ALIGNED_INTS = {"stride_am", "stride_pn", "stride_om", "N", "K", "stride_xm", "stride_qm", "C",
+                "KG"}
 
 
 def runtime_attrs(fn, sig: dict[str, str]) -> dict[tuple[int], list]:
@@ -82,6 +95,12 @@ def main(arch: int) -> None:
         opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
         split = f" split={cfg['SPLIT_K']}" if cfg["SPLIT_K"] > 1 else ""
         jobs.append((f"gemm M={m}{split}", _w4a4_gemm_kernel, GEMM_SIG,
+                     {"HAS_BIAS": True, **cfg}, opts))
+    # The block-scaled GEMM (activation groups of 128 channels) at the same static buckets.
+    for m in (1, 64, 256, 4096):
+        cfg = groups_config(_gemm_config(m, 4096, 4096, None, None), 128)
+        opts = {"num_warps": cfg.pop("num_warps"), "num_stages": cfg.pop("num_stages")}
+        jobs.append((f"gemm M={m} groups=32", _w4a4_gemm_groups_kernel, GROUPS_SIG,
                      {"HAS_BIAS": True, **cfg}, opts))
     jobs.append(("epilogue", _epilogue_kernel, EPI_SIG,
                  {"HAS_BIAS": True, "BLOCK_M": 32, "BLOCK_N": 128}, {"num_warps": 4}))

@@ -114,6 +114,46 @@ def test_triton_kernel_layout_end_to_end(m, n, k, b):
     assert _rel(y, w4a4_linear_ref(x, lin)) < 1e-4
 
 
+@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("n,k,groups,shards", [(40, 576, 9, 1), (72, 512, 4, 2)])
+def test_triton_groups_kernel_end_to_end(m, n, k, groups, shards):
+    """TritonGroupsKernel.prepare_groups → its prologue op → the block-scaled Triton GEMM
+    (interpreted) on the prepared tensors, shards tree-summed = w4a4_linear_ref."""
+    from duquant_serve.core.reference import tree_sum
+    from duquant_serve.kernels.linear_kernels import TritonGroupsKernel
+    from duquant_serve.kernels.triton_gemm import w4a4_gemm_groups_triton
+
+    g = torch.Generator().manual_seed(m + k)
+    lin = make_layer(n, k, 64, smooth=m != 7, bias=m != 1, g=g, groups=groups, shards=shards)
+    spec = LayerSpec(k // shards, n, 64, has_smooth=m != 7, has_bias=m != 1,
+                     act_dtype=torch.float32, device_type="cpu", act_groups=groups // shards)
+    ps = TritonGroupsKernel.prepare_groups(spec, lin)
+    assert len(ps) == shards and ps[0].group_code_sum.shape == (groups // shards, n)
+    x = make_x(m, k, g)
+    kp = k // shards
+    ys = []
+    for i, p in enumerate(ps):
+        xs = x[:, i * kp:(i + 1) * kp].contiguous()
+        q, s, z, qs = torch.ops.duquant.prologue_groups(xs, p.r1, p.r2, p.perm, p.smooth, 4,
+                                                        p.act_clip_ratio, p.spec.act_groups)
+        ys.append(w4a4_gemm_groups_triton(q, s, z, qs, p.qweight, p.weight_scale, p.weight_zero,
+                                          p.group_code_sum, p.bias, torch.float32))
+    assert _rel(tree_sum(ys), w4a4_linear_ref(x, lin)) < 1e-6
+    # The op's CPU body is the reference too.
+    assert _rel(TritonGroupsKernel.apply_groups(ps, x), w4a4_linear_ref(x, lin)) < 1e-6
+
+
+def test_triton_groups_kernel_takes_only_grouped_layers():
+    from duquant_serve.kernels.linear_kernels import TritonGroupsKernel
+
+    gpu = dict(device_type="cuda", capability=(9, 0), act_dtype=torch.bfloat16)
+    ok, why = TritonGroupsKernel.can_implement(LayerSpec(576, 40, 64, **gpu))
+    assert not ok and "activation groups only" in why
+    ok, why = TritonGroupsKernel.can_implement(LayerSpec(576, 40, 16, act_groups=18, **gpu))
+    assert not ok and "32 channels" in why
+    assert TritonGroupsKernel.validated_on_gpu is False  # opt-in until a GPU run checks it
+
+
 def test_cutlass_kernel_layouts_end_to_end():
     """CUTLASS paths' prepare layouts through the ops' CPU impls (+ the Triton epilogue where
     the GEMM writes int32): each kernel's stored weights and epilogue vectors = the reference."""
@@ -176,29 +216,43 @@ def test_apply_compiles_without_graph_breaks(kernel):
         _assert_epilogue_close(f(x), want)
 
 
-@pytest.mark.parametrize("groups, kg, block", [(2, 192, 64), (3, 192, 64), (9, 64, 64), (6, 32, 16)])
-def test_grouped_apply_equals_grouped_reference(groups, kg, block):
-    """Activation groups (tp_shards shards, act_group_size groups): one kernel linear per
-    group, summed as core.reference sums them (bit for bit, and through torch.compile)."""
+class _PerGroupCpuInt8(CpuInt8Kernel):
+    """cpu_int8 as a kernel without native activation groups: one linear per group."""
+
+    name = "cpu_int8_per_group"
+    native_act_groups = False
+
+
+@pytest.mark.parametrize("groups, shards, kg, block",
+                         [(2, 2, 192, 64), (3, 1, 192, 64), (9, 1, 64, 64), (6, 2, 32, 16),
+                          (4, 2, 64, 64)])
+def test_grouped_apply_equals_grouped_reference(groups, shards, kg, block):
+    """Activation groups over row-parallel shards: kernels with native groups run one linear
+    per shard (one prologue, a block-scaled GEMM), the others one per group summed in fp32;
+    shards are summed as core.reference sums them (torch_ref: bit for bit, also compiled)."""
     import dataclasses
 
-    g = torch.Generator().manual_seed(groups)
+    g = torch.Generator().manual_seed(groups + shards)
     n = 40  # kg 192: SmolLM2-like 3 blocks per group, where strided slices rounded differently
     k = kg * groups
-    lin = make_layer(n, k, block, smooth=True, bias=True, g=g, groups=groups)
-    spec = LayerSpec(k // groups, n, block, has_smooth=True, has_bias=True,
-                     act_dtype=torch.float32, device_type="cpu")
+    lin = make_layer(n, k, block, smooth=True, bias=True, g=g, groups=groups, shards=shards)
+    spec = LayerSpec(k // shards, n, block, has_smooth=True, has_bias=True,
+                     act_dtype=torch.float32, device_type="cpu", act_groups=groups // shards)
     ps = TorchRefKernel.prepare_groups(spec, lin)
-    assert len(ps) == groups and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
+    assert len(ps) == shards and ps[0].bias is not None and all(p.bias is None for p in ps[1:])
     ps8 = CpuInt8Kernel.prepare_groups(spec, lin)
-    # Several inputs and row counts: a last-bit difference shows on a few of them only (seen
-    # when the reference rotated strided group slices: 3-4 of these 20 differed).
+    per = groups // shards
+    assert len(ps8) == shards and ps8[0].qweight.shape == ((per, n, kg) if per > 1 else (n, kg))
+    per_group = _PerGroupCpuInt8.prepare_groups(spec, lin)
+    assert len(per_group) == groups and [p.shard for p in per_group] == [
+        i // (groups // shards) for i in range(groups)]
     for m in (1, 7, 9, 33, 64):
-        for _ in range(4):
+        for _ in range(3):
             x = make_x(m, k, g)
             want = w4a4_linear_ref(x, lin)
             assert torch.equal(TorchRefKernel.apply_groups(ps, x), want), m
             _assert_epilogue_close(CpuInt8Kernel.apply_groups(ps8, x), want)
+            _assert_epilogue_close(_PerGroupCpuInt8.apply_groups(per_group, x), want)
     x = make_x(9, k, g)
     want = w4a4_linear_ref(x, lin)
     torch._dynamo.reset()
@@ -206,7 +260,38 @@ def test_grouped_apply_equals_grouped_reference(groups, kg, block):
                       backend="aot_eager")
     assert torch.equal(f(x), want)
     with pytest.raises(ValueError, match="groups"):
-        TorchRefKernel.prepare_groups(dataclasses.replace(spec, in_features=2 * kg), lin)
+        TorchRefKernel.prepare_groups(dataclasses.replace(spec, in_features=2 * k // shards), lin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_int8_groups_compiled_equals_eager_and_the_reference(dtype):
+    """The block-scaled cpu_int8 path under inductor with dynamic token counts, as vLLM
+    compiles it: within an output ulp of eager and of the reference (not bit for bit: inductor
+    sums the groups' fp32 terms in its own order, with fused multiply-adds)."""
+    g = torch.Generator().manual_seed(5)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, groups=9)
+    spec = LayerSpec(576, 72, 64, has_smooth=True, has_bias=True, act_dtype=dtype,
+                     device_type="cpu", act_groups=9)
+    (p,) = CpuInt8Kernel.prepare_groups(spec, lin)
+    torch._dynamo.reset()
+    f = torch.compile(lambda t: CpuInt8Kernel.apply(p, t), fullgraph=True, backend="inductor")
+    for m in (1, 2, 5, 33, 300):
+        x = (make_x(m, 576, g) * 4).to(dtype)
+        torch._dynamo.mark_dynamic(x, 0)
+        eager = CpuInt8Kernel.apply(p, x)
+        want = w4a4_linear_ref(x, lin)
+        _assert_epilogue_close(eager, want)
+        _assert_epilogue_close(f(x), want)
+
+
+def test_prepare_refuses_a_permutation_across_groups():
+    g = torch.Generator().manual_seed(3)
+    lin = make_layer(8, 256, 64, smooth=False, bias=False, g=g, groups=2)
+    lin.transform.perm = lin.transform.perm.flip(0)
+    spec = LayerSpec(256, 8, 64, device_type="cpu", act_groups=2)
+    with pytest.raises(ValueError, match="across the 2 activation groups"):
+        CpuInt8Kernel.prepare(spec, lin.qweight, lin.weight_scale, lin.weight_zero,
+                              lin.transform, None, 0.9)
 
 
 def test_import_duquant_serve_stays_light():
