@@ -37,11 +37,12 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                         "input shards: any tensor-parallel size dividing N serves it identically "
                         "(auto: the largest of 8, 4, 2, 1 the model's heads allow without "
                         "shrinking a rotation block)")
-    g.add_argument("--act-group-size", type=int, default=0,
+    g.add_argument("--act-group-size", type=int, default=None,
                    help="per-token activation ranges over groups of this many channels at every "
                         "linear (power of two; per input the largest <= this dividing its width; "
-                        "0: one range per input, or per tp shard). Finer groups cost accuracy "
-                        "less and run one GEMM per group (docs/offline-quant.md)")
+                        "0: one range per input, or per tp shard). Default: 128 for the duquant "
+                        "methods, 0 for the rtn / smoothquant / hadamard baselines "
+                        "(docs/offline-quant.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto",
                    help="where calibration and quantization run, a decoder layer at a time: "
@@ -91,13 +92,16 @@ def _resolve_tp_shards(args, model: str) -> None:
 
 def _qcfg(args, method: str = "duquant"):
     from duquant_serve.core.config import DuQuantConfig
+    from offline_quant.pipeline import default_act_group_size
 
     return DuQuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
         rotation_steps=args.steps, permutation=args.permutation,
         channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
-        tp_shards=args.tp_shards, act_group_size=args.act_group_size, seed=args.seed)
+        tp_shards=args.tp_shards, seed=args.seed,
+        act_group_size=(default_act_group_size(method) if args.act_group_size is None
+                        else args.act_group_size))
 
 
 def cmd_quantize(args) -> int:
@@ -138,6 +142,10 @@ def cmd_eval(args) -> int:
     else:
         _resolve_tp_shards(args, args.target)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    from offline_quant.pipeline import METHOD_TABLE
+
+    # Every quantized row's config, built (and so validated) before any work starts.
+    configs = {m: _qcfg(args, m) for m in methods if m in METHOD_TABLE}
 
     def on_result(partial: dict) -> None:
         r = partial["results"][-1]
@@ -147,7 +155,7 @@ def cmd_eval(args) -> int:
             Path(args.json).write_text(json.dumps(partial, indent=2))
 
     evaluate(args.target, args.dataset, args.seqlen, methods, args.limit,
-             qcfg=_qcfg(args), calib_source=args.calib,
+             qcfg=configs.__getitem__, calib_source=args.calib,
              calib_nsamples=args.nsamples, calib_seqlen=args.calib_seqlen,
              fake_quant_attention=args.fake_quant_attention, progress=not args.quiet,
              on_result=on_result, device=args.device, linear=linear)

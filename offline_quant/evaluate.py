@@ -127,7 +127,7 @@ def evaluate(
     seqlen: int,
     methods: list[str],
     limit: int | None = None,
-    qcfg: DuQuantConfig | None = None,
+    qcfg: DuQuantConfig | Callable[[str], DuQuantConfig] | None = None,
     calib_source: str = "wikitext2",
     calib_nsamples: int = 16,
     calib_seqlen: int = 512,
@@ -143,7 +143,9 @@ def evaluate(
     `device` (resolve_device's spec) runs quantization and perplexity there; the loaded 16-bit
     model stays on the CPU and each method works on a copy. `linear`: how a checkpoint's linears
     are computed (load_checkpoint_model; None: the integer reference). Each result's "linears"
-    counts them by kernel name ("reference" for the integer reference)."""
+    counts them by kernel name ("reference" for the integer reference). `qcfg`: one config for
+    every method, or a function method → config (`duquant eval`: each method's default
+    activation groups); a quantized method's row records its act_group_size."""
     dev = resolve_device(device)
     results: list[dict] = []
     windows = None
@@ -180,7 +182,8 @@ def evaluate(
         bad = [m for m in methods if m not in ALL_METHODS]
         if bad:
             raise EvalError(f"unknown method(s) {bad}; choose from {list(ALL_METHODS)}")
-        qcfg = qcfg or DuQuantConfig()
+        fixed = qcfg or DuQuantConfig()
+        config_for = qcfg if callable(qcfg) else (lambda method: fixed)
         base, tok = load_model(target)
         windows = eval_windows(tok, dataset, seqlen, limit)
         calib = None
@@ -192,14 +195,17 @@ def evaluate(
                     calib = calibration_windows(tok, calib_source, calib_nsamples, calib_seqlen,
                                                 vocab_size=base.config.vocab_size)
                 # Layers stay on the device (no offload): the whole model runs there next.
-                quantize_model(model, calib, qcfg, PipelineOptions(
+                cfg = config_for(method)
+                quantize_model(model, calib, cfg, PipelineOptions(
                     method=method, progress=progress, device=str(dev), offload=False))
                 if fake_quant_attention:
                     enable_attention_fake_quant(model)
             model.to(dev)  # the rest: embeddings, final norm, lm_head (and fp methods' layers)
             ppl = perplexity(model, windows, progress, method)
             results.append({"method": method, "ppl": ppl,
-                            "seconds": round(time.perf_counter() - t, 2)})
+                            "seconds": round(time.perf_counter() - t, 2),
+                            **({} if method in FP_METHODS
+                               else {"act_group_size": cfg.act_group_size})})
             del model
             if on_result is not None:
                 on_result(summary())

@@ -23,7 +23,9 @@ def wikitext_valid(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A float32 tiny Llama and its DuQuant checkpoint (tp_shards=2)."""
+    """A float32 tiny Llama and its DuQuant checkpoint (tp_shards=2), one activation range per
+    input (shard): the layout every format version can state, so tests rewrite it as older
+    formats. The default's activation groups have their own end-to-end tests."""
     from duquant_serve.cli import main
     from duquant_serve.testing.tiny import QUICK_QUANT_ARGS as QUICK_QUANT
     from duquant_serve.testing.tiny import make_tiny_model
@@ -31,7 +33,8 @@ def tiny_checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny")
     src = make_tiny_model(d / "llama", "llama")
     out = d / "llama-dq"
-    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2", *QUICK_QUANT]) == 0
+    assert main(["-q", "quantize", str(src), "--out", str(out), "--tp-shards", "2",
+                 "--act-group-size", "0", *QUICK_QUANT]) == 0
     return src, out
 
 

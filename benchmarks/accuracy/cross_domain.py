@@ -33,7 +33,12 @@ from offline_quant.calibration import (  # noqa: E402
 )
 from offline_quant.evaluate import FP_METHODS, window_nlls  # noqa: E402
 from offline_quant.models import load_model  # noqa: E402
-from offline_quant.pipeline import METHODS, PipelineOptions, quantize_model  # noqa: E402
+from offline_quant.pipeline import (  # noqa: E402
+    METHODS,
+    PipelineOptions,
+    default_act_group_size,
+    quantize_model,
+)
 
 
 def read_texts(spec: str) -> tuple[str, str, list[str]]:
@@ -51,8 +56,9 @@ def main() -> int:
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--limit", type=int, default=8, help="first N windows of each text")
     ap.add_argument("--calib", default="wikitext2")
-    ap.add_argument("--act-group-size", type=int, default=0,
-                    help="DuQuantConfig.act_group_size of the quantized rows")
+    ap.add_argument("--act-group-size", type=int, default=None,
+                    help="DuQuantConfig.act_group_size of the quantized rows (default: each "
+                         "method's, pipeline.default_act_group_size)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -79,10 +85,11 @@ def main() -> int:
         model = copy.deepcopy(base)
         row = {"method": method}
         if method not in FP_METHODS:
-            quantize_model(model, calib, DuQuantConfig(act_group_size=args.act_group_size),
+            groups = (default_act_group_size(method) if args.act_group_size is None
+                      else args.act_group_size)
+            quantize_model(model, calib, DuQuantConfig(act_group_size=groups),
                            PipelineOptions(method=method, progress=False))
-            if args.act_group_size:
-                row["act_group_size"] = args.act_group_size
+            row["act_group_size"] = groups
         for name, v in texts.items():
             nlls = window_nlls(model, v["windows"])
             row[name] = math.exp(sum(nlls) / len(nlls))

@@ -37,7 +37,12 @@ from offline_quant.calibration import (  # noqa: E402
 )
 from offline_quant.evaluate import FP_METHODS, window_nlls  # noqa: E402
 from offline_quant.models import load_model  # noqa: E402
-from offline_quant.pipeline import METHODS, PipelineOptions, quantize_model  # noqa: E402
+from offline_quant.pipeline import (  # noqa: E402
+    METHODS,
+    PipelineOptions,
+    default_act_group_size,
+    quantize_model,
+)
 
 CONFIG_FIELDS = {f.name: f.type for f in dataclasses.fields(DuQuantConfig)}
 OPTION_FIELDS = {f.name: f.type for f in dataclasses.fields(PipelineOptions)}
@@ -114,6 +119,8 @@ def main() -> int:
         t = time.perf_counter()
         model = copy.deepcopy(base)
         if method not in FP_METHODS:
+            # Each method's default activation groups unless the variant sets them.
+            cfg_over = {"act_group_size": default_act_group_size(method), **cfg_over}
             quantize_model(model, calib, DuQuantConfig(**cfg_over),
                            PipelineOptions(method=method, progress=False, **opt_over))
         q_seconds = time.perf_counter() - t

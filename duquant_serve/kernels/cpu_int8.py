@@ -42,8 +42,8 @@ class CpuInt8Kernel(LinearKernel):
     benchmarks/kernels/bench_cpu_linear.py times it against the 16-bit linear.
 
     Activation groups (spec.act_groups = G > 1): one prologue with per-(token, group) ranges,
-    one int8 GEMM per group on [G, N, K/G] weights, and one block-scaled fp32 epilogue summing
-    the groups (`_linear_groups`)."""
+    one int8 GEMM per group on [G, N, K/G] weights, and one block-scaled epilogue summing the
+    groups in fp32 (`_linear_groups`, `ops.epilogue_groups_fp32`)."""
 
     name = "cpu_int8"
     native_act_groups = True

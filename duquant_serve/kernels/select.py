@@ -83,6 +83,13 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None,
             key = (spec, k.name)
             if key not in _logged:
                 _logged.add(key)
+                if spec.act_groups > 1 and not k.native_act_groups:
+                    logger.warning(
+                        "duquant: %s runs its %d activation groups as %d separate linears on "
+                        "kernel %s (slow); the block-scaled triton_groups kernel does them in "
+                        "one GEMM but is opt-in until benchmarks/gpu_session.py validates it on "
+                        "a GPU (DUQUANT_ENABLE_UNVALIDATED=1)", layer_name or "layer",
+                        spec.act_groups, spec.act_groups, k.name)
                 logger.info("duquant: selected kernel %s for %s (%s; self-test rel. error %.1e%s)",
                             k.name, layer_name or "layer", spec, err,
                             f"; switches {knobs.changed()}" if knobs.changed() else "")

@@ -29,7 +29,8 @@ def test_variants_and_calibration_size(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rows = json.loads(out.read_text())["results"]
     assert [row["variant"] for row in rows] == ["fp", "base", "opt"]  # appended, in order
-    assert rows[1]["config"] == {"rotation_steps": 4}
+    # The method's default activation groups are part of the recorded config.
+    assert rows[1]["config"] == {"act_group_size": 128, "rotation_steps": 4}
     assert rows[2]["options"] == {"learn_steps": 2, "learn_start_steps": 2}
     assert [row["calibration"] for row in rows] == ["wikitext2 validation, 2 x 32"] * 2 + [
         "wikitext2 validation, 3 x 16"]

@@ -34,6 +34,28 @@ def test_cpu_gets_int8_and_logs_once(caplog):
     assert sum("selected kernel cpu_int8" in r.message for r in caplog.records) == 1
 
 
+def test_activation_groups_pick_a_native_kernel_or_warn(caplog, monkeypatch):
+    grouped = LayerSpec(576, 960, 64, device_type="cpu", act_groups=9)
+    with caplog.at_level(logging.INFO, logger="duquant_serve.kernels.select"):
+        assert select.choose_kernel(grouped).name == "cpu_int8"  # one block-scaled GEMM
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # A kernel without native groups serves each group alone, is chosen and tested on one
+    # group's spec, and says so once.
+    select._logged.clear()
+    monkeypatch.setattr(cpu_int8.CpuInt8Kernel, "native_act_groups", False)
+    with caplog.at_level(logging.INFO, logger="duquant_serve.kernels.select"):
+        assert select.choose_kernel(grouped, "layers.0.qkv").name == "cpu_int8"
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "9 activation groups as 9 separate linears" in warned[0]
+    # On a GPU the block-scaled triton_groups is opt-in until validated: without the switch
+    # the Triton kernel serves group by group (here: no GPU, so no self-test either).
+    monkeypatch.setattr(cpu_int8.CpuInt8Kernel, "native_act_groups", True)
+    h100 = LayerSpec(4096, 4096, 128, device_type="cuda", capability=(9, 0), act_groups=32)
+    assert select.choose_kernel(h100).name == "triton"
+    monkeypatch.setenv("DUQUANT_ENABLE_UNVALIDATED", "1")
+    assert select.choose_kernel(h100).name == "triton_groups"
+
+
 def test_cpu_falls_back_to_torch_ref(monkeypatch):
     # Without a working torch._int_mm on CPU (or with cpu_int8 disabled) the reference serves.
     monkeypatch.setattr(cpu_int8, "int_mm_cpu_missing", lambda: "torch._int_mm does not run on CPU")

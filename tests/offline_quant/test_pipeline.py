@@ -83,6 +83,16 @@ def test_bad_act_group_size_exits_2_before_writing(tmp_path, capsys, size, fragm
     _assert_clean_error(capsys, rc, out, fragment)
 
 
+def test_eval_refuses_bad_act_group_size_before_any_row(tmp_path, capsys, wikitext_valid):
+    src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
+    out = tmp_path / "r.json"
+    rc = main(["-q", "eval", str(src), "--dataset", wikitext_valid, "--seqlen", "64", "--limit",
+               "1", "--methods", "fp16,duquant", "--act-group-size", "48", "--json", str(out)])
+    assert rc == 2 and not out.exists()
+    assert "act_group_size must be 0 (whole input) or a power of two >= 8, got 48" in (
+        capsys.readouterr().err)
+
+
 def test_eval_methods_and_json(tmp_path, wikitext_valid):
     src = make_tiny_model(tmp_path / "m", "llama", hidden=128, heads=2, kv_heads=1, intermediate=192)
     out = tmp_path / "r.json"
@@ -94,6 +104,12 @@ def test_eval_methods_and_json(tmp_path, wikitext_valid):
     assert [r["method"] for r in res["results"]] == ["fp16", *METHODS]
     assert all(r["ppl"] > 1 and r["seconds"] >= 0 for r in res["results"])
     assert set(res) >= {"target", "dataset", "seqlen", "windows", "tokens", "results"}
+    # Default activation groups: 128 channels for the DuQuant methods; the baselines keep the
+    # published per-token ranges.
+    groups = {r["method"]: r.get("act_group_size") for r in res["results"]}
+    assert groups == {"fp16": None, "rtn": 0, "smoothquant": 0, "hadamard": 0,
+                      "hadamard-gptq": 0, "duquant": 128, "duquant-lwc": 128,
+                      "duquant-gptq": 128, "duquant-opt": 128}
 
 
 def _assert_clean_error(capsys, rc, out, fragment):
@@ -193,6 +209,7 @@ def test_each_method_writes_a_checkpoint_that_records_it(tmp_path):
                      "--learn-steps", "5", "--learn-start-steps", "4", *QUICK_QUANT]) == 0
         cfg = load_checkpoint(out).quant_config
         assert cfg.method == method and not cfg.lwc
+        assert cfg.act_group_size == 128  # the default activation groups
         # The learned method's greedy start is what its config records.
         assert cfg.rotation_steps == (4 if method == "duquant-opt" else 16)
         report = json.loads((out / "duquant_report.json").read_text())

@@ -28,6 +28,8 @@ def as_format3(tensors: dict, cfg: dict) -> None:
                 if f"{leader}.{suf}" in tensors:
                     tensors[f"{m}.{suf}"] = tensors[f"{leader}.{suf}"].clone()
     cfg["quantization_config"]["format_version"] = 3
+    # Format 3 has no activation groups; group-local permutations are valid without them.
+    cfg["quantization_config"].pop("act_group_size", None)
 
 
 def make_broken(src: Path, dst: Path, kind: str) -> Path:

@@ -9,12 +9,12 @@ from types import SimpleNamespace
 from duquant_serve.vllm_plugin import runtime_info as ri
 
 
-def _spec(k: int = 256, n: int = 512, b: int = 128):
-    return SimpleNamespace(in_features=k, out_features=n, block_size=b)
+def _spec(k: int = 256, n: int = 512, b: int = 128, groups: int = 1):
+    return SimpleNamespace(in_features=k, out_features=n, block_size=b, act_groups=groups)
 
 
-def _prepared(nbytes: int):
-    return SimpleNamespace(resident_bytes=lambda: nbytes)
+def _prepared(nbytes: int, spec=None):
+    return SimpleNamespace(resident_bytes=lambda: nbytes, spec=spec or _spec())
 
 
 def test_no_directory_records_nothing(monkeypatch, tmp_path):
@@ -27,15 +27,19 @@ def test_no_directory_records_nothing(monkeypatch, tmp_path):
 def test_record_appends_one_line_per_layer(monkeypatch, tmp_path):
     monkeypatch.setenv(ri.RUNTIME_DIR_ENV, str(tmp_path))
     ri.record_layer("m.qkv_proj", "torch_ref", _spec(), _prepared(100))
-    ri.record_layer("m.o_proj", "torch_ref", _spec(128, 256, 64), [_prepared(30), _prepared(40)])
+    # Two row-parallel shards of 128 inputs on this rank, one prepared linear each; the first
+    # holds three activation groups, the second one (a kernel without native groups would
+    # list one prepared linear per group instead).
+    ri.record_layer("m.o_proj", "torch_ref", _spec(128, 256, 64),
+                    [_prepared(30, _spec(128, 256, 64, 3)), _prepared(40, _spec(128, 256, 64))])
     files = list(tmp_path.iterdir())
     assert len(files) == 1 and files[0].name.startswith("layers-") and files[0].suffix == ".jsonl"
     first, second = (json.loads(line) for line in files[0].read_text().splitlines())
     assert first == {"pid": os.getpid(), "rank": 0, "name": "m.qkv_proj", "kernel": "torch_ref",
                      "in_features": 256, "out_features": 512, "block_size": 128, "groups": 1,
                      "weight_bytes": 100}
-    # two activation groups: the rank's width is both groups together
-    assert second["in_features"] == 256 and second["groups"] == 2
+    # the rank's width is both shards together, its groups all of theirs
+    assert second["in_features"] == 256 and second["groups"] == 4
     assert second["weight_bytes"] == 70
 
 
