@@ -222,10 +222,11 @@ class LinearKernel(abc.ABC):
 
     @classmethod
     def apply_groups(cls, ps: list[PreparedLinear], x: torch.Tensor) -> torch.Tensor:
-        """The linear `prepare_groups` prepared: `apply` on each part's input slice; a shard's
-        groups (kernels without native groups) summed in fp32 and rounded once, as
-        core.reference does, then the shards in core.reference.tree_sum order (what TP ranks
-        and their all-reduce compute). One part: plain `apply`."""
+        """The linear `prepare_groups` prepared: `apply` on each part's input slice; on kernels
+        without native groups a shard's group outputs (each already in the output dtype) are
+        added in fp32 and rounded again, within the output dtype's rounding of core.reference's
+        single rounding; then the shards in core.reference.tree_sum order (what TP ranks and
+        their all-reduce compute). One part: plain `apply`."""
         if len(ps) == 1:
             return cls.apply(ps[0], x)
         kg = ps[0].spec.in_features
