@@ -55,6 +55,21 @@ def _epilogue_store(
 
 
 @triton.jit
+def _tile_rows_cols(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    GROUP_M: tl.constexpr):
+    """Rows and columns of output tile `pid` in grouped tile order: programs that run together
+    share weight tiles in L2."""
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + ((pid % width) % size_m)
+    pid_n = (pid % width) // size_m
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
 def _w4a4_gemm_kernel(
     a_ptr, stride_am,
     p_ptr, stride_pn,
@@ -79,18 +94,7 @@ def _w4a4_gemm_kernel(
     last to arrive adds the others' partials (integers: exact, in any order) to its own, runs
     the epilogue and resets the counter. Decode grids with few output tiles thus use more SMs."""
     pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # Grouped tile order: programs that run together share weight tiles in L2.
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % width) % size_m)
-    pid_n = (pid % width) // size_m
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn = _tile_rows_cols(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     m_ok = rm < M
     n_ok = rn < N
     HALF: tl.constexpr = BLOCK_K // 2
@@ -169,17 +173,7 @@ def _w4a4_gemm_groups_kernel(
     complete, the FP8 1×128 block-scaling pattern. sx, zx, Σqx are [M, G] row-major; gsum
     is Σqw per group, [G, N] int32."""
     pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * num_n
-    group = pid // width
-    first_m = group * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + ((pid % width) % size_m)
-    pid_n = (pid % width) // size_m
-
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm, rn = _tile_rows_cols(pid, M, N, BLOCK_M, BLOCK_N, GROUP_M)
     m_ok = rm < M
     n_ok = rn < N
     HALF: tl.constexpr = BLOCK_K // 2
