@@ -6,6 +6,7 @@ from duquant_serve.core.reference import (
     QuantizedLinear,
     QuantLinearModule,
     epilogue_ref,
+    exact_quant_linear,
     fake_quant_linear,
     gemm_epilogue_ref,
     prologue_ref,
@@ -167,6 +168,23 @@ def test_grouped_fake_quant_matches_integer_path(shards):
     y_int = w4a4_linear_ref(x, lay)
     assert (fake_quant_linear(x, lay) - y_int).norm() / y_int.norm() < 1e-5
     assert torch.allclose(QuantLinearModule(lay, "fake")(x), y_int, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize(("groups", "shards"), [(1, 1), (2, 1), (2, 2), (4, 2)])
+def test_exact_mode_equals_the_integer_path_bit_for_bit(groups, shards):
+    """float64 dequantize-then-matmul, rounded once per shard, is the integer reference's
+    number: the method rows `duquant eval` reports are what the checkpoint computes. fp32
+    fake quantization is not (its sum rounds at every step)."""
+    lay, x = _grouped_layer(groups, shards=shards) if groups > 1 else (_layer()[0], None)
+    if x is None:
+        x = torch.randn(33, lay.in_features, generator=torch.Generator().manual_seed(4)) * 3
+    y_int = w4a4_linear_ref(x, lay)
+    torch.testing.assert_close(exact_quant_linear(x, lay), y_int, rtol=0, atol=0)
+    torch.testing.assert_close(QuantLinearModule(lay, "exact")(x), y_int, rtol=0, atol=0)
+    assert not torch.equal(fake_quant_linear(x, lay), y_int)  # fp32 fake is another rounding
+    xb = x.bfloat16()  # the output dtype is the input's, rounded once per shard
+    torch.testing.assert_close(exact_quant_linear(xb, lay), w4a4_linear_ref(xb, lay),
+                               rtol=0, atol=0)
 
 
 def test_shards_must_divide_groups():
