@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The default checkpoint (artifacts/smollm2-w4a4, from run_smollm2_checkpoint.sh) through its
-# two compute paths on LIMIT test windows (default: the whole split, 0), one process per path
-# side by side, joined into benchmarks/results/accuracy/smollm2_checkpoint_int_vs_fake_$tag$TAG.json.
+# compute paths (PATHS, default "int exact fake": integer reference, float64 dequantization,
+# fp32 fake quantization) on LIMIT test windows (default: the whole split, 0), one process per
+# path side by side, joined into benchmarks/results/accuracy/smollm2_checkpoint_int_vs_fake_$tag$TAG.json.
 # CK=<checkpoint dir> TAG=<suffix> for another checkpoint (e.g. CK=artifacts/smollm2-w4a4_g128 TAG=_g128).
 set -euo pipefail
 want=${LIMIT-0}  # read before _env.sh, which defaults LIMIT to 8
@@ -12,10 +13,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 script=benchmarks/accuracy/checkpoint_int_vs_fake.py
 pids=()
-for path in int fake; do
-  $PY $script "$ck" --dataset "$DATA" --limit "$want" --path $path \
+jsons=()
+for path in ${PATHS:-int exact fake}; do
+  $PY $script "$ck" --dataset "$DATA" --limit "$want" --path "$path" \
     --json "$tmp/$path.json" &
   pids+=($!)
+  jsons+=("$tmp/$path.json")
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-$PY $script --merge "$tmp/int.json" "$tmp/fake.json" --json "$OUT/smollm2_checkpoint_int_vs_fake_$tag.json"
+$PY $script --merge "${jsons[@]}" --json "$OUT/smollm2_checkpoint_int_vs_fake_$tag.json"
