@@ -52,7 +52,8 @@ def compare(head: dict, nll: dict[str, list[float]]) -> dict:
                                   for k in others},
             "per_window_nll_int_minus": {k: [a - b for a, b in zip(nll["int"], nll[k],
                                                                    strict=True)]
-                                         for k in others}}
+                                         for k in others},
+            "per_window_nll": nll}
 
 
 def main() -> int:

@@ -30,6 +30,8 @@ def test_split_runs_merge_to_the_joint_run(tiny_checkpoint, wikitext_valid, tmp_
     joint, split = json.loads(out["all"].read_text()), json.loads(merged.read_text())
     assert joint["windows"] == split["windows"] == 2
     assert split["ppl"] == joint["ppl"] and split["rel_diff"] == joint["rel_diff"]
+    assert split["per_window_nll"] == joint["per_window_nll"]
+    assert set(joint["per_window_nll"]) == {"int", "exact", "fake"}
     # The exact path is the integer reference's number; fp32 fake quant is another rounding.
     assert joint["ppl"]["int"] == joint["ppl"]["exact"]
     assert joint["windows_bit_equal"]["exact"] == 2
