@@ -205,9 +205,10 @@ def evaluate(
                 quantize_model(model, calib, cfg, PipelineOptions(
                     method=method, progress=progress, device=str(dev), offload=False))
                 # The row is the exact value of the quantized model (float64 dequantization,
-                # rounded once): the integer reference's number, so its checkpoint reproduces
-                # it. fp32 fake quant, used while calibrating, rounds differently, and a W4A4
-                # model amplifies that to ~1% of 8-window perplexity.
+                # rounded once): the integer reference's number up to rare near-tie roundings,
+                # so its checkpoint reproduces it. fp32 fake quant, used while calibrating,
+                # rounds every partial sum, which a W4A4 model amplifies to ~1% of 8-window
+                # perplexity.
                 use_reference_mode(model, "exact")
                 if fake_quant_attention:
                     enable_attention_fake_quant(model)

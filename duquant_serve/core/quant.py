@@ -51,8 +51,10 @@ def quantize_with_qparams(
     return q.clamp_(0, qmax(bits)).to(torch.uint8)
 
 
-def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    return (q.float() - zero) * scale
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(q − zero)·scale in `dtype`; float64 holds every value of float32 qparams exactly."""
+    return (q.to(dtype) - zero.to(dtype)) * scale.to(dtype)
 
 
 def quantize_per_token(

@@ -175,9 +175,7 @@ def test_exact_mode_equals_the_integer_path_bit_for_bit(groups, shards):
     """float64 dequantize-then-matmul, rounded once per shard, is the integer reference's
     number: the method rows `duquant eval` reports are what the checkpoint computes. fp32
     fake quantization is not (its sum rounds at every step)."""
-    lay, x = _grouped_layer(groups, shards=shards) if groups > 1 else (_layer()[0], None)
-    if x is None:
-        x = torch.randn(33, lay.in_features, generator=torch.Generator().manual_seed(4)) * 3
+    lay, x = _grouped_layer(groups, shards=shards)
     y_int = w4a4_linear_ref(x, lay)
     torch.testing.assert_close(exact_quant_linear(x, lay), y_int, rtol=0, atol=0)
     torch.testing.assert_close(QuantLinearModule(lay, "exact")(x), y_int, rtol=0, atol=0)
