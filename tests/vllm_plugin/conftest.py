@@ -30,3 +30,13 @@ def eager_run(dq_checkpoint: Path, tmp_path_factory) -> dict:
     proc, res = run_engine(dq_checkpoint, tmp_path_factory.mktemp("eager") / "out.json")
     assert res is not None, tail(proc)
     return res
+
+
+@pytest.fixture(scope="session")
+def compiled_run(dq_checkpoint: Path, tmp_path_factory) -> dict:
+    """One torch.compile'd engine (vLLM's default) on the tiny checkpoint, shared by the tests
+    that compare against it."""
+    proc, res = run_engine(dq_checkpoint, tmp_path_factory.mktemp("compiled") / "out.json",
+                           "--compile")
+    assert res is not None, tail(proc)
+    return res
