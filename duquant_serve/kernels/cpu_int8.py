@@ -1,9 +1,12 @@
-"""The CPU serving kernel: reference prologue, int8 GEMM on the codes, fp32 epilogue."""
+"""The CPU serving kernels: reference prologue, an exact integer GEMM on the codes, fp32
+epilogue. `cpu_int8` runs the GEMM as `torch._int_mm`; `cpu_fp32_gemm`, for CPUs where that
+has no fast path, as an fp32 GEMM on the same codes, which returns the same integers."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import torch
 
@@ -24,6 +27,43 @@ def int_mm_cpu_missing() -> str | None:
         return f"torch._int_mm does not run on CPU in this torch build ({e})"
     if got.dtype != torch.int32 or not torch.equal(got.long(), a.long() @ w.long().t()):
         return "torch._int_mm gave a wrong answer on CPU"
+    return None
+
+
+# A product of two 4-bit codes is at most 15·15, so every partial sum of a K-long dot product
+# is an integer ≤ K·225: below 2^24 float32 holds each one exactly, and an fp32 GEMM on the
+# codes returns torch._int_mm's int32 values whatever its summation order.
+FP32_EXACT_MAX_K = (2**24 - 1) // (15 * 15)
+
+# torch._int_mm counts as slow where it takes this many times an fp32 GEMM's time.
+INT_MM_SLOW_RATIO = 4.0
+
+
+def _best_seconds(fn, repeats: int = 3) -> float:
+    fn()  # warm-up: oneDNN builds its kernel on the first call
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@functools.cache
+def int_mm_cpu_slow() -> str | None:
+    """Why `torch._int_mm` should not serve on this CPU although it runs, or None: timed once
+    per process against an fp32 GEMM of the same shape (64 × 512 × 512). On a CPU with AVX2
+    only (no AVX-512 VNNI / AMX) this torch build's int8 GEMM measured 1.4 GOP/s against 92
+    for fp32, 65× slower, which made a served SmolLM2 ~10× slower than on a VNNI CPU."""
+    a = torch.randint(0, 16, (64, 512), dtype=torch.int8)
+    w = torch.randint(0, 16, (512, 512), dtype=torch.int8)
+    af, wf = a.float(), w.float()
+    t_int = _best_seconds(lambda: torch._int_mm(a, w))
+    t_f32 = _best_seconds(lambda: af @ wf)
+    if t_int > INT_MM_SLOW_RATIO * t_f32:
+        return (f"torch._int_mm is {t_int / t_f32:.0f}x slower than an fp32 GEMM on this CPU "
+                f"({t_int * 1e3:.2f} vs {t_f32 * 1e3:.2f} ms at 64x512x512: no native int8 "
+                "path); cpu_fp32_gemm computes the same integers faster")
     return None
 
 
@@ -58,7 +98,7 @@ class CpuInt8Kernel(LinearKernel):
             return False, f"in_features {spec.in_features} is odd (4-bit packing)"
         if spec.in_features * 15 * 15 >= 2**31:
             return False, f"in_features {spec.in_features} could overflow the int32 accumulator"
-        why = int_mm_cpu_missing()
+        why = int_mm_cpu_missing() or int_mm_cpu_slow()
         return why is None, why
 
     @classmethod
@@ -91,6 +131,43 @@ class CpuInt8Kernel(LinearKernel):
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
+class CpuFp32GemmKernel(CpuInt8Kernel):
+    """`cpu_int8` with its integer GEMM computed as an fp32 GEMM on the codes, for CPUs where
+    `torch._int_mm` has no fast path (`int_mm_cpu_slow`). Exact: every partial sum is an
+    integer below 2^24 (FP32_EXACT_MAX_K), so the accumulator holds the very int32 values
+    `_int_mm` returns and the outputs are cpu_int8's bit for bit. The weights are held as
+    fp32 codes [N, K] ([G, N, K/G] with groups): 4 bytes per weight, 4× cpu_int8's int8
+    codes and 8× the packed checkpoint, the price of running at the CPU's fp32 GEMM speed."""
+
+    name = "cpu_fp32_gemm"
+
+    @classmethod
+    def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
+        if spec.device_type != "cpu":
+            return False, f"CPU only, layer is on {spec.device_type!r}"
+        if spec.w_bits != 4 or spec.a_bits != 4:
+            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+        if spec.in_features % 2:
+            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
+        if spec.in_features > FP32_EXACT_MAX_K:
+            return False, (f"in_features {spec.in_features} > {FP32_EXACT_MAX_K}: fp32 partial "
+                           "sums of the code products would no longer be exact")
+        return True, None
+
+    @classmethod
+    def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
+        return unpack_int4(qweight).float()
+
+
+def _codes_mm(codes: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """codes int8 [M, K] · weight [N, K]ᵀ, exact: int32 from `torch._int_mm` for int8 weights
+    (cpu_int8; [N, K] row-major read as [K, N], no copy), the same integers in fp32 for fp32
+    weights (cpu_fp32_gemm)."""
+    if weight.dtype == torch.int8:
+        return torch._int_mm(codes, weight.t())
+    return codes.float() @ weight.t()
+
+
 # A nested compile region: under torch.compile, the ~50 traced ops of a linear are compiled
 # once per distinct signature (a handful per model: shapes, smoothing or not) and reused by
 # every layer, instead of inductor lowering all 120 linears of SmolLM2 one by one. Inside the
@@ -101,7 +178,7 @@ def _linear(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, perm: torch.Ten
             epilogue_rhs: torch.Tensor, bias: torch.Tensor | None, a_bits: int,
             clip_ratio: float) -> torch.Tensor:
     codes, scale, zero, code_sum = ops.prologue_torch(x, r1, r2, perm, smooth, a_bits, clip_ratio)
-    acc = torch._int_mm(codes, qweight.t())  # [N, K] row-major read as [K, N]: no copy
+    acc = _codes_mm(codes, qweight)
     return ops.epilogue_fp32(acc, scale, zero, code_sum, weight_scale, epilogue_rhs, bias,
                              x.dtype)
 
@@ -111,9 +188,9 @@ def _linear_groups(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, perm: to
                    smooth: torch.Tensor | None, qweight: torch.Tensor,
                    weight_scale: torch.Tensor, epilogue_rhs: torch.Tensor,
                    bias: torch.Tensor | None, a_bits: int, clip_ratio: float) -> torch.Tensor:
-    """`_linear` with activation groups: qweight int8 [G, N, K/G], epilogue_rhs [G, 2, N]."""
+    """`_linear` with activation groups: qweight [G, N, K/G], epilogue_rhs [G, 2, N]."""
     codes, scale, zero, code_sum = ops.prologue_groups_torch(
         x, r1, r2, perm, smooth, a_bits, clip_ratio, qweight.shape[0])
-    accs = [torch._int_mm(c, qweight[g].t()) for g, c in enumerate(codes)]
+    accs = [_codes_mm(c, qweight[g]) for g, c in enumerate(codes)]
     return ops.epilogue_groups_fp32(accs, scale, zero, code_sum, weight_scale, epilogue_rhs, bias,
                                     x.dtype)

@@ -3,7 +3,8 @@
     choose_kernel(spec) → the first kernel class in PRIORITY whose `can_implement` agrees (on
     `kernel_spec(spec)`: one activation group where the kernel does not run groups natively):
         triton_groups > cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8
-        > torch_ref   (triton_groups: activation-group layers only, unvalidated: opt-in)
+        > cpu_fp32_gemm > torch_ref   (triton_groups: activation-group layers only,
+        unvalidated: opt-in; cpu_fp32_gemm where torch._int_mm has no fast path)
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
@@ -21,6 +22,7 @@ from . import selftest
 from .base import LayerSpec, LinearKernel
 from .knobs import KernelKnobs
 from .linear_kernels import (
+    CpuFp32GemmKernel,
     CpuInt8Kernel,
     CutlassSm80Kernel,
     CutlassSm90Int8WeightKernel,
@@ -39,6 +41,7 @@ PRIORITY: tuple[type[LinearKernel], ...] = (
     CutlassSm80Kernel,
     TritonKernel,
     CpuInt8Kernel,
+    CpuFp32GemmKernel,
     TorchRefKernel,
 )
 KERNELS: dict[str, type[LinearKernel]] = {k.name: k for k in PRIORITY}

@@ -15,7 +15,9 @@ from kernel_cases import make_layer, make_x
 
 from duquant_serve.core.reference import w4a4_linear_ref
 from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.cpu_int8 import FP32_EXACT_MAX_K
 from duquant_serve.kernels.linear_kernels import (
+    CpuFp32GemmKernel,
     CpuInt8Kernel,
     CutlassSm80Kernel,
     CutlassSm90Int8WeightKernel,
@@ -61,6 +63,45 @@ def test_cpu_int8_kernel_matches_the_reference(m, n, k, b, dtype):
     assert y.shape == (1, m, n) and y.dtype == dtype
     want = TorchRefKernel.apply(_prep(TorchRefKernel, lin, dtype), x)
     _assert_epilogue_close(y, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 9])
+def test_cpu_fp32_gemm_equals_cpu_int8_bit_for_bit(groups, dtype):
+    """The fp32 GEMM on the codes accumulates the same integers as torch._int_mm (every
+    partial sum an integer below 2^24), so the two CPU kernels give identical outputs, eager
+    and under inductor, with and without activation groups."""
+    g = torch.Generator().manual_seed(groups)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, groups=groups)
+    spec = LayerSpec(576, 72, 64, has_smooth=True, has_bias=True, act_dtype=dtype,
+                     device_type="cpu", act_groups=groups)
+    (p8,) = CpuInt8Kernel.prepare_groups(spec, lin)
+    (pf,) = CpuFp32GemmKernel.prepare_groups(spec, lin)
+    assert pf.qweight.dtype == torch.float32 and torch.equal(pf.qweight, p8.qweight.float())
+    torch._dynamo.reset()
+    f8 = torch.compile(lambda t: CpuInt8Kernel.apply(p8, t), fullgraph=True, backend="inductor")
+    ff = torch.compile(lambda t: CpuFp32GemmKernel.apply(pf, t), fullgraph=True,
+                       backend="inductor")
+    for m in (1, 5, 33, 300):
+        x = (make_x(m, 576, g) * 4).to(dtype)
+        torch._dynamo.mark_dynamic(x, 0)
+        assert torch.equal(CpuFp32GemmKernel.apply(pf, x), CpuInt8Kernel.apply(p8, x)), m
+        assert torch.equal(ff(x), f8(x)), m
+
+
+def test_fp32_code_products_are_exact_up_to_the_width_limit():
+    """At the widest K the fp32 kernel accepts, all-15 codes (the largest sums) and random
+    codes give the int64 dot products exactly; one code further, 15·15·K passes 2^24."""
+    k = FP32_EXACT_MAX_K - FP32_EXACT_MAX_K % 2
+    a = torch.full((2, k), 15, dtype=torch.int8)
+    a[1] = torch.randint(0, 16, (k,), generator=torch.Generator().manual_seed(0))
+    w = torch.full((3, k), 15.0)
+    w[1:] = torch.randint(0, 16, (2, k), generator=torch.Generator().manual_seed(1)).float()
+    from duquant_serve.kernels.cpu_int8 import _codes_mm
+
+    got = _codes_mm(a, w)
+    assert torch.equal(got.long(), a.long() @ w.long().t())
+    assert 225 * (FP32_EXACT_MAX_K + 1) >= 2**24
 
 
 def test_cpu_int8_compiled_equals_eager_and_the_reference():
@@ -201,7 +242,7 @@ def test_prepare_rejects_mismatched_tensors():
                                lin.transform, None, 1.0)
 
 
-@pytest.mark.parametrize("kernel", [TorchRefKernel, CpuInt8Kernel])
+@pytest.mark.parametrize("kernel", [TorchRefKernel, CpuInt8Kernel, CpuFp32GemmKernel])
 def test_apply_compiles_without_graph_breaks(kernel):
     g = torch.Generator().manual_seed(5)
     lin = make_layer(40, 192, 64, smooth=True, bias=True, g=g)

@@ -11,12 +11,17 @@ from duquant_serve.kernels import cpu_int8, select
 from duquant_serve.kernels import cutlass as cutlass_mod
 from duquant_serve.kernels.base import LayerSpec
 
+PROBE = cpu_int8.int_mm_cpu_slow  # the real speed probe (the fixture replaces it)
+
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
     monkeypatch.delenv("DUQUANT_KERNEL", raising=False)
     monkeypatch.delenv("DUQUANT_DISABLED_KERNELS", raising=False)
     monkeypatch.delenv("DUQUANT_ENABLE_UNVALIDATED", raising=False)
+    # A CPU whose torch._int_mm is fast (VNNI / AMX), whatever this machine has: the speed
+    # probe's own tests below set it otherwise.
+    monkeypatch.setattr(cpu_int8, "int_mm_cpu_slow", lambda: None)
     select._logged.clear()
     yield
     cutlass_mod._load.cache_clear()
@@ -56,15 +61,49 @@ def test_activation_groups_pick_a_native_kernel_or_warn(caplog, monkeypatch):
     assert select.choose_kernel(h100).name == "triton_groups"
 
 
-def test_cpu_falls_back_to_torch_ref(monkeypatch):
-    # Without a working torch._int_mm on CPU (or with cpu_int8 disabled) the reference serves.
+def test_cpu_without_a_fast_int_mm_gets_the_fp32_gemm(monkeypatch):
+    # torch._int_mm missing, or slow (AVX2-only CPUs): the same integers from an fp32 GEMM.
     monkeypatch.setattr(cpu_int8, "int_mm_cpu_missing", lambda: "torch._int_mm does not run on CPU")
-    assert select.choose_kernel(CPU).name == "torch_ref"
-    monkeypatch.undo()
-    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cpu_int8")
+    assert select.choose_kernel(CPU).name == "cpu_fp32_gemm"
+    monkeypatch.setattr(cpu_int8, "int_mm_cpu_missing", lambda: None)
+    monkeypatch.setattr(cpu_int8, "int_mm_cpu_slow", lambda: "torch._int_mm is 33x slower")
+    assert select.choose_kernel(CPU).name == "cpu_fp32_gemm"
+    ok, why = select.KERNELS["cpu_int8"].can_implement(CPU)
+    assert not ok and "33x slower" in why
+    ok, why = select.KERNELS["cpu_fp32_gemm"].can_implement(H100)
+    assert not ok and "CPU only" in why
+    # Beyond the width where fp32 partial sums of code products stay exact: refused.
+    k = (cpu_int8.FP32_EXACT_MAX_K // 128 + 1) * 128
+    wide = LayerSpec(k, 8, 128, device_type="cpu")
+    ok, why = select.KERNELS["cpu_fp32_gemm"].can_implement(wide)
+    assert not ok and "no longer be exact" in why
+
+
+def test_cpu_falls_back_to_torch_ref(monkeypatch):
+    # With both CPU GEMM kernels disabled the reference serves.
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cpu_int8,cpu_fp32_gemm")
     assert select.choose_kernel(CPU).name == "torch_ref"
     ok, why = select.KERNELS["cpu_int8"].can_implement(H100)
     assert not ok and "CPU only" in why
+
+
+@pytest.mark.parametrize("t_int,t_f32,slow", [(10.0, 1.0, True), (1.0, 1.0, False),
+                                              (3.9, 1.0, False)])
+def test_int_mm_speed_probe(monkeypatch, t_int, t_f32, slow):
+    """The probe times torch._int_mm, then the fp32 GEMM; slower than INT_MM_SLOW_RATIO times
+    the fp32 one is slow, with both times in the reason."""
+    times = iter([t_int, t_f32])
+    monkeypatch.setattr(cpu_int8, "_best_seconds", lambda fn: next(times))
+    why = PROBE.__wrapped__()
+    assert (why is not None) == slow
+    if slow:
+        assert "10x slower" in why and "10000.00 vs 1000.00 ms" in why
+
+
+def test_int_mm_speed_probe_runs_here():
+    """The real probe on this machine: no reason, or one with the measured times."""
+    why = PROBE.__wrapped__()
+    assert why is None or ("slower than an fp32 GEMM" in why and " ms at 64x512x512" in why)
 
 
 def test_forced_kernel_that_cannot_run_names_its_reason(monkeypatch):
@@ -80,7 +119,7 @@ def test_unknown_kernel_name(monkeypatch):
 
 
 def test_all_disabled_lists_every_reason(monkeypatch):
-    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "torch_ref,cpu_int8")
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "torch_ref,cpu_int8,cpu_fp32_gemm")
     with pytest.raises(select.NoKernelError) as e:
         select.choose_kernel(CPU)
     msg = str(e.value)
