@@ -55,8 +55,9 @@ def int_mm_cpu_slow() -> str | None:
     per process against an fp32 GEMM of the same shape (64 × 512 × 512). On a CPU with AVX2
     only (no AVX-512 VNNI / AMX) this torch build's int8 GEMM measured 1.4 GOP/s against 92
     for fp32, 65× slower, which made a served SmolLM2 ~10× slower than on a VNNI CPU."""
-    a = torch.randint(0, 16, (64, 512), dtype=torch.int8)
-    w = torch.randint(0, 16, (512, 512), dtype=torch.int8)
+    g = torch.Generator().manual_seed(0)  # not the global RNG: serving may depend on it
+    a = torch.randint(0, 16, (64, 512), dtype=torch.int8, generator=g)
+    w = torch.randint(0, 16, (512, 512), dtype=torch.int8, generator=g)
     af, wf = a.float(), w.float()
     t_int = _best_seconds(lambda: torch._int_mm(a, w))
     t_f32 = _best_seconds(lambda: af @ wf)
@@ -64,6 +65,17 @@ def int_mm_cpu_slow() -> str | None:
         return (f"torch._int_mm is {t_int / t_f32:.0f}x slower than an fp32 GEMM on this CPU "
                 f"({t_int * 1e3:.2f} vs {t_f32 * 1e3:.2f} ms at 64x512x512: no native int8 "
                 "path); cpu_fp32_gemm computes the same integers faster")
+    return None
+
+
+def _cpu_w4a4_refusal(spec: LayerSpec) -> str | None:
+    """Why a CPU kernel on 4-bit codes cannot run `spec`, or None."""
+    if spec.device_type != "cpu":
+        return f"CPU only, layer is on {spec.device_type!r}"
+    if spec.w_bits != 4 or spec.a_bits != 4:
+        return f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
+    if spec.in_features % 2:
+        return f"in_features {spec.in_features} is odd (4-bit packing)"
     return None
 
 
@@ -90,15 +102,10 @@ class CpuInt8Kernel(LinearKernel):
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        if spec.device_type != "cpu":
-            return False, f"CPU only, layer is on {spec.device_type!r}"
-        if spec.w_bits != 4 or spec.a_bits != 4:
-            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
-        if spec.in_features % 2:
-            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
-        if spec.in_features * 15 * 15 >= 2**31:
-            return False, f"in_features {spec.in_features} could overflow the int32 accumulator"
-        why = int_mm_cpu_missing() or int_mm_cpu_slow()
+        why = _cpu_w4a4_refusal(spec)
+        if why is None and spec.in_features * 15 * 15 >= 2**31:
+            why = f"in_features {spec.in_features} could overflow the int32 accumulator"
+        why = why or int_mm_cpu_missing() or int_mm_cpu_slow()
         return why is None, why
 
     @classmethod
@@ -143,16 +150,11 @@ class CpuFp32GemmKernel(CpuInt8Kernel):
 
     @classmethod
     def can_implement(cls, spec: LayerSpec) -> tuple[bool, str | None]:
-        if spec.device_type != "cpu":
-            return False, f"CPU only, layer is on {spec.device_type!r}"
-        if spec.w_bits != 4 or spec.a_bits != 4:
-            return False, f"only W4A4 (got W{spec.w_bits}A{spec.a_bits})"
-        if spec.in_features % 2:
-            return False, f"in_features {spec.in_features} is odd (4-bit packing)"
-        if spec.in_features > FP32_EXACT_MAX_K:
-            return False, (f"in_features {spec.in_features} > {FP32_EXACT_MAX_K}: fp32 partial "
-                           "sums of the code products would no longer be exact")
-        return True, None
+        why = _cpu_w4a4_refusal(spec)
+        if why is None and spec.in_features > FP32_EXACT_MAX_K:
+            why = (f"in_features {spec.in_features} > {FP32_EXACT_MAX_K}: fp32 partial sums of "
+                   "the code products would no longer be exact")
+        return why is None, why
 
     @classmethod
     def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:

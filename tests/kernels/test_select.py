@@ -101,9 +101,12 @@ def test_int_mm_speed_probe(monkeypatch, t_int, t_f32, slow):
 
 
 def test_int_mm_speed_probe_runs_here():
-    """The real probe on this machine: no reason, or one with the measured times."""
+    """The real probe on this machine: no reason, or one with the measured times; it runs at
+    model load, so it must leave the global RNG as it found it."""
+    state = torch.get_rng_state()
     why = PROBE.__wrapped__()
     assert why is None or ("slower than an fp32 GEMM" in why and " ms at 64x512x512" in why)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_forced_kernel_that_cannot_run_names_its_reason(monkeypatch):
