@@ -110,6 +110,12 @@ def quantize_to_checkpoint(
         "calibration": vars(calib),
         "method": opts.method,
         "device": describe_device(dev),
+        # What the stage times depend on besides the model: the learned loss's products run
+        # in bfloat16 only where the device computes it natively (pipeline.learn_matmul_dtype),
+        # so an AVX2-only CPU spends ~1.6x as long there as one with AVX-512 BF16.
+        "compute": {"threads": torch.get_num_threads(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "learned_matmul_dtype": result.report["learned_matmul_dtype"]},
         "seconds_per_stage": {**{k: round(v, 3) for k, v in times.items()},
                               **result.report["seconds_per_stage"]},
         "layers": result.report["layers"],

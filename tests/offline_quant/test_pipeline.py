@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from duquant_serve.checkpoint import load_checkpoint
 from duquant_serve.cli import build_parser, main
@@ -219,3 +220,9 @@ def test_each_method_writes_a_checkpoint_that_records_it(tmp_path):
         learned = report["layers"][0]["sites"]["mlp_out"].get("learned")
         assert (learned is not None) == (method == "duquant-opt")
         assert report["seconds_per_stage"]["gptq"] > 0
+        # The report says what the stage times ran on: the learned products' dtype (the
+        # learned method only) and the threads.
+        compute = report["compute"]
+        assert compute["threads"] == torch.get_num_threads() and compute["cpu_capability"]
+        assert (compute["learned_matmul_dtype"] in ("float32", "bfloat16")) == (
+            method == "duquant-opt")
