@@ -152,6 +152,13 @@ class LinearKernel(abc.ABC):
         """(True, None) or (False, why) — the reason is shown to the user when nothing fits."""
 
     @classmethod
+    def declines(cls, spec: LayerSpec) -> str | None:
+        """Why the priority order should pass this kernel over although it can run `spec` (a
+        faster kernel further down computes the same), or None. Forcing it (DUQUANT_KERNEL)
+        overrides this; `can_implement`'s refusals are not overridable."""
+        return None
+
+    @classmethod
     def tuned_counts(cls, spec: LayerSpec, device: torch.device,
                      knobs: KernelKnobs | None = None) -> tuple[int, ...]:
         """Token counts at which this layer's exact (N, K) runs code tuned for it on `device`

@@ -64,7 +64,8 @@ def int_mm_cpu_slow() -> str | None:
     if t_int > INT_MM_SLOW_RATIO * t_f32:
         return (f"torch._int_mm is {t_int / t_f32:.0f}x slower than an fp32 GEMM on this CPU "
                 f"({t_int * 1e3:.2f} vs {t_f32 * 1e3:.2f} ms at 64x512x512: no native int8 "
-                "path); cpu_fp32_gemm computes the same integers faster")
+                "path); cpu_fp32_gemm computes the same integers faster (DUQUANT_KERNEL="
+                "cpu_int8 still forces it: 4x less weight memory)")
     return None
 
 
@@ -105,8 +106,12 @@ class CpuInt8Kernel(LinearKernel):
         why = _cpu_w4a4_refusal(spec)
         if why is None and spec.in_features * 15 * 15 >= 2**31:
             why = f"in_features {spec.in_features} could overflow the int32 accumulator"
-        why = why or int_mm_cpu_missing() or int_mm_cpu_slow()
+        why = why or int_mm_cpu_missing()
         return why is None, why
+
+    @classmethod
+    def declines(cls, spec: LayerSpec) -> str | None:
+        return int_mm_cpu_slow()
 
     @classmethod
     def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:
@@ -155,6 +160,10 @@ class CpuFp32GemmKernel(CpuInt8Kernel):
             why = (f"in_features {spec.in_features} > {FP32_EXACT_MAX_K}: fp32 partial sums of "
                    "the code products would no longer be exact")
         return why is None, why
+
+    @classmethod
+    def declines(cls, spec: LayerSpec) -> str | None:
+        return None  # the kernel cpu_int8 declines in favour of
 
     @classmethod
     def weight_layout(cls, qweight: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@
     `kernel_spec(spec)`: one activation group where the kernel does not run groups natively):
         triton_groups > cutlass_sm90 > cutlass_sm90_int8w > cutlass_sm80 > triton > cpu_int8
         > cpu_fp32_gemm > torch_ref   (triton_groups: activation-group layers only,
-        unvalidated: opt-in; cpu_fp32_gemm where torch._int_mm has no fast path)
+        unvalidated: opt-in; cpu_int8 declines where torch._int_mm has no fast path, unless
+        forced: `LinearKernel.declines`)
     DUQUANT_KERNEL=name           forces one kernel (error with its reason if it cannot run)
     DUQUANT_DISABLED_KERNELS=a,b  removes kernels from consideration
     DUQUANT_KERNEL_SELFTEST=0     skips the load-time self-test (selftest.py)
@@ -75,6 +76,9 @@ def choose_kernel(spec: LayerSpec, layer_name: str | None = None,
             continue
         kspec = k.kernel_spec(spec)  # one activation group, where k does not run groups itself
         ok, why = k.can_implement(kspec)
+        if ok and not forced:  # a faster kernel further down computes the same
+            why = k.declines(kspec)
+            ok = why is None
         err = float("nan")
         if ok and not k.is_reference and knobs.selftest:
             why, err = selftest.self_test(k, kspec, knobs)

@@ -68,8 +68,17 @@ def test_cpu_without_a_fast_int_mm_gets_the_fp32_gemm(monkeypatch):
     monkeypatch.setattr(cpu_int8, "int_mm_cpu_missing", lambda: None)
     monkeypatch.setattr(cpu_int8, "int_mm_cpu_slow", lambda: "torch._int_mm is 33x slower")
     assert select.choose_kernel(CPU).name == "cpu_fp32_gemm"
-    ok, why = select.KERNELS["cpu_int8"].can_implement(CPU)
-    assert not ok and "33x slower" in why
+    # Slow is a preference, not a refusal: it can run, and forcing it gets it.
+    assert select.KERNELS["cpu_int8"].can_implement(CPU) == (True, None)
+    assert "33x slower" in select.KERNELS["cpu_int8"].declines(CPU)
+    monkeypatch.setenv("DUQUANT_KERNEL", "cpu_int8")
+    assert select.choose_kernel(CPU).name == "cpu_int8"
+    monkeypatch.delenv("DUQUANT_KERNEL")
+    # With cpu_fp32_gemm disabled too, the reference serves, and the reasons say why.
+    monkeypatch.setenv("DUQUANT_DISABLED_KERNELS", "cpu_fp32_gemm,torch_ref")
+    with pytest.raises(select.NoKernelError, match="cpu_int8: torch._int_mm is 33x slower"):
+        select.choose_kernel(CPU)
+    monkeypatch.delenv("DUQUANT_DISABLED_KERNELS")
     ok, why = select.KERNELS["cpu_fp32_gemm"].can_implement(H100)
     assert not ok and "CPU only" in why
     # Beyond the width where fp32 partial sums of code products stay exact: refused.
