@@ -112,7 +112,7 @@ def quantize_to_checkpoint(
         "device": describe_device(dev),
         # What the stage times depend on besides the model: the learned loss's products run
         # in bfloat16 only where the device computes it natively (pipeline.learn_matmul_dtype),
-        # so an AVX2-only CPU spends ~1.6x as long there as one with AVX-512 BF16.
+        # so the same command's time depends on the CPU's instruction set, not only its speed.
         "compute": {"threads": torch.get_num_threads(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "learned_matmul_dtype": result.report["learned_matmul_dtype"]},

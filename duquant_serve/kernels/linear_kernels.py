@@ -9,11 +9,11 @@ torch.compile traces it and vLLM can capture it in CUDA graphs. Availability che
 (`can_implement`) import Triton / load the extension lazily.
 """
 
-from .cpu_int8 import CpuFp32GemmKernel, CpuInt8Kernel, int_mm_cpu_missing, int_mm_cpu_slow
+from .cpu_int8 import CpuFp32GemmKernel, CpuInt8Kernel, int_mm_cpu_missing
 from .cutlass_linear import CutlassSm80Kernel, CutlassSm90Int8WeightKernel, CutlassSm90Kernel
 from .torch_ref import TorchRefKernel
 from .triton_linear import TritonGroupsKernel, TritonKernel
 
 __all__ = ["CpuFp32GemmKernel", "CpuInt8Kernel", "CutlassSm80Kernel", "CutlassSm90Int8WeightKernel",
            "CutlassSm90Kernel", "TorchRefKernel", "TritonGroupsKernel", "TritonKernel",
-           "int_mm_cpu_missing", "int_mm_cpu_slow"]
+           "int_mm_cpu_missing"]

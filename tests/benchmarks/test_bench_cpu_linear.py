@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from duquant_serve.kernels.linear_kernels import int_mm_cpu_slow
+import torch
+
+from duquant_serve.kernels.base import LayerSpec
+from duquant_serve.kernels.select import choose_kernel
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +24,7 @@ def test_rows_time_every_cpu_kernel_against_16_bit(tmp_path):
     assert {tuple(x["shape"]) for x in rows} == {(m, n, k) for m in (1, 3)
                                                  for n, k in ((960, 576), (576, 576),
                                                               (3072, 576), (576, 1536))}
-    pick = "cpu_int8" if int_mm_cpu_slow() is None else "cpu_fp32_gemm"  # choose_kernel's rule
+    pick = choose_kernel(LayerSpec(64, 64, 64, act_dtype=torch.float32, device_type="cpu")).name
     for x in rows:
         assert x["bf16_ms"] > 0 and x["torch_ref_ms"] > 0
         assert x["cpu_int8_ms"] > 0 and x["cpu_fp32_gemm_ms"] > 0

@@ -93,9 +93,11 @@ def test_checkpoint_eval_through_the_serving_kernels(tiny_checkpoint, wikitext_v
     assert main(["-q", "eval", str(out), "--dataset", wikitext_valid, "--seqlen", "64",
                  "--limit", "3", "--kernels", "--json", str(tmp_path / "k.json")]) == 0
     fast = json.loads((tmp_path / "k.json").read_text())["results"][0]
-    from duquant_serve.kernels.cpu_int8 import int_mm_cpu_slow
+    from duquant_serve.kernels.base import LayerSpec
+    from duquant_serve.kernels.select import choose_kernel
 
-    cpu_kernel = "cpu_int8" if int_mm_cpu_slow() is None else "cpu_fp32_gemm"
+    cpu_kernel = choose_kernel(LayerSpec(64, 64, 64, act_dtype=torch.float32,
+                                         device_type="cpu")).name
     assert set(fast["linears"]) == {cpu_kernel} and set(ref["linears"]) == {"reference"}
     assert sum(fast["linears"].values()) == ref["linears"]["reference"] > 0
     assert abs(fast["ppl"] - ref["ppl"]) / ref["ppl"] < 5e-3
