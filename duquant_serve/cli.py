@@ -41,7 +41,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="per-token activation ranges over groups of this many channels at every "
                         "linear (power of two; per input the largest <= this dividing its width; "
                         "0: one range per input, or per tp shard). Default: 128 for the duquant "
-                        "methods, 0 for the rtn / smoothquant / hadamard baselines "
+                        "methods at 4-bit activations; 0 at wider ones and for the rtn / "
+                        "smoothquant / hadamard baselines "
                         "(docs/offline-quant.md)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto",
@@ -100,7 +101,7 @@ def _qcfg(args, method: str = "duquant"):
         channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
         tp_shards=args.tp_shards, seed=args.seed,
-        act_group_size=(default_act_group_size(method) if args.act_group_size is None
+        act_group_size=(default_act_group_size(method, args.a_bits) if args.act_group_size is None
                         else args.act_group_size))
 
 

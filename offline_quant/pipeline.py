@@ -87,19 +87,24 @@ METHOD_TABLE = {m.name: m for m in (
 )}
 METHODS = tuple(METHOD_TABLE)  # == core.config.METHODS (a test keeps them equal)
 
-# Activation groups of the DuQuant methods when none are asked for: a per-token range per 128
-# channels (SmolLM2: one per 64-channel rotation block) closed 85.7% of the gap against 82.8%
-# without (3 seeds, benchmarks/results/accuracy/README.md), at no quantization cost; served
-# by one block-scaled GEMM per linear (kernels: cpu_int8, triton_groups). The baselines keep
-# the published per-token ranges, so the gap they define is the papers' one.
+# Activation groups of the DuQuant methods when none are asked for: at 4-bit activations a
+# per-token range per 128 channels (SmolLM2: one per 64-channel rotation block) closed 85.7% of
+# the gap against 82.8% without (3 seeds), at no quantization cost; served by one block-scaled
+# GEMM per linear (kernels: cpu_int8, triton_groups). At 6 and 8 bits they cost instead
+# (duquant-opt, SmolLM2: W4A8 21.79 with, 21.29 without; W6A6 19.75 against 19.50;
+# benchmarks/results/accuracy/README.md), so wider activations get one range per input. The
+# baselines keep the published per-token ranges, so the gap they define is the papers' one.
 DEFAULT_ACT_GROUP_SIZE = 128
+GROUPED_MAX_A_BITS = 4
 
 
-def default_act_group_size(method: str) -> int:
-    """`DuQuantConfig.act_group_size` for `method` when the user gives none."""
+def default_act_group_size(method: str, a_bits: int = 4) -> int:
+    """`DuQuantConfig.act_group_size` for `method` at `a_bits`-bit activations when the user
+    gives none."""
     if method not in METHOD_TABLE:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    return DEFAULT_ACT_GROUP_SIZE if METHOD_TABLE[method].transform == "duquant" else 0
+    grouped = METHOD_TABLE[method].transform == "duquant" and a_bits <= GROUPED_MAX_A_BITS
+    return DEFAULT_ACT_GROUP_SIZE if grouped else 0
 
 
 @dataclass

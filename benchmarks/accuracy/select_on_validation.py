@@ -120,7 +120,8 @@ def main() -> int:
         model = copy.deepcopy(base)
         if method not in FP_METHODS:
             # Each method's default activation groups unless the variant sets them.
-            cfg_over = {"act_group_size": default_act_group_size(method), **cfg_over}
+            a_bits = cfg_over.get("a_bits", DuQuantConfig.a_bits)
+            cfg_over = {"act_group_size": default_act_group_size(method, a_bits), **cfg_over}
             quantize_model(model, calib, DuQuantConfig(**cfg_over),
                            PipelineOptions(method=method, progress=False, **opt_over))
         q_seconds = time.perf_counter() - t

@@ -116,6 +116,20 @@ def test_eval_methods_and_json(tmp_path, wikitext_valid):
                       "duquant-gptq": 128, "duquant-opt": 128}
 
 
+@pytest.mark.parametrize("bits, groups", [(("4", "4"), 128), (("6", "6"), 0), (("4", "8"), 0)])
+def test_default_act_groups_follow_the_activation_width(bits, groups):
+    """The 128-channel groups help 4-bit activations and cost at 6 and 8 bits (SmolLM2
+    duquant-opt, benchmarks/results/accuracy/README.md), so only 4-bit ones get them by
+    default; an explicit --act-group-size wins at any width."""
+    from duquant_serve.cli import _qcfg
+
+    argv = ["quantize", "--out", "x", "--tp-shards", "1", "--w-bits", bits[0], "--a-bits", bits[1]]
+    for method, grouped in (("duquant-opt", groups), ("duquant", groups), ("hadamard-gptq", 0)):
+        assert _qcfg(build_parser().parse_args(argv), method).act_group_size == grouped, method
+    args = build_parser().parse_args([*argv, "--act-group-size", "64"])
+    assert _qcfg(args, "duquant-opt").act_group_size == 64
+
+
 def _assert_clean_error(capsys, rc, out, fragment):
     assert rc == 2
     assert not out.exists()
