@@ -27,7 +27,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="rotation block; per layer the largest power of two <= this dividing the width")
     g.add_argument("--steps", type=int, default=256, help="greedy rotation steps N")
     g.add_argument("--alpha", type=float, default=0.6, help="smoothing alpha (paper: 0.6; 0.5 with LWC)")
-    g.add_argument("--act-clip", type=float, default=0.9)
+    g.add_argument("--act-clip", type=float, default=None,
+                   help="per-token activation range multiplier. Default: 1.0 with activation "
+                        "groups, 0.9 (the paper's) with one range per input")
     g.add_argument("--weight-clip", type=float, default=0.8)
     g.add_argument("--permutation", choices=("zigzag", "none"), default="zigzag")
     g.add_argument("--channel-select", choices=("column", "row"), default="column",
@@ -93,16 +95,17 @@ def _resolve_tp_shards(args, model: str) -> None:
 
 def _qcfg(args, method: str = "duquant"):
     from duquant_serve.core.config import DuQuantConfig
-    from offline_quant.pipeline import default_act_group_size
+    from offline_quant.pipeline import default_act_clip_ratio, default_act_group_size
 
+    groups = (default_act_group_size(method, args.a_bits) if args.act_group_size is None
+              else args.act_group_size)
     return DuQuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
         rotation_steps=args.steps, permutation=args.permutation,
-        channel_select=args.channel_select, smooth_alpha=args.alpha, act_clip_ratio=args.act_clip,
+        channel_select=args.channel_select, smooth_alpha=args.alpha,
+        act_clip_ratio=default_act_clip_ratio(groups) if args.act_clip is None else args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
-        tp_shards=args.tp_shards, seed=args.seed,
-        act_group_size=(default_act_group_size(method, args.a_bits) if args.act_group_size is None
-                        else args.act_group_size))
+        tp_shards=args.tp_shards, seed=args.seed, act_group_size=groups)
 
 
 def cmd_quantize(args) -> int:

@@ -218,6 +218,7 @@ def evaluate(
                             "seconds": round(time.perf_counter() - t, 2),
                             **({} if method in FP_METHODS
                                else {"act_group_size": cfg.act_group_size,
+                                     "act_clip_ratio": cfg.act_clip_ratio,
                                      "linears": "exact"})})
             del model
             if on_result is not None:

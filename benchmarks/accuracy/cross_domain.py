@@ -36,6 +36,7 @@ from offline_quant.models import load_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
     METHODS,
     PipelineOptions,
+    default_act_clip_ratio,
     default_act_group_size,
     quantize_model,
 )
@@ -87,9 +88,9 @@ def main() -> int:
         if method not in FP_METHODS:
             groups = (default_act_group_size(method) if args.act_group_size is None
                       else args.act_group_size)
-            quantize_model(model, calib, DuQuantConfig(act_group_size=groups),
-                           PipelineOptions(method=method, progress=False))
-            row["act_group_size"] = groups
+            cfg = DuQuantConfig(act_group_size=groups, act_clip_ratio=default_act_clip_ratio(groups))
+            quantize_model(model, calib, cfg, PipelineOptions(method=method, progress=False))
+            row["act_group_size"], row["act_clip_ratio"] = groups, cfg.act_clip_ratio
         for name, v in texts.items():
             nlls = window_nlls(model, v["windows"])
             row[name] = math.exp(sum(nlls) / len(nlls))

@@ -40,6 +40,7 @@ from offline_quant.models import load_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
     METHODS,
     PipelineOptions,
+    default_act_clip_ratio,
     default_act_group_size,
     quantize_model,
 )
@@ -122,6 +123,8 @@ def main() -> int:
             # Each method's default activation groups unless the variant sets them.
             a_bits = cfg_over.get("a_bits", DuQuantConfig.a_bits)
             cfg_over = {"act_group_size": default_act_group_size(method, a_bits), **cfg_over}
+            cfg_over = {"act_clip_ratio": default_act_clip_ratio(cfg_over["act_group_size"]),
+                        **cfg_over}
             quantize_model(model, calib, DuQuantConfig(**cfg_over),
                            PipelineOptions(method=method, progress=False, **opt_over))
         q_seconds = time.perf_counter() - t

@@ -30,7 +30,7 @@ def test_variants_and_calibration_size(tmp_path):
     rows = json.loads(out.read_text())["results"]
     assert [row["variant"] for row in rows] == ["fp", "base", "opt"]  # appended, in order
     # The method's default activation groups are part of the recorded config.
-    assert rows[1]["config"] == {"act_group_size": 128, "rotation_steps": 4}
+    assert rows[1]["config"] == {"act_clip_ratio": 1.0, "act_group_size": 128, "rotation_steps": 4}
     assert rows[2]["options"] == {"learn_steps": 2, "learn_start_steps": 2}
     assert [row["calibration"] for row in rows] == ["wikitext2 validation, 2 x 32"] * 2 + [
         "wikitext2 validation, 3 x 16"]

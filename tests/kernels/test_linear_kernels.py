@@ -72,7 +72,8 @@ def test_cpu_fp32_gemm_equals_cpu_int8_bit_for_bit(groups, dtype):
     partial sum an integer below 2^24), so the two CPU kernels give identical outputs, eager
     and under inductor, with and without activation groups."""
     g = torch.Generator().manual_seed(groups)
-    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, groups=groups)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, clip=1.0 if groups > 1 else 0.9,
+                     groups=groups)
     spec = LayerSpec(576, 72, 64, has_smooth=True, has_bias=True, act_dtype=dtype,
                      device_type="cpu", act_groups=groups)
     (p8,) = CpuInt8Kernel.prepare_groups(spec, lin)
@@ -165,7 +166,8 @@ def test_triton_groups_kernel_end_to_end(m, n, k, groups, shards):
     from duquant_serve.kernels.triton_gemm import w4a4_gemm_groups_triton
 
     g = torch.Generator().manual_seed(m + k)
-    lin = make_layer(n, k, 64, smooth=m != 7, bias=m != 1, g=g, groups=groups, shards=shards)
+    lin = make_layer(n, k, 64, smooth=m != 7, bias=m != 1, g=g, clip=1.0 if m == 7 else 0.9,
+                     groups=groups, shards=shards)
     spec = LayerSpec(k // shards, n, 64, has_smooth=m != 7, has_bias=m != 1,
                      act_dtype=torch.float32, device_type="cpu", act_groups=groups // shards)
     ps = TritonGroupsKernel.prepare_groups(spec, lin)
@@ -264,10 +266,10 @@ class _PerGroupCpuInt8(CpuInt8Kernel):
     native_act_groups = False
 
 
-@pytest.mark.parametrize("groups, shards, kg, block",
-                         [(2, 2, 192, 64), (3, 1, 192, 64), (9, 1, 64, 64), (6, 2, 32, 16),
-                          (4, 2, 64, 64)])
-def test_grouped_apply_equals_grouped_reference(groups, shards, kg, block):
+@pytest.mark.parametrize("groups, shards, kg, block, clip",
+                         [(2, 2, 192, 64, 0.9), (3, 1, 192, 64, 0.9), (9, 1, 64, 64, 1.0),
+                          (6, 2, 32, 16, 0.9), (4, 2, 64, 64, 1.0)])
+def test_grouped_apply_equals_grouped_reference(groups, shards, kg, block, clip):
     """Activation groups over row-parallel shards: kernels with native groups run one linear
     per shard (one prologue, a block-scaled GEMM), the others one per group summed in fp32;
     shards are summed as core.reference sums them (torch_ref: bit for bit, also compiled)."""
@@ -276,7 +278,8 @@ def test_grouped_apply_equals_grouped_reference(groups, shards, kg, block):
     g = torch.Generator().manual_seed(groups + shards)
     n = 40  # kg 192: SmolLM2-like 3 blocks per group, where strided slices rounded differently
     k = kg * groups
-    lin = make_layer(n, k, block, smooth=True, bias=True, g=g, groups=groups, shards=shards)
+    lin = make_layer(n, k, block, smooth=True, bias=True, g=g, clip=clip, groups=groups,
+                     shards=shards)  # clip 1.0: grouped checkpoints' default
     spec = LayerSpec(k // shards, n, block, has_smooth=True, has_bias=True,
                      act_dtype=torch.float32, device_type="cpu", act_groups=groups // shards)
     ps = TorchRefKernel.prepare_groups(spec, lin)
@@ -310,7 +313,7 @@ def test_cpu_int8_groups_compiled_equals_eager_and_the_reference(dtype):
     compiles it: within an output ulp of eager and of the reference (not bit for bit: inductor
     sums the groups' fp32 terms in its own order, with fused multiply-adds)."""
     g = torch.Generator().manual_seed(5)
-    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, groups=9)
+    lin = make_layer(72, 576, 64, smooth=True, bias=True, g=g, clip=1.0, groups=9)
     spec = LayerSpec(576, 72, 64, has_smooth=True, has_bias=True, act_dtype=dtype,
                      device_type="cpu", act_groups=9)
     (p,) = CpuInt8Kernel.prepare_groups(spec, lin)

@@ -114,20 +114,29 @@ def test_eval_methods_and_json(tmp_path, wikitext_valid):
     assert groups == {"fp16": None, "rtn": 0, "smoothquant": 0, "hadamard": 0,
                       "hadamard-gptq": 0, "duquant": 128, "duquant-lwc": 128,
                       "duquant-gptq": 128, "duquant-opt": 128}
+    clips = {r["method"]: r.get("act_clip_ratio") for r in res["results"]}
+    assert clips == {m: None if m == "fp16" else 1.0 if g else 0.9 for m, g in groups.items()}
 
 
 @pytest.mark.parametrize("bits, groups", [(("4", "4"), 128), (("6", "6"), 0), (("4", "8"), 0)])
-def test_default_act_groups_follow_the_activation_width(bits, groups):
+def test_default_act_groups_and_clip_follow_the_activation_width(bits, groups):
     """The 128-channel groups help 4-bit activations and cost at 6 and 8 bits (SmolLM2
     duquant-opt, benchmarks/results/accuracy/README.md), so only 4-bit ones get them by
-    default; an explicit --act-group-size wins at any width."""
+    default, and the activation clip follows the groups; explicit options win."""
     from duquant_serve.cli import _qcfg
 
     argv = ["quantize", "--out", "x", "--tp-shards", "1", "--w-bits", bits[0], "--a-bits", bits[1]]
     for method, grouped in (("duquant-opt", groups), ("duquant", groups), ("hadamard-gptq", 0)):
-        assert _qcfg(build_parser().parse_args(argv), method).act_group_size == grouped, method
-    args = build_parser().parse_args([*argv, "--act-group-size", "64"])
-    assert _qcfg(args, "duquant-opt").act_group_size == 64
+        cfg = _qcfg(build_parser().parse_args(argv), method)
+        assert cfg.act_group_size == grouped, method
+        # No clipping over a group's range; the paper's 0.9 over a whole input's.
+        assert cfg.act_clip_ratio == (1.0 if grouped else 0.9), method
+    cfg = _qcfg(build_parser().parse_args([*argv, "--act-group-size", "64"]), "duquant-opt")
+    assert (cfg.act_group_size, cfg.act_clip_ratio) == (64, 1.0)
+    cfg = _qcfg(build_parser().parse_args([*argv, "--act-group-size", "0"]), "duquant-opt")
+    assert (cfg.act_group_size, cfg.act_clip_ratio) == (0, 0.9)
+    cfg = _qcfg(build_parser().parse_args([*argv, "--act-clip", "0.85"]), "duquant-opt")
+    assert (cfg.act_group_size, cfg.act_clip_ratio) == (groups, 0.85)
 
 
 def _assert_clean_error(capsys, rc, out, fragment):
@@ -227,7 +236,7 @@ def test_each_method_writes_a_checkpoint_that_records_it(tmp_path):
                      "--learn-steps", "5", "--learn-start-steps", "4", *QUICK_QUANT]) == 0
         cfg = load_checkpoint(out).quant_config
         assert cfg.method == method and not cfg.lwc
-        assert cfg.act_group_size == 128  # the default activation groups
+        assert (cfg.act_group_size, cfg.act_clip_ratio) == (128, 1.0)  # the defaults
         # The learned method's greedy start is what its config records.
         assert cfg.rotation_steps == (4 if method == "duquant-opt" else 16)
         report = json.loads((out / "duquant_report.json").read_text())
