@@ -91,8 +91,8 @@ METHODS = tuple(METHOD_TABLE)  # == core.config.METHODS (a test keeps them equal
 # per-token range per 128 channels (SmolLM2: one per 64-channel rotation block) closed 85.7% of
 # the gap against 82.8% without (3 seeds), at no quantization cost; served by one block-scaled
 # GEMM per linear (kernels: cpu_int8, triton_groups). At 6 and 8 bits they cost instead
-# (duquant-opt, SmolLM2: W4A8 21.79 with, 21.29 without; W6A6 19.75 against 19.50;
-# benchmarks/results/accuracy/README.md), so wider activations get one range per input. The
+# (duquant-opt, SmolLM2, one machine: W4A8 21.57 with, 21.29 without; W6A6 19.73 against
+# 19.50; benchmarks/results/accuracy/README.md), so wider activations get one range per input. The
 # baselines keep the published per-token ranges, so the gap they define is the papers' one.
 DEFAULT_ACT_GROUP_SIZE = 128
 GROUPED_MAX_A_BITS = 4
