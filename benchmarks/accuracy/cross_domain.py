@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--act-group-size", type=int, default=None,
                     help="DuQuantConfig.act_group_size of the quantized rows (default: each "
                          "method's, pipeline.default_act_group_size)")
+    ap.add_argument("--act-clip", type=float, default=None,
+                    help="DuQuantConfig.act_clip_ratio of the quantized rows (default: "
+                         "pipeline.default_act_clip_ratio of their groups)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -88,7 +91,8 @@ def main() -> int:
         if method not in FP_METHODS:
             groups = (default_act_group_size(method) if args.act_group_size is None
                       else args.act_group_size)
-            cfg = DuQuantConfig(act_group_size=groups, act_clip_ratio=default_act_clip_ratio(groups))
+            clip = default_act_clip_ratio(groups) if args.act_clip is None else args.act_clip
+            cfg = DuQuantConfig(act_group_size=groups, act_clip_ratio=clip)
             quantize_model(model, calib, cfg, PipelineOptions(method=method, progress=False))
             row["act_group_size"], row["act_clip_ratio"] = groups, cfg.act_clip_ratio
         for name, v in texts.items():

@@ -18,13 +18,15 @@ def test_rows_have_every_text(tmp_path, wikitext_valid):
     r = subprocess.run([sys.executable, str(SCRIPT), "--model", str(src), "--methods",
                         "fp16,duquant", "--text", f"wiki={wikitext_valid}", "--text",
                         f"fox={other},{other}", "--seqlen", "64", "--limit", "2",
-                        "--calib", wikitext_valid, "--json", str(out)],
+                        "--calib", wikitext_valid, "--act-clip", "0.8", "--json", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["texts"]["fox"]["files"] == [str(other)] * 2 and res["texts"]["wiki"]["windows"] == 2
     assert [row["method"] for row in res["results"]] == ["fp16", "duquant"]
     assert all(row["wiki"] > 1 and row["fox"] > 1 for row in res["results"])
+    q = res["results"][1]
+    assert (q["act_group_size"], q["act_clip_ratio"]) == (128, 0.8)  # default groups, given clip
     # Quantization changes the model: the rows differ.
     assert res["results"][0]["wiki"] != res["results"][1]["wiki"]
 
