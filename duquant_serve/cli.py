@@ -95,17 +95,15 @@ def _resolve_tp_shards(args, model: str) -> None:
 
 def _qcfg(args, method: str = "duquant"):
     from duquant_serve.core.config import DuQuantConfig
-    from offline_quant.pipeline import default_act_clip_ratio, default_act_group_size
+    from offline_quant.pipeline import activation_quant_fields
 
-    groups = (default_act_group_size(method, args.a_bits) if args.act_group_size is None
-              else args.act_group_size)
     return DuQuantConfig(
         w_bits=args.w_bits, a_bits=args.a_bits, block_size=args.block_size,
         rotation_steps=args.steps, permutation=args.permutation,
         channel_select=args.channel_select, smooth_alpha=args.alpha,
-        act_clip_ratio=default_act_clip_ratio(groups) if args.act_clip is None else args.act_clip,
         weight_clip_ratio=args.weight_clip, lwc=method == "duquant-lwc", method=method,
-        tp_shards=args.tp_shards, seed=args.seed, act_group_size=groups)
+        tp_shards=args.tp_shards, seed=args.seed,
+        **activation_quant_fields(method, args.a_bits, args.act_group_size, args.act_clip))
 
 
 def cmd_quantize(args) -> int:

@@ -123,6 +123,16 @@ def default_act_clip_ratio(act_group_size: int) -> float:
     return GROUPED_ACT_CLIP if act_group_size else DEFAULT_ACT_CLIP
 
 
+def activation_quant_fields(method: str, a_bits: int = 4, act_group_size: int | None = None,
+                            act_clip_ratio: float | None = None) -> dict[str, int | float]:
+    """The `DuQuantConfig` activation fields of `method` at `a_bits`: each one given wins, each
+    None takes its default (the clip's follows the resolved groups). The one place the CLI and
+    the accuracy scripts resolve them."""
+    groups = default_act_group_size(method, a_bits) if act_group_size is None else act_group_size
+    clip = default_act_clip_ratio(groups) if act_clip_ratio is None else act_clip_ratio
+    return {"act_group_size": groups, "act_clip_ratio": clip}
+
+
 @dataclass
 class PipelineOptions:
     method: str = "duquant"

@@ -36,8 +36,7 @@ from offline_quant.models import load_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
     METHODS,
     PipelineOptions,
-    default_act_clip_ratio,
-    default_act_group_size,
+    activation_quant_fields,
     quantize_model,
 )
 
@@ -59,10 +58,10 @@ def main() -> int:
     ap.add_argument("--calib", default="wikitext2")
     ap.add_argument("--act-group-size", type=int, default=None,
                     help="DuQuantConfig.act_group_size of the quantized rows (default: each "
-                         "method's, pipeline.default_act_group_size)")
+                         "method's, pipeline.activation_quant_fields)")
     ap.add_argument("--act-clip", type=float, default=None,
                     help="DuQuantConfig.act_clip_ratio of the quantized rows (default: "
-                         "pipeline.default_act_clip_ratio of their groups)")
+                         "the one of their groups, pipeline.activation_quant_fields)")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
     methods = args.methods.split(",")
@@ -89,12 +88,10 @@ def main() -> int:
         model = copy.deepcopy(base)
         row = {"method": method}
         if method not in FP_METHODS:
-            groups = (default_act_group_size(method) if args.act_group_size is None
-                      else args.act_group_size)
-            clip = default_act_clip_ratio(groups) if args.act_clip is None else args.act_clip
-            cfg = DuQuantConfig(act_group_size=groups, act_clip_ratio=clip)
-            quantize_model(model, calib, cfg, PipelineOptions(method=method, progress=False))
-            row["act_group_size"], row["act_clip_ratio"] = groups, cfg.act_clip_ratio
+            act = activation_quant_fields(method, 4, args.act_group_size, args.act_clip)
+            quantize_model(model, calib, DuQuantConfig(**act),
+                           PipelineOptions(method=method, progress=False))
+            row.update(act)
         for name, v in texts.items():
             nlls = window_nlls(model, v["windows"])
             row[name] = math.exp(sum(nlls) / len(nlls))

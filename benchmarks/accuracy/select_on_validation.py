@@ -40,8 +40,7 @@ from offline_quant.models import load_model  # noqa: E402
 from offline_quant.pipeline import (  # noqa: E402
     METHODS,
     PipelineOptions,
-    default_act_clip_ratio,
-    default_act_group_size,
+    activation_quant_fields,
     quantize_model,
 )
 
@@ -120,11 +119,10 @@ def main() -> int:
         t = time.perf_counter()
         model = copy.deepcopy(base)
         if method not in FP_METHODS:
-            # Each method's default activation groups unless the variant sets them.
-            a_bits = cfg_over.get("a_bits", DuQuantConfig.a_bits)
-            cfg_over = {"act_group_size": default_act_group_size(method, a_bits), **cfg_over}
-            cfg_over = {"act_clip_ratio": default_act_clip_ratio(cfg_over["act_group_size"]),
-                        **cfg_over}
+            # Each method's default activation groups and clip unless the variant sets them.
+            cfg_over = {**cfg_over, **activation_quant_fields(
+                method, cfg_over.get("a_bits", DuQuantConfig.a_bits),
+                cfg_over.get("act_group_size"), cfg_over.get("act_clip_ratio"))}
             quantize_model(model, calib, DuQuantConfig(**cfg_over),
                            PipelineOptions(method=method, progress=False, **opt_over))
         q_seconds = time.perf_counter() - t
